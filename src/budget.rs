@@ -1,0 +1,201 @@
+//! The memory budget: the worst case of every bounded structure, computed from the config at
+//! start, logged, exported as `pusher_memory_budget_bytes` and printed by `pusher budget`.
+//!
+//! Invariant: each line is `count × bytes` of a structure whose count and size are fixed by the
+//! config; nothing else in the process grows with load, so RSS stays below the total plus the
+//! fixed overhead of code, runtime and thread stacks ([`FIXED_OVERHEAD_BYTES_ESTIMATE`]).
+
+use std::fmt;
+
+use crate::config::Config;
+
+/// Code, static data, runtime drivers and touched thread-stack pages: measured RSS of an idle
+/// process with no sessions is well below this.
+pub const FIXED_OVERHEAD_BYTES_ESTIMATE: u64 = 24 << 20;
+
+/// Sizes of the per-item structures, supplied by the modules that own them.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemSizes {
+    /// One session slot in the per-core slab.
+    pub slot_bytes: u64,
+    /// Upper bound of one connection task (its future plus the runtime's task header).
+    pub connection_task_bytes: u64,
+    /// One receive buffer.
+    pub recv_buffer_bytes: u64,
+    /// One entry of a droppable-stream ring (item plus the queue's slot stamp).
+    pub ring_entry_bytes: u64,
+    /// Metadata of one payload-arena block.
+    pub arena_block_meta_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BudgetLine {
+    pub name: &'static str,
+    pub count: u64,
+    pub item_bytes: u64,
+}
+
+impl BudgetLine {
+    pub fn bytes(&self) -> u64 {
+        self.count * self.item_bytes
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub workers: u64,
+    pub sessions_per_core: u64,
+    pub lines: Vec<BudgetLine>,
+}
+
+impl Budget {
+    /// The worst case for `workers` cores with `sessions_per_core` slots each.
+    pub fn compute(
+        config: &Config,
+        workers: usize,
+        sessions_per_core: usize,
+        sizes: ItemSizes,
+    ) -> Budget {
+        let w = workers as u64;
+        let sessions = w * sessions_per_core as u64;
+        let ring_entries_per_session = (config.transcript_ring_capacity
+            + config.audio_bytes_ring_capacity
+            + config.speaker_sample_ring_capacity) as u64;
+        let line = |name, count, item_bytes| BudgetLine {
+            name,
+            count,
+            item_bytes,
+        };
+        let lines = vec![
+            line("session slots", sessions, sizes.slot_bytes),
+            line("connection tasks", sessions, sizes.connection_task_bytes),
+            line(
+                "receive buffers",
+                w * config.recv_buffers_per_core as u64,
+                sizes.recv_buffer_bytes,
+            ),
+            line(
+                "handshake buffers",
+                w * config.handshake_buffers_per_core as u64,
+                config.max_request_header_bytes as u64,
+            ),
+            line(
+                "payload arenas",
+                w,
+                config.payload_arena_bytes_per_core as u64,
+            ),
+            line(
+                "payload arena block metadata",
+                w * config.payload_blocks_max_per_core as u64,
+                sizes.arena_block_meta_bytes,
+            ),
+            line(
+                "droppable-stream rings",
+                sessions * ring_entries_per_session,
+                sizes.ring_entry_bytes,
+            ),
+            line(
+                "audio accumulators",
+                w,
+                config.audio_accumulator_bytes_per_core as u64,
+            ),
+            line(
+                "outbound pending bytes",
+                w,
+                config.outbound_pending_bytes_per_core as u64,
+            ),
+        ];
+        Budget {
+            workers: w,
+            sessions_per_core: sessions_per_core as u64,
+            lines,
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.lines.iter().map(BudgetLine::bytes).sum()
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "memory budget: {} workers x {} session slots",
+            self.workers, self.sessions_per_core
+        )?;
+        writeln!(
+            f,
+            "{:<30} {:>12} {:>12} {:>12}",
+            "structure", "count", "bytes each", "MiB"
+        )?;
+        for line in &self.lines {
+            writeln!(
+                f,
+                "{:<30} {:>12} {:>12} {:>12.1}",
+                line.name,
+                line.count,
+                line.item_bytes,
+                mib(line.bytes())
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<30} {:>12} {:>12} {:>12.1}",
+            "total",
+            "",
+            "",
+            mib(self.total_bytes())
+        )?;
+        write!(
+            f,
+            "plus fixed overhead (code, runtime, thread stacks): about {:.0} MiB",
+            mib(FIXED_OVERHEAD_BYTES_ESTIMATE)
+        )
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZES: ItemSizes = ItemSizes {
+        slot_bytes: 512,
+        connection_task_bytes: 1024,
+        recv_buffer_bytes: 1 << 20,
+        ring_entry_bytes: 24,
+        arena_block_meta_bytes: 32,
+    };
+
+    #[test]
+    fn total_is_the_sum_of_count_times_size() {
+        let config = Config::default();
+        let budget = Budget::compute(&config, 2, 100, SIZES);
+        let sessions = 200u64;
+        let expected = sessions * 512
+            + sessions * 1024
+            + 2 * 64 * (1 << 20)
+            + 2 * 256 * 8192
+            + 2 * (32 << 20)
+            + 2 * 65_536 * 32
+            + sessions * 170 * 24
+            + 2 * (64 << 20)
+            + 2 * (8 << 20);
+        assert_eq!(budget.total_bytes(), expected);
+        let text = budget.to_string();
+        assert!(text.contains("receive buffers"), "{text}");
+    }
+
+    #[test]
+    fn budget_scales_with_the_config() {
+        let mut config = Config::default();
+        let small = Budget::compute(&config, 1, 10, SIZES).total_bytes();
+        config.recv_buffers_per_core *= 2;
+        let larger = Budget::compute(&config, 1, 10, SIZES).total_bytes();
+        assert_eq!(larger - small, 64 * (1 << 20));
+    }
+}

@@ -1,0 +1,463 @@
+//! Configuration: embedded defaults, then the TOML file (`--config`), then environment
+//! (`PUSHER_*`) and flags. Every limit the server relies on is a field here.
+//!
+//! Invariant: a [`Config`] returned by [`Config::load`] has passed [`Config::validate`], so the
+//! rest of the server may rely on every bound being non-zero and within its documented range.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Which monoio driver the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// io_uring when the kernel and seccomp allow it, else epoll.
+    Auto,
+    /// io_uring only; start fails if it is unavailable.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the server. Field docs state the default and the bound it imposes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the one HTTP/WebSocket port.
+    pub listen: SocketAddr,
+    /// Root of everything pusher writes to disk.
+    pub data_dir: PathBuf,
+    /// Worker threads, one per core; 0 = every core.
+    pub workers: usize,
+    pub driver: DriverChoice,
+    pub log_format: LogFormat,
+    /// Per-user settings file (downstream.md §5); none = every user gets the defaults.
+    pub settings: Option<PathBuf>,
+    /// Session slots per worker, allocated at start; further upgrades get 503.
+    pub max_sessions_per_core: usize,
+    /// Receive buffers per worker, each `Decoder::buffer_bytes_required` bytes.
+    pub recv_buffers_per_core: usize,
+    /// Request-head buffers per worker, `max_request_header_bytes` each; a connection holds one
+    /// only until its head is parsed. None free → 503.
+    pub handshake_buffers_per_core: usize,
+    /// Largest WebSocket message accepted; larger → close 1009.
+    pub max_message_bytes: usize,
+    /// Largest HTTP request head accepted; larger → 431.
+    pub max_request_header_bytes: usize,
+    /// Time from accept to a complete request head.
+    pub handshake_timeout_ms: u64,
+    /// No message and no ping for this long → close 1001.
+    pub idle_timeout_ms: u64,
+    /// After pusher sends a Close, how long it waits for the peer's.
+    pub close_timeout_ms: u64,
+    /// On SIGTERM, how long open sessions get to end before close 1001.
+    pub drain_grace_ms: u64,
+    /// Bytes of outbound frames a session may have unsent; beyond it the peer is dropped.
+    pub outbound_pending_bytes_max: usize,
+    /// Per-worker bound on unsent outbound bytes over all sessions; a write past it drops that peer.
+    pub outbound_pending_bytes_per_core: usize,
+    /// Per-worker arena for droppable payloads (transcripts, audio-bytes items, speaker samples).
+    pub payload_arena_bytes_per_core: usize,
+    /// Per-worker bound on payload blocks alive in the arena.
+    pub payload_blocks_max_per_core: usize,
+    /// Per-worker bytes for app/webhook audio accumulators; a session that cannot get one
+    /// runs without it (counted).
+    pub audio_accumulator_bytes_per_core: usize,
+    /// Longest audio-bytes webhook delay honoured, in seconds (bounds an accumulator).
+    pub webhook_audio_delay_s_max: u32,
+    pub transcript_ring_capacity: usize,
+    pub audio_bytes_ring_capacity: usize,
+    pub speaker_sample_ring_capacity: usize,
+    /// Process-conversation requests in flight per session; beyond → 201 "busy".
+    pub process_in_flight_per_session_max: usize,
+    /// If set, upgrades need `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// If set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
+    /// Test only: serve an echo WebSocket route at `/test/echo` on the same codec (Autobahn).
+    pub test_echo_route: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".parse().expect("literal address"),
+            data_dir: PathBuf::from("./data"),
+            workers: 0,
+            driver: DriverChoice::Auto,
+            log_format: LogFormat::Text,
+            settings: None,
+            max_sessions_per_core: 12_288,
+            recv_buffers_per_core: 64,
+            handshake_buffers_per_core: 256,
+            max_message_bytes: 1 << 20,
+            max_request_header_bytes: 8 * 1024,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 90_000,
+            close_timeout_ms: 3_000,
+            drain_grace_ms: 30_000,
+            outbound_pending_bytes_max: 64 * 1024,
+            outbound_pending_bytes_per_core: 8 << 20,
+            payload_arena_bytes_per_core: 32 << 20,
+            payload_blocks_max_per_core: 65_536,
+            audio_accumulator_bytes_per_core: 64 << 20,
+            webhook_audio_delay_s_max: 30,
+            transcript_ring_capacity: 50,
+            audio_bytes_ring_capacity: 20,
+            speaker_sample_ring_capacity: 100,
+            process_in_flight_per_session_max: 8,
+            auth_token: None,
+            metrics_token: None,
+            test_echo_route: false,
+        }
+    }
+}
+
+/// Flags and `PUSHER_*` variables; each overrides the file and the defaults when given.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct Overrides {
+    /// Address to listen on, ADDR:PORT [default: 0.0.0.0:8080]
+    #[arg(long, env = "PUSHER_LISTEN", value_name = "ADDR:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for everything pusher writes [default: ./data]
+    #[arg(long, env = "PUSHER_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads, one per core; 0 = all cores [default: 0]
+    #[arg(long, env = "PUSHER_WORKERS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// io driver: auto (io_uring, else epoll), uring, epoll [default: auto]
+    #[arg(long, env = "PUSHER_DRIVER", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DriverChoice>,
+    /// Log format: text or json; filter with RUST_LOG [default: text]
+    #[arg(long, env = "PUSHER_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Per-user settings file (TOML, downstream.md §5) [default: none, every user gets defaults]
+    #[arg(long, env = "PUSHER_SETTINGS", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<PathBuf>,
+    /// Session slots per worker, allocated at start [default: 12288]
+    #[arg(long, env = "PUSHER_MAX_SESSIONS_PER_CORE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_core: Option<usize>,
+    /// Receive buffers per worker [default: 64]
+    #[arg(long, env = "PUSHER_RECV_BUFFERS_PER_CORE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recv_buffers_per_core: Option<usize>,
+    /// Request-head buffers per worker; none free → 503 [default: 256]
+    #[arg(long, env = "PUSHER_HANDSHAKE_BUFFERS_PER_CORE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_buffers_per_core: Option<usize>,
+    /// Largest WebSocket message; larger closes with 1009 [default: 1048576]
+    #[arg(long, env = "PUSHER_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest HTTP request head; larger gets 431 [default: 8192]
+    #[arg(long, env = "PUSHER_MAX_REQUEST_HEADER_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_header_bytes: Option<usize>,
+    /// Time allowed from accept to a complete request head [default: 10000]
+    #[arg(long, env = "PUSHER_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// No message and no ping for this long closes with 1001 [default: 90000]
+    #[arg(long, env = "PUSHER_IDLE_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Wait for the peer's Close after sending ours [default: 3000]
+    #[arg(long, env = "PUSHER_CLOSE_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_timeout_ms: Option<u64>,
+    /// Grace period for open sessions on SIGTERM [default: 30000]
+    #[arg(long, env = "PUSHER_DRAIN_GRACE_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_grace_ms: Option<u64>,
+    /// Unsent outbound bytes a session may hold before the peer is dropped [default: 65536]
+    #[arg(long, env = "PUSHER_OUTBOUND_PENDING_BYTES_MAX", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_pending_bytes_max: Option<usize>,
+    /// Per-worker bound on unsent outbound bytes over all sessions [default: 8388608]
+    #[arg(
+        long,
+        env = "PUSHER_OUTBOUND_PENDING_BYTES_PER_CORE",
+        value_name = "BYTES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_pending_bytes_per_core: Option<usize>,
+    /// Per-worker arena for droppable payloads [default: 33554432]
+    #[arg(
+        long,
+        env = "PUSHER_PAYLOAD_ARENA_BYTES_PER_CORE",
+        value_name = "BYTES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_arena_bytes_per_core: Option<usize>,
+    /// Per-worker bound on payload blocks in the arena [default: 65536]
+    #[arg(long, env = "PUSHER_PAYLOAD_BLOCKS_MAX_PER_CORE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_blocks_max_per_core: Option<usize>,
+    /// Per-worker bytes for app/webhook audio accumulators [default: 67108864]
+    #[arg(
+        long,
+        env = "PUSHER_AUDIO_ACCUMULATOR_BYTES_PER_CORE",
+        value_name = "BYTES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_accumulator_bytes_per_core: Option<usize>,
+    /// Longest audio-bytes webhook delay honoured [default: 30]
+    #[arg(long, env = "PUSHER_WEBHOOK_AUDIO_DELAY_S_MAX", value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_audio_delay_s_max: Option<u32>,
+    /// Transcript items held per session, oldest dropped [default: 50]
+    #[arg(long, env = "PUSHER_TRANSCRIPT_RING_CAPACITY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_ring_capacity: Option<usize>,
+    /// Audio-bytes items held per session, oldest dropped [default: 20]
+    #[arg(long, env = "PUSHER_AUDIO_BYTES_RING_CAPACITY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_bytes_ring_capacity: Option<usize>,
+    /// Speaker-sample requests held per session, oldest dropped [default: 100]
+    #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_RING_CAPACITY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaker_sample_ring_capacity: Option<usize>,
+    /// Process-conversation requests in flight per session; beyond → 201 "busy" [default: 8]
+    #[arg(
+        long,
+        env = "PUSHER_PROCESS_IN_FLIGHT_PER_SESSION_MAX",
+        value_name = "N"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_in_flight_per_session_max: Option<usize>,
+    /// Bearer token required for upgrades (prefer the environment variable) [default: none]
+    #[arg(
+        long,
+        env = "PUSHER_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// Bearer token required for /metrics [default: none]
+    #[arg(
+        long,
+        env = "PUSHER_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
+    /// TEST ONLY: serve a WebSocket echo route at /test/echo (Autobahn conformance) [default: off]
+    #[arg(long, env = "PUSHER_TEST_ECHO_ROUTE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_echo_route: Option<bool>,
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `overrides`; validated.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| format!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every bound; the message names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), String> {
+        check_range(
+            "max_sessions_per_core",
+            self.max_sessions_per_core,
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "recv_buffers_per_core",
+            self.recv_buffers_per_core,
+            1,
+            65_536,
+        )?;
+        check_range(
+            "handshake_buffers_per_core",
+            self.handshake_buffers_per_core,
+            1,
+            65_536,
+        )?;
+        check_range("max_message_bytes", self.max_message_bytes, 1024, 64 << 20)?;
+        check_range(
+            "max_request_header_bytes",
+            self.max_request_header_bytes,
+            512,
+            1 << 20,
+        )?;
+        check_range(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms as usize,
+            10,
+            600_000,
+        )?;
+        check_range(
+            "idle_timeout_ms",
+            self.idle_timeout_ms as usize,
+            10,
+            86_400_000,
+        )?;
+        check_range(
+            "close_timeout_ms",
+            self.close_timeout_ms as usize,
+            1,
+            600_000,
+        )?;
+        check_range("drain_grace_ms", self.drain_grace_ms as usize, 0, 3_600_000)?;
+        check_range(
+            "outbound_pending_bytes_max",
+            self.outbound_pending_bytes_max,
+            1024,
+            64 << 20,
+        )?;
+        check_range(
+            "outbound_pending_bytes_per_core",
+            self.outbound_pending_bytes_per_core,
+            1024,
+            16 << 30,
+        )?;
+        check_range(
+            "payload_arena_bytes_per_core",
+            self.payload_arena_bytes_per_core,
+            64 * 1024,
+            16 << 30,
+        )?;
+        check_range(
+            "payload_blocks_max_per_core",
+            self.payload_blocks_max_per_core,
+            16,
+            1 << 24,
+        )?;
+        check_range(
+            "audio_accumulator_bytes_per_core",
+            self.audio_accumulator_bytes_per_core,
+            0,
+            16 << 30,
+        )?;
+        check_range(
+            "webhook_audio_delay_s_max",
+            self.webhook_audio_delay_s_max as usize,
+            0,
+            3_600,
+        )?;
+        check_range(
+            "transcript_ring_capacity",
+            self.transcript_ring_capacity,
+            1,
+            65_536,
+        )?;
+        check_range(
+            "audio_bytes_ring_capacity",
+            self.audio_bytes_ring_capacity,
+            1,
+            65_536,
+        )?;
+        check_range(
+            "speaker_sample_ring_capacity",
+            self.speaker_sample_ring_capacity,
+            1,
+            65_536,
+        )?;
+        check_range(
+            "process_in_flight_per_session_max",
+            self.process_in_flight_per_session_max,
+            1,
+            64,
+        )?;
+        for (name, token) in [
+            ("auth_token", &self.auth_token),
+            ("metrics_token", &self.metrics_token),
+        ] {
+            if token.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("{name} is set but empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Worker count after resolving 0 to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+fn check_range(name: &str, value: usize, min: usize, max: usize) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!("{name} = {value} is outside {min}..={max}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides_win_in_order() {
+        let dir = std::env::temp_dir().join(format!("pusher-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pusher.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nidle_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            idle_timeout_ms: Some(7000),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(config.idle_timeout_ms, 7000);
+        assert_eq!(config.max_message_bytes, 1 << 20);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pusher-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pusher.toml");
+        std::fs::write(&path, "idle_timeout = 5\n").unwrap();
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+        let zero = Overrides {
+            recv_buffers_per_core: Some(0),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &zero).unwrap_err();
+        assert!(err.contains("recv_buffers_per_core"), "{err}");
+        assert!(Config::load(Some(&dir.join("missing.toml")), &Overrides::default()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,16 @@
+//! pusher: a thread-per-core WebSocket fan-out server for the Omi transcription service.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view and the code map.
+
+pub mod budget;
+pub mod config;
+pub mod http;
+pub mod id;
+pub mod memory;
+pub mod metrics;
+pub mod payload;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod websocket;

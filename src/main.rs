@@ -1,0 +1,76 @@
+//! The `pusher` binary: `pusher serve` runs the server, `pusher budget` prints the memory budget.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pusher::config::{Config, LogFormat, Overrides};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// WebSocket fan-out server for the Omi transcription service: thread-per-core, io_uring,
+/// bounded memory. Every option can be set in the config file, by a PUSHER_* variable or by a
+/// flag (flag > variable > file > default).
+#[derive(Debug, Parser)]
+#[command(name = "pusher", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ConfigArgs),
+    /// Print the worst-case memory budget computed from the config, then exit.
+    Budget(ConfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// TOML config file; keys are the option names with '_' (e.g. max_message_bytes)
+    #[arg(long, env = "PUSHER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, serve) = match cli.command {
+        Command::Serve(args) => (args, true),
+        Command::Budget(args) => (args, false),
+    };
+    let config = match Config::load(args.config.as_deref(), &args.overrides) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("pusher: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if !serve {
+        println!("{}", pusher::server::plan(&config).budget);
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_format);
+    match pusher::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("pusher: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,490 @@
+//! Prometheus metrics (`pusher_` prefix, `_total` counters, base units).
+//!
+//! Invariant: every handle a hot path touches is resolved once at start (no label lookup per
+//! frame); label sets are closed (frame kinds, close codes, cores), so the registry never grows
+//! with load.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Kinds of inbound message, in the order of [`FrameKind::label`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Heartbeat,
+    Audio,
+    Transcript,
+    Conversation,
+    ProcessConversation,
+    SpeakerSample,
+    Unknown,
+}
+
+pub const FRAME_KINDS: [FrameKind; 7] = [
+    FrameKind::Heartbeat,
+    FrameKind::Audio,
+    FrameKind::Transcript,
+    FrameKind::Conversation,
+    FrameKind::ProcessConversation,
+    FrameKind::SpeakerSample,
+    FrameKind::Unknown,
+];
+
+impl FrameKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            FrameKind::Heartbeat => "heartbeat",
+            FrameKind::Audio => "audio",
+            FrameKind::Transcript => "transcript",
+            FrameKind::Conversation => "conversation",
+            FrameKind::ProcessConversation => "process_conversation",
+            FrameKind::SpeakerSample => "speaker_sample",
+            FrameKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Droppable streams (protocol.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Transcript,
+    AudioBytes,
+    SpeakerSample,
+}
+
+pub const STREAMS: [Stream; 3] = [
+    Stream::Transcript,
+    Stream::AudioBytes,
+    Stream::SpeakerSample,
+];
+
+impl Stream {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stream::Transcript => "transcript",
+            Stream::AudioBytes => "audio_bytes",
+            Stream::SpeakerSample => "speaker_sample",
+        }
+    }
+}
+
+/// Close codes counted; anything else is counted under "other".
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1009, 1011, 1013];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoreLabel {
+    core: String,
+}
+
+/// Why an upgrade or request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadRequest,
+    Unauthorized,
+    Capacity,
+    Draining,
+    Settings,
+    HandshakeTimeout,
+}
+
+const REFUSALS: [Refusal; 6] = [
+    Refusal::BadRequest,
+    Refusal::Unauthorized,
+    Refusal::Capacity,
+    Refusal::Draining,
+    Refusal::Settings,
+    Refusal::HandshakeTimeout,
+];
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Capacity => "capacity",
+            Refusal::Draining => "draining",
+            Refusal::Settings => "settings",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+}
+
+/// Gauges one worker owns.
+#[derive(Clone)]
+pub struct CoreGauges {
+    pub sessions_open: Gauge,
+    pub sessions_capacity: Gauge,
+    pub recv_buffers_in_use: Gauge,
+    pub recv_buffers_capacity: Gauge,
+    pub arena_used_bytes: Gauge,
+    pub arena_capacity_bytes: Gauge,
+    pub outbound_pending_bytes: Gauge,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_opened: Counter,
+    refused: Vec<(Refusal, Counter)>,
+    closed: Vec<(u16, Counter)>,
+    closed_other: Counter,
+    frames: Vec<Counter>,
+    frame_bytes: Vec<Counter>,
+    ring_drops: Vec<Counter>,
+    ring_high_water: Vec<Gauge>,
+    pub ring_arena_evictions: Counter,
+    pub results_sent: Counter,
+    pub peers_dropped_slow: Counter,
+    pub audio_log_discarded_bytes: Counter,
+    pub audio_log_discarded_batches: Counter,
+    egress_discarded: Vec<Counter>,
+    pub egress_discarded_process: Counter,
+    pub accumulators_refused: Counter,
+    pub http_requests: Counter,
+    pub draining: Gauge,
+    pub budget_bytes: Gauge,
+    cores: Vec<CoreGauges>,
+}
+
+impl Metrics {
+    pub fn new(driver: &str, workers: usize) -> Metrics {
+        let mut registry = Registry::with_prefix("pusher");
+        registry.register(
+            "driver",
+            "io driver the workers run (io_uring or epoll)",
+            Info::new(vec![("driver".to_string(), driver.to_string())]),
+        );
+        let sessions_opened = counter(
+            &mut registry,
+            "sessions_opened",
+            "WebSocket sessions upgraded",
+        );
+        let refused_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sessions_refused",
+            "upgrades refused, by reason (400/401/503/handshake timeout)",
+            refused_family.clone(),
+        );
+        let refused = REFUSALS
+            .iter()
+            .map(|&r| {
+                (
+                    r,
+                    refused_family
+                        .get_or_create(&ReasonLabel { reason: r.label() })
+                        .clone(),
+                )
+            })
+            .collect();
+        let closed_family = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "sessions_closed",
+            "sessions ended, by WebSocket close code (1006 = connection lost without a close)",
+            closed_family.clone(),
+        );
+        let closed = CLOSE_CODES
+            .iter()
+            .map(|&c| {
+                (
+                    c,
+                    closed_family
+                        .get_or_create(&CodeLabel {
+                            code: c.to_string(),
+                        })
+                        .clone(),
+                )
+            })
+            .collect();
+        let closed_other = closed_family
+            .get_or_create(&CodeLabel {
+                code: "other".into(),
+            })
+            .clone();
+        let frames_family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "frames_received",
+            "inbound pusher messages, by header kind",
+            frames_family.clone(),
+        );
+        let bytes_family = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "frame_received_bytes",
+            "inbound pusher message bytes (header included), by kind",
+            bytes_family.clone(),
+        );
+        let frames = FRAME_KINDS
+            .iter()
+            .map(|k| {
+                frames_family
+                    .get_or_create(&KindLabel { kind: k.label() })
+                    .clone()
+            })
+            .collect();
+        let frame_bytes = FRAME_KINDS
+            .iter()
+            .map(|k| {
+                bytes_family
+                    .get_or_create(&KindLabel { kind: k.label() })
+                    .clone()
+            })
+            .collect();
+        let drops_family = Family::<StreamLabel, Counter>::default();
+        registry.register(
+            "ring_dropped_items",
+            "droppable items dropped (oldest first) because a ring or the payload arena was full",
+            drops_family.clone(),
+        );
+        let high_family = Family::<StreamLabel, Gauge>::default();
+        registry.register(
+            "ring_high_water_items",
+            "most items any one session's ring has held",
+            high_family.clone(),
+        );
+        let ring_drops = STREAMS
+            .iter()
+            .map(|s| {
+                drops_family
+                    .get_or_create(&StreamLabel { stream: s.label() })
+                    .clone()
+            })
+            .collect();
+        let ring_high_water = STREAMS
+            .iter()
+            .map(|s| {
+                high_family
+                    .get_or_create(&StreamLabel { stream: s.label() })
+                    .clone()
+            })
+            .collect();
+        let ring_arena_evictions = counter(
+            &mut registry,
+            "payload_arena_evicted_blocks",
+            "live payload blocks evicted from a full arena (oldest first)",
+        );
+        let results_sent = counter(&mut registry, "results_sent", "201 frames sent");
+        let peers_dropped_slow = counter(
+            &mut registry,
+            "peers_dropped_slow",
+            "connections dropped because their unsent outbound bytes passed the bound",
+        );
+        let audio_log_discarded_bytes = counter(
+            &mut registry,
+            "audio_log_discarded_bytes",
+            "PLACEHOLDER: the durable audio log is not built yet; private-cloud audio bytes are counted and discarded",
+        );
+        let audio_log_discarded_batches = counter(
+            &mut registry,
+            "audio_log_discarded_batches",
+            "PLACEHOLDER: the durable audio log is not built yet; closed private-cloud batches are counted and discarded",
+        );
+        let egress_family = Family::<StreamLabel, Counter>::default();
+        registry.register(
+            "egress_discarded_items",
+            "PLACEHOLDER: egress is not built yet; droppable items are counted and discarded",
+            egress_family.clone(),
+        );
+        let egress_discarded = STREAMS
+            .iter()
+            .map(|s| {
+                egress_family
+                    .get_or_create(&StreamLabel { stream: s.label() })
+                    .clone()
+            })
+            .collect();
+        let egress_discarded_process = counter(
+            &mut registry,
+            "egress_discarded_process_requests",
+            "PLACEHOLDER: egress is not built yet; 104 requests are answered with error processor_not_configured",
+        );
+        let accumulators_refused = counter(
+            &mut registry,
+            "audio_accumulators_refused",
+            "sessions that got no app/webhook audio accumulator because the per-core accumulator budget was used up",
+        );
+        let http_requests = counter(
+            &mut registry,
+            "http_requests",
+            "plain HTTP requests answered",
+        );
+        let draining = gauge(&mut registry, "draining", "1 while draining after SIGTERM");
+        let budget_bytes = gauge(
+            &mut registry,
+            "memory_budget_bytes",
+            "worst-case memory computed from the config at start",
+        );
+        let cores = register_cores(&mut registry, workers);
+        Metrics {
+            registry,
+            sessions_opened,
+            refused,
+            closed,
+            closed_other,
+            frames,
+            frame_bytes,
+            ring_drops,
+            ring_high_water,
+            ring_arena_evictions,
+            results_sent,
+            peers_dropped_slow,
+            audio_log_discarded_bytes,
+            audio_log_discarded_batches,
+            egress_discarded,
+            egress_discarded_process,
+            accumulators_refused,
+            http_requests,
+            draining,
+            budget_bytes,
+            cores,
+        }
+    }
+
+    pub fn refused(&self, reason: Refusal) -> &Counter {
+        &self
+            .refused
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .expect("every refusal registered")
+            .1
+    }
+
+    pub fn closed(&self, code: u16) -> &Counter {
+        self.closed
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or(&self.closed_other, |(_, counter)| counter)
+    }
+
+    pub fn frame(&self, kind: FrameKind, bytes: usize) {
+        let index = FRAME_KINDS
+            .iter()
+            .position(|&k| k == kind)
+            .expect("kind listed");
+        self.frames[index].inc();
+        self.frame_bytes[index].inc_by(bytes as u64);
+    }
+
+    pub fn ring_dropped(&self, stream: Stream, items: u64) {
+        self.ring_drops[stream_index(stream)].inc_by(items);
+    }
+
+    /// Raises the stream's high-water mark to `items` if it is higher.
+    pub fn ring_len_seen(&self, stream: Stream, items: usize) {
+        let gauge = &self.ring_high_water[stream_index(stream)];
+        if items as i64 > gauge.get() {
+            gauge.set(items as i64);
+        }
+    }
+
+    pub fn egress_discarded(&self, stream: Stream) -> &Counter {
+        &self.egress_discarded[stream_index(stream)]
+    }
+
+    pub fn core(&self, core: usize) -> &CoreGauges {
+        &self.cores[core]
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Drops per stream, for /debug/memory.
+    pub fn ring_drops_by_stream(&self) -> impl Iterator<Item = (&'static str, u64, i64)> + '_ {
+        STREAMS.iter().map(|&s| {
+            let i = stream_index(s);
+            (
+                s.label(),
+                self.ring_drops[i].get(),
+                self.ring_high_water[i].get(),
+            )
+        })
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
+}
+
+fn stream_index(stream: Stream) -> usize {
+    STREAMS
+        .iter()
+        .position(|&s| s == stream)
+        .expect("stream listed")
+}
+
+/// Registers the per-core gauges once and resolves each core's handles.
+fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
+    let mut family = |name: &str, help: &str| {
+        let family = Family::<CoreLabel, Gauge>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let sessions_open = family("sessions_open", "sessions open, per core");
+    let sessions_capacity = family("sessions_capacity", "session slots, per core");
+    let buffers_in_use = family("recv_buffers_in_use", "receive buffers lent out, per core");
+    let buffers_capacity = family(
+        "recv_buffers_capacity",
+        "receive buffers in the pool, per core",
+    );
+    let arena_used = family(
+        "payload_arena_used_bytes",
+        "payload arena bytes in use, per core",
+    );
+    let arena_capacity = family(
+        "payload_arena_capacity_bytes",
+        "payload arena size, per core",
+    );
+    let outbound = family(
+        "outbound_pending_bytes",
+        "outbound bytes waiting for slow peers, per core",
+    );
+    (0..workers)
+        .map(|core| {
+            let label = CoreLabel {
+                core: core.to_string(),
+            };
+            CoreGauges {
+                sessions_open: sessions_open.get_or_create(&label).clone(),
+                sessions_capacity: sessions_capacity.get_or_create(&label).clone(),
+                recv_buffers_in_use: buffers_in_use.get_or_create(&label).clone(),
+                recv_buffers_capacity: buffers_capacity.get_or_create(&label).clone(),
+                arena_used_bytes: arena_used.get_or_create(&label).clone(),
+                arena_capacity_bytes: arena_capacity.get_or_create(&label).clone(),
+                outbound_pending_bytes: outbound.get_or_create(&label).clone(),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,598 @@
+//! One connection's task: read the request head, answer or upgrade, then run the WebSocket
+//! session until it closes. All parsing is delegated to the sans-I/O modules; this file only
+//! waits for readiness, moves bytes and keeps the deadlines.
+//!
+//! Invariants: a connection owns a receive buffer only while it has unparsed bytes; it stops
+//! reading while it has unsent bytes (the peer's own backpressure); every path out of
+//! [`run_session`] frees its slot, its buffers and its budget shares, and counts its close code.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::core::Core;
+use super::endpoints;
+use super::outbound::{self, Outbound, SendError};
+use super::outputs;
+use super::pool::PooledBuf;
+use super::slots::Slot;
+use crate::http::admission::{self, ListenParams, Route};
+use crate::http::request::{self, Parsed, Request};
+use crate::http::response::{write_response, write_switching_protocols};
+use crate::metrics::Refusal;
+use crate::protocol;
+use crate::session::Millis;
+use crate::websocket::close;
+use crate::websocket::frame::{self, Opcode};
+use crate::websocket::handshake::accept_key;
+use crate::websocket::{Decoder, Event, MessageKind};
+
+/// Upper bound of one connection task's memory: the future below plus monoio's task header.
+/// Checked at every spawn; used by the budget.
+pub const TASK_BYTES_MAX: usize = 3072;
+/// Bytes monoio adds around a spawned future (header, scheduler links, output slot).
+const TASK_HEADER_BYTES: usize = 128;
+/// Reads per readiness wake-up before yielding to the core's other connections.
+const READS_PER_WAKEUP_MAX: usize = 4;
+/// Wait before trying again when every receive buffer of the core is lent out.
+const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
+/// A `Retry-After` for 503 refusals, in seconds.
+const RETRY_AFTER_S: &str = "5";
+/// A close frame: header, code and at most 123 bytes of reason.
+const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
+
+pub fn spawn(core: Rc<Core>, stream: TcpStream) {
+    let task = serve(core, stream);
+    assert!(
+        std::mem::size_of_val(&task) + TASK_HEADER_BYTES <= TASK_BYTES_MAX,
+        "connection task is {} bytes; raise TASK_BYTES_MAX",
+        std::mem::size_of_val(&task)
+    );
+    monoio::spawn(task);
+}
+
+async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    if let Some(upgraded) = handshake(&core, &stream, fd).await {
+        run_session(core, stream, fd, upgraded).await;
+    }
+}
+
+/// A completed upgrade: the slot taken and any bytes that followed the request head.
+struct Upgraded {
+    key: usize,
+    echo: bool,
+    early: Option<(PooledBuf, usize)>,
+}
+
+/// Reads the request head within the handshake timeout and answers it.
+async fn handshake(core: &Rc<Core>, stream: &TcpStream, fd: RawFd) -> Option<Upgraded> {
+    let config = &core.shared.config;
+    let deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
+    let Some(mut head) = core.head_pool.take() else {
+        core.shared.metrics.refused(Refusal::Capacity).inc();
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            503,
+            "text/plain",
+            &[("Retry-After", RETRY_AFTER_S)],
+            b"busy\n",
+        );
+        write_all(stream, fd, &out, deadline).await;
+        return None;
+    };
+    let mut filled = 0;
+    loop {
+        match monoio::time::timeout_at(deadline.into(), stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                core.shared.metrics.refused(Refusal::HandshakeTimeout).inc();
+                return None;
+            }
+        }
+        match outbound::recv(fd, &mut head[filled..]) {
+            Ok(0) => return None,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+        match request::parse(&head[..filled], config.max_request_header_bytes) {
+            Ok(Parsed::Partial) => continue,
+            Ok(Parsed::Complete {
+                request,
+                head_bytes,
+            }) => {
+                let early = &head[head_bytes..filled];
+                return answer(core, stream, fd, &request, early, deadline).await;
+            }
+            Err(err) => {
+                core.shared.metrics.refused(Refusal::BadRequest).inc();
+                let mut out = Vec::new();
+                write_response(
+                    &mut out,
+                    err.status(),
+                    "text/plain",
+                    &[],
+                    b"bad request head\n",
+                );
+                write_all(stream, fd, &out, deadline).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Routes the request: plain routes are answered and closed, upgrades admitted or refused.
+async fn answer(
+    core: &Rc<Core>,
+    stream: &TcpStream,
+    fd: RawFd,
+    request: &Request<'_>,
+    early: &[u8],
+    deadline: Instant,
+) -> Option<Upgraded> {
+    let shared = &core.shared;
+    let route = admission::route(request.path, shared.config.test_echo_route);
+    let mut out = Vec::new();
+    if !matches!(route, Route::Listen | Route::Echo) {
+        endpoints::respond(shared, route, request, &mut out);
+        write_all(stream, fd, &out, deadline).await;
+        return None;
+    }
+    match admit(core, route, request, early) {
+        Ok((upgraded, key)) => {
+            let mut response = [0u8; 160];
+            let len = write_switching_protocols(&mut response, &accept_key(key));
+            if !write_all(stream, fd, &response[..len], deadline).await {
+                close_slot(core, upgraded.key, close::GOING_AWAY);
+                return None;
+            }
+            Some(upgraded)
+        }
+        Err((refusal, status, reason)) => {
+            shared.metrics.refused(refusal).inc();
+            let retry: &[(&str, &str)] = if status == 503 {
+                &[("Retry-After", RETRY_AFTER_S)]
+            } else {
+                &[]
+            };
+            let mut body = reason.as_bytes().to_vec();
+            body.push(b'\n');
+            write_response(&mut out, status, "text/plain; charset=utf-8", retry, &body);
+            write_all(stream, fd, &out, deadline).await;
+            None
+        }
+    }
+}
+
+type Refused = (Refusal, u16, &'static str);
+
+/// The upgrade rules in order: token (401), query (400), handshake headers (400/405/426), drain
+/// and capacity (503), settings (503). On success the slot is taken and the session opened.
+fn admit<'b>(
+    core: &Core,
+    route: Route,
+    request: &Request<'b>,
+    early: &[u8],
+) -> Result<(Upgraded, &'b [u8]), Refused> {
+    let shared = &core.shared;
+    let as_refused = |r: admission::Refusal, kind| (kind, r.status, r.reason);
+    admission::check_bearer(request, shared.config.auth_token.as_deref())
+        .map_err(|r| as_refused(r, Refusal::Unauthorized))?;
+    let params: Option<ListenParams> = match route {
+        Route::Listen => Some(
+            admission::parse_listen_query(request.query)
+                .map_err(|r| as_refused(r, Refusal::BadRequest))?,
+        ),
+        _ => None,
+    };
+    let key =
+        admission::check_websocket(request).map_err(|r| as_refused(r, Refusal::BadRequest))?;
+    if shared.is_draining() {
+        return Err((Refusal::Draining, 503, "draining: try another instance"));
+    }
+    if core.slots.is_full() {
+        return Err((Refusal::Capacity, 503, "no free session slot"));
+    }
+    if core.recv_pool.available() == 0 {
+        return Err((Refusal::Capacity, 503, "no free receive buffer"));
+    }
+    let early = if early.is_empty() {
+        None
+    } else {
+        let mut buf = core.recv_pool.take().expect("checked above");
+        buf[..early.len()].copy_from_slice(early);
+        Some((buf, early.len()))
+    };
+    let slot = match params {
+        Some(params) => outputs::open_session(core, params)
+            .map_err(|reason| (Refusal::Settings, 503, reason))?,
+        None => Slot::new(None, outputs::Rings::none()),
+    };
+    let slot_key = core.slots.insert(slot).expect("checked not full above");
+    core.session_opened();
+    Ok((
+        Upgraded {
+            key: slot_key,
+            echo: params.is_none(),
+            early,
+        },
+        key,
+    ))
+}
+
+/// Writes all of `bytes` before `deadline`; false if the peer is gone or too slow.
+async fn write_all(stream: &TcpStream, fd: RawFd, bytes: &[u8], deadline: Instant) -> bool {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match outbound::send_now(fd, &[&bytes[sent..]]) {
+            Ok(0) => {
+                match monoio::time::timeout_at(deadline.into(), stream.writable(false)).await {
+                    Ok(Ok(())) => {}
+                    _ => return false,
+                }
+            }
+            Ok(n) => sent += n,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Where a session is in its close handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// pusher sent its Close and waits for the peer's until `deadline`. After a protocol
+    /// violation the stream cannot be decoded any more (`discard`): pusher half-closes and
+    /// reads and drops bytes until the peer closes, so its Close is not lost to a reset.
+    Closing {
+        deadline: Millis,
+        discard: bool,
+    },
+    Done,
+}
+
+struct Connection {
+    core: Rc<Core>,
+    fd: RawFd,
+    key: usize,
+    echo: bool,
+    decoder: Decoder,
+    recv: Option<PooledBuf>,
+    filled: usize,
+    outbound: Outbound,
+    phase: Phase,
+    last_activity: Millis,
+    close_code: u16,
+}
+
+async fn run_session(core: Rc<Core>, stream: TcpStream, fd: RawFd, upgraded: Upgraded) {
+    let now = core.now_ms();
+    let mut conn = Connection {
+        decoder: Decoder::new(core.limits),
+        fd,
+        key: upgraded.key,
+        echo: upgraded.echo,
+        recv: None,
+        filled: 0,
+        outbound: Outbound::new(core.shared.config.outbound_pending_bytes_max),
+        phase: Phase::Open,
+        last_activity: now,
+        close_code: 1006,
+        core: Rc::clone(&core),
+    };
+    if let Some((buf, filled)) = upgraded.early {
+        conn.recv = Some(buf);
+        conn.filled = filled;
+        conn.process();
+        if conn.filled == 0 {
+            conn.recv = None;
+        }
+    }
+    let mut armed = conn.next_deadline();
+    let mut sleep = pin!(monoio::time::sleep_until(core.instant_of(armed).into()));
+    while conn.phase != Phase::Done {
+        let deadline = conn.next_deadline();
+        if deadline != armed {
+            armed = deadline;
+            sleep.as_mut().reset(core.instant_of(armed).into());
+        }
+        let writing = !conn.outbound.is_empty();
+        monoio::select! {
+            ready = stream.readable(false), if !writing => match ready {
+                Ok(()) => conn.on_readable().await,
+                Err(_) => conn.phase = Phase::Done,
+            },
+            ready = stream.writable(false), if writing => match ready {
+                Ok(()) => conn.flush(),
+                Err(_) => conn.phase = Phase::Done,
+            },
+            _ = core.slots.signalled(conn.key) => conn.on_signal(),
+            _ = &mut sleep => conn.on_timer(),
+        }
+    }
+    conn.finish(&stream).await;
+}
+
+impl Connection {
+    /// The earliest of: idle or close-handshake deadline, and the session's own timer.
+    fn next_deadline(&self) -> Millis {
+        let config = &self.core.shared.config;
+        let own = match self.phase {
+            Phase::Open => Millis(self.last_activity.0 + config.idle_timeout_ms),
+            Phase::Closing { deadline, .. } => deadline,
+            Phase::Done => self.last_activity,
+        };
+        let session = self.core.slots.with(self.key, |slot| {
+            slot.session.as_ref().and_then(|s| s.next_deadline())
+        });
+        session.map_or(own, |at| own.min(at))
+    }
+
+    async fn on_readable(&mut self) {
+        if self.recv.is_none() {
+            match self.core.recv_pool.take() {
+                Some(buf) => self.recv = Some(buf),
+                None => {
+                    monoio::time::sleep(RECV_BUFFER_RETRY).await;
+                    return;
+                }
+            }
+        }
+        for _ in 0..READS_PER_WAKEUP_MAX {
+            if matches!(self.phase, Phase::Closing { discard: true, .. }) {
+                self.filled = 0;
+            }
+            let buf = self.recv.as_mut().expect("taken above");
+            if self.filled == buf.len() {
+                // The decoder's buffer size admits every message within the limits.
+                self.fail(close::MESSAGE_TOO_BIG, "message too big");
+                break;
+            }
+            match outbound::recv(self.fd, &mut buf[self.filled..]) {
+                Ok(0) => {
+                    self.phase = Phase::Done;
+                    break;
+                }
+                Ok(_) if matches!(self.phase, Phase::Closing { discard: true, .. }) => {}
+                Ok(n) => {
+                    self.filled += n;
+                    self.last_activity = self.core.now_ms();
+                    self.process();
+                    if self.phase == Phase::Done || !self.outbound.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.phase = Phase::Done;
+                    break;
+                }
+            }
+        }
+        if self.filled == 0 {
+            self.recv = None;
+        }
+    }
+
+    /// Decodes every complete frame in the receive buffer, then compacts it.
+    fn process(&mut self) {
+        let mut buf = self.recv.take().expect("process runs with a buffer");
+        while matches!(
+            self.phase,
+            Phase::Open | Phase::Closing { discard: false, .. }
+        ) {
+            match self.decoder.decode(&mut buf, self.filled) {
+                Ok(Some(event)) => self.on_event(event, &buf),
+                Ok(None) => break,
+                Err(violation) => self.fail(violation.code, violation.reason),
+            }
+        }
+        self.filled = match self.phase {
+            Phase::Closing { discard: true, .. } | Phase::Done => 0,
+            _ => self.decoder.compact(&mut buf, self.filled),
+        };
+        self.recv = Some(buf);
+    }
+
+    /// A violation of the WebSocket protocol: close with `code`, half-close, stop decoding.
+    fn fail(&mut self, code: u16, reason: &str) {
+        match self.phase {
+            Phase::Open => self.start_close(code, reason),
+            Phase::Closing { .. } => {}
+            Phase::Done => return,
+        }
+        if let Phase::Closing { deadline, .. } = self.phase {
+            self.phase = Phase::Closing {
+                deadline,
+                discard: true,
+            };
+            self.half_close_when_flushed();
+        }
+    }
+
+    fn half_close_when_flushed(&self) {
+        if self.outbound.is_empty() && matches!(self.phase, Phase::Closing { discard: true, .. }) {
+            // SAFETY: shutdown on our own descriptor; an error (peer gone) changes nothing.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
+        }
+    }
+
+    fn on_event(&mut self, event: Event, buf: &[u8]) {
+        match event {
+            Event::Message { kind, payload } if self.phase == Phase::Open => {
+                self.on_message(kind, &buf[payload]);
+            }
+            Event::Message { .. } => {}
+            Event::Ping { payload } => {
+                if self.phase == Phase::Open {
+                    self.send_frame(Opcode::Pong, &buf[payload]);
+                }
+            }
+            Event::Pong => {}
+            Event::Close { code, reason: _ } => self.on_peer_close(code),
+        }
+    }
+
+    fn on_message(&mut self, kind: MessageKind, message: &[u8]) {
+        if self.echo {
+            let opcode = match kind {
+                MessageKind::Text => Opcode::Text,
+                MessageKind::Binary => Opcode::Binary,
+            };
+            self.send_frame(opcode, message);
+            return;
+        }
+        if kind == MessageKind::Text {
+            self.start_close(close::UNSUPPORTED_DATA, "text messages are not accepted");
+            return;
+        }
+        match protocol::decode(message) {
+            Ok(frame) => {
+                let now = self.core.now_ms();
+                let replies = outputs::on_frame(&self.core, self.key, frame, message.len(), now);
+                self.send_replies(replies);
+            }
+            Err(err) => self.start_close(err.close_code(), err.reason()),
+        }
+    }
+
+    fn send_replies(&mut self, replies: outputs::Replies) {
+        let scratch = self.core.replies.borrow();
+        let bytes = &scratch[replies.range];
+        if !bytes.is_empty() {
+            let result = self.outbound.send(self.fd, &[bytes], &self.core.outbound);
+            drop(scratch);
+            self.on_send_result(result);
+        }
+    }
+
+    fn on_peer_close(&mut self, code: Option<u16>) {
+        match self.phase {
+            Phase::Open => {
+                let mut out = [0u8; CLOSE_FRAME_BYTES_MAX];
+                let len = match code {
+                    Some(code) => frame::encode_close(code, "", &mut out),
+                    None => frame::encode_header(Opcode::Close, 0, &mut out),
+                };
+                let result = self
+                    .outbound
+                    .send(self.fd, &[&out[..len]], &self.core.outbound);
+                self.on_send_result(result);
+                self.close_code = code.unwrap_or(1005);
+                self.phase = Phase::Done;
+            }
+            Phase::Closing { .. } | Phase::Done => self.phase = Phase::Done,
+        }
+    }
+
+    /// Sends pusher's Close and waits for the peer's (close handshake).
+    fn start_close(&mut self, code: u16, reason: &str) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let mut out = [0u8; CLOSE_FRAME_BYTES_MAX];
+        let len = frame::encode_close(code, reason, &mut out);
+        self.close_code = code;
+        let deadline = Millis(self.core.now_ms().0 + self.core.shared.config.close_timeout_ms);
+        self.phase = Phase::Closing {
+            deadline,
+            discard: false,
+        };
+        let result = self
+            .outbound
+            .send(self.fd, &[&out[..len]], &self.core.outbound);
+        self.on_send_result(result);
+    }
+
+    fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) {
+        let mut header = [0u8; frame::HEADER_BYTES_MAX];
+        let len = frame::encode_header(opcode, payload.len(), &mut header);
+        let result = self
+            .outbound
+            .send(self.fd, &[&header[..len], payload], &self.core.outbound);
+        self.on_send_result(result);
+    }
+
+    fn on_send_result(&mut self, result: Result<(), SendError>) {
+        match result {
+            Ok(()) => {}
+            Err(SendError::Overflow) => {
+                self.core.shared.metrics.peers_dropped_slow.inc();
+                self.phase = Phase::Done;
+            }
+            Err(SendError::Io(err)) => {
+                tracing::debug!("write failed, peer gone: {err}");
+                self.phase = Phase::Done;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let result = self
+            .outbound
+            .flush(self.fd, &self.core.outbound)
+            .map(|_| ());
+        self.on_send_result(result);
+        self.half_close_when_flushed();
+    }
+
+    fn on_signal(&mut self) {
+        if self.core.closing() {
+            self.start_close(close::GOING_AWAY, "server is shutting down");
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = self.core.now_ms();
+        let config = &self.core.shared.config;
+        match self.phase {
+            Phase::Open if now.0 >= self.last_activity.0 + config.idle_timeout_ms => {
+                self.start_close(close::GOING_AWAY, "idle timeout");
+            }
+            Phase::Closing { deadline, .. } if now >= deadline => self.phase = Phase::Done,
+            _ => {}
+        }
+        if self.phase != Phase::Done {
+            let replies = outputs::on_deadline(&self.core, self.key, now);
+            self.send_replies(replies);
+        }
+    }
+
+    /// Ends the session: flushes what is queued (bounded by the close timeout), releases the
+    /// slot and every budget share, counts the close code.
+    async fn finish(mut self, stream: &TcpStream) {
+        let limit =
+            Instant::now() + Duration::from_millis(self.core.shared.config.close_timeout_ms);
+        while !self.outbound.is_empty() {
+            match monoio::time::timeout_at(limit.into(), stream.writable(false)).await {
+                Ok(Ok(())) => {
+                    if self.outbound.flush(self.fd, &self.core.outbound).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.outbound.discard(&self.core.outbound);
+        // SAFETY: shutdown on our own descriptor; errors (peer gone) are irrelevant.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
+        self.recv = None;
+        close_slot(&self.core, self.key, self.close_code);
+    }
+}
+
+/// Ends the slot's session (closing its batch), frees its rings and counts the close.
+fn close_slot(core: &Core, key: usize, code: u16) {
+    outputs::end_session(core, key, core.now_ms());
+    let slot = core.slots.remove(key);
+    outputs::release(core, slot);
+    core.session_closed(code);
+}

@@ -1,0 +1,134 @@
+//! Per-worker state: pools, slots, arena and budgets of one core, created when the worker starts.
+//!
+//! Invariant: a `Core` is only touched from its own thread (`Rc`/`RefCell`); everything it owns
+//! is sized from the config at construction and never grows.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::Shared;
+use super::outbound::OutboundBudget;
+use super::pool::BufferPool;
+use super::slots::Slots;
+use crate::metrics::CoreGauges;
+use crate::payload::PayloadArena;
+use crate::session::Millis;
+use crate::websocket::codec::{Decoder, DecoderLimits};
+
+/// How often a worker refreshes its gauges and looks for the drain's close signal.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+
+pub struct Core {
+    pub shared: Arc<Shared>,
+    pub recv_pool: Rc<BufferPool>,
+    pub head_pool: Rc<BufferPool>,
+    pub slots: Slots,
+    pub arena: RefCell<PayloadArena>,
+    pub outbound: OutboundBudget,
+    /// Accumulator bytes not yet promised to a session.
+    pub accumulator_bytes_free: Cell<usize>,
+    pub limits: DecoderLimits,
+    /// Replies (201 frames) produced by one session step; capacity fixed at start.
+    pub replies: RefCell<Vec<u8>>,
+    gauges: CoreGauges,
+    epoch: Instant,
+    closing_signalled: Cell<bool>,
+}
+
+impl Core {
+    pub fn new(index: usize, shared: Arc<Shared>) -> Core {
+        let config = &shared.config;
+        let gauges = shared.metrics.core(index).clone();
+        let limits = DecoderLimits {
+            max_message_bytes: config.max_message_bytes,
+        };
+        let recv_pool = BufferPool::new(
+            config.recv_buffers_per_core,
+            Decoder::buffer_bytes_required(limits),
+            Some(gauges.recv_buffers_in_use.clone()),
+        );
+        let head_pool = BufferPool::new(
+            config.handshake_buffers_per_core,
+            config.max_request_header_bytes,
+            None,
+        );
+        gauges
+            .sessions_capacity
+            .set(shared.sessions_per_core as i64);
+        gauges
+            .recv_buffers_capacity
+            .set(config.recv_buffers_per_core as i64);
+        gauges
+            .arena_capacity_bytes
+            .set(config.payload_arena_bytes_per_core as i64);
+        Core {
+            recv_pool,
+            head_pool,
+            slots: Slots::new(shared.sessions_per_core),
+            arena: RefCell::new(PayloadArena::new(
+                config.payload_arena_bytes_per_core,
+                config.payload_blocks_max_per_core,
+            )),
+            outbound: OutboundBudget::new(
+                config.outbound_pending_bytes_per_core,
+                gauges.outbound_pending_bytes.clone(),
+            ),
+            accumulator_bytes_free: Cell::new(config.audio_accumulator_bytes_per_core),
+            limits,
+            replies: RefCell::new(Vec::with_capacity(super::outputs::REPLY_BYTES_MAX)),
+            gauges,
+            epoch: Instant::now(),
+            closing_signalled: Cell::new(false),
+            shared,
+        }
+    }
+
+    /// Monotonic milliseconds since this worker started: the session state machine's clock.
+    pub fn now_ms(&self) -> Millis {
+        Millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    pub fn instant_of(&self, at: Millis) -> Instant {
+        self.epoch + Duration::from_millis(at.0)
+    }
+
+    pub fn spawn_connection(self: &Rc<Self>, stream: TcpStream) {
+        super::connection::spawn(Rc::clone(self), stream);
+    }
+
+    pub fn session_opened(&self) {
+        self.shared.sessions_open.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.sessions_opened.inc();
+        self.gauges.sessions_open.set(self.slots.len() as i64);
+    }
+
+    pub fn session_closed(&self, code: u16) {
+        self.shared.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.closed(code).inc();
+        self.gauges.sessions_open.set(self.slots.len() as i64);
+    }
+
+    /// Refreshes gauges and relays the drain's close signal to every open session.
+    pub async fn housekeeping(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(HOUSEKEEPING_INTERVAL).await;
+            let arena = self.arena.borrow();
+            self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
+            drop(arena);
+            if self.shared.closing.load(Ordering::Relaxed) && !self.closing_signalled.get() {
+                self.closing_signalled.set(true);
+                self.slots.signal_all();
+            }
+        }
+    }
+
+    /// True once the drain's grace period is over on this core.
+    pub fn closing(&self) -> bool {
+        self.closing_signalled.get()
+    }
+}

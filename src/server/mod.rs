@@ -1,0 +1,187 @@
+//! The I/O layer: one monoio worker per core, each with its own SO_REUSEPORT listener, session
+//! slab, buffer pools and payload arena. Everything protocol-shaped is delegated to the sans-I/O
+//! modules (`http`, `websocket`, `protocol`, `session`); this layer moves bytes, keeps time and
+//! enforces the per-core bounds.
+//!
+//! Invariant: no file I/O and no blocking call ever runs on a worker thread (under the epoll
+//! driver it would stall every socket of the core); all per-core memory is allocated when the
+//! worker starts.
+
+mod connection;
+mod core;
+pub mod driver;
+mod endpoints;
+mod outbound;
+mod outputs;
+pub mod pool;
+mod shutdown;
+mod slots;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::budget::{Budget, ItemSizes};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::settings::SettingsFile;
+use crate::websocket::codec::{Decoder, DecoderLimits};
+
+/// File descriptors kept out of the session cap: listeners, runtime, logs, and one per
+/// connection that may be mid-handshake.
+fn fd_reserve(config: &Config, workers: usize) -> u64 {
+    64 + (workers * config.handshake_buffers_per_core) as u64
+}
+
+/// What a config resolves to on this machine: workers, session slots and the memory budget.
+pub struct Plan {
+    pub workers: usize,
+    pub sessions_per_core: usize,
+    pub open_files_limit: u64,
+    pub budget: Budget,
+}
+
+/// Resolves workers, caps sessions by the open-files hard limit, and computes the budget.
+pub fn plan(config: &Config) -> Plan {
+    let workers = config.worker_count();
+    let open_files_limit = open_files_limits().1;
+    let by_files = open_files_limit.saturating_sub(fd_reserve(config, workers)) / workers as u64;
+    let sessions_per_core = config.max_sessions_per_core.min(by_files.max(1) as usize);
+    let budget = Budget::compute(config, workers, sessions_per_core, item_sizes(config));
+    Plan {
+        workers,
+        sessions_per_core,
+        open_files_limit,
+        budget,
+    }
+}
+
+fn item_sizes(config: &Config) -> ItemSizes {
+    let limits = DecoderLimits {
+        max_message_bytes: config.max_message_bytes,
+    };
+    ItemSizes {
+        slot_bytes: slots::SLOT_BYTES as u64,
+        connection_task_bytes: connection::TASK_BYTES_MAX as u64,
+        recv_buffer_bytes: Decoder::buffer_bytes_required(limits) as u64,
+        ring_entry_bytes: outputs::RING_ENTRY_BYTES as u64,
+        arena_block_meta_bytes: outputs::ARENA_BLOCK_META_BYTES as u64,
+    }
+}
+
+/// (soft, hard) RLIMIT_NOFILE.
+fn open_files_limits() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the provided struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return (1024, 1024);
+    }
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+/// Raises the soft open-files limit to the hard limit.
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    let (_, hard) = open_files_limits();
+    let limit = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the provided struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(hard)
+}
+
+/// State every worker shares (read-mostly; atomics for the few flags and counts).
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub settings: SettingsFile,
+    pub driver: driver::Driver,
+    pub sessions_per_core: usize,
+    pub budget: Budget,
+    /// SIGTERM seen: refuse new sessions, readiness 503.
+    pub draining: AtomicBool,
+    /// Grace period over: close every open session with 1001.
+    pub closing: AtomicBool,
+    /// Sessions open over all cores.
+    pub sessions_open: AtomicUsize,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.sessions_open.load(Ordering::Relaxed)
+            >= self.sessions_per_core * self.metrics_workers()
+    }
+
+    /// Background tasks in flight (process-conversation calls, uploads, webhook deliveries):
+    /// none exist while the audio log and egress are the counting placeholders.
+    pub fn background_tasks(&self) -> u64 {
+        0
+    }
+
+    fn metrics_workers(&self) -> usize {
+        self.budget.workers as usize
+    }
+}
+
+/// Runs the server until drained (SIGTERM) or killed.
+pub fn run(config: Config) -> Result<(), String> {
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::info!(
+            open_files_limit = limit,
+            "raised the soft open-files limit to the hard limit"
+        ),
+        Err(err) => tracing::warn!("could not raise the open-files limit: {err}"),
+    }
+    let plan = plan(&config);
+    let (driver, why) = driver::resolve(config.driver)?;
+    tracing::info!(
+        driver = driver.label(),
+        "io driver: {}: {why}",
+        driver.label()
+    );
+    let settings = match &config.settings {
+        Some(path) => SettingsFile::load(path)?,
+        None => SettingsFile::defaults_only(),
+    };
+    tracing::info!(
+        workers = plan.workers,
+        sessions_per_core = plan.sessions_per_core,
+        open_files_limit = plan.open_files_limit,
+        "session slots capped by max_sessions_per_core and the open-files limit"
+    );
+    tracing::info!(
+        budget_bytes = plan.budget.total_bytes(),
+        "{}",
+        plan.budget.to_string().replace('\n', "; ")
+    );
+    if config.test_echo_route {
+        tracing::warn!("TEST ONLY: the echo route /test/echo is enabled");
+    }
+    let metrics = Metrics::new(driver.label(), plan.workers);
+    metrics.budget_bytes.set(plan.budget.total_bytes() as i64);
+    let shared = Arc::new(Shared {
+        config,
+        metrics,
+        settings,
+        driver,
+        sessions_per_core: plan.sessions_per_core,
+        budget: plan.budget,
+        draining: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+        sessions_open: AtomicUsize::new(0),
+    });
+    let listeners = worker::bind_listeners(&shared, plan.workers)?;
+    tracing::info!(listen = %shared.config.listen, "listening");
+    let workers = worker::start(&shared, listeners)?;
+    shutdown::wait_for_signals(&shared, workers)
+}

@@ -1,0 +1,171 @@
+//! The write path: frames go straight to the socket (`sendmsg`, non-blocking); only what the
+//! kernel does not take waits in a per-connection queue, bounded per session and per core.
+//!
+//! Invariant: `OutboundBudget::used` equals the sum of every connection's queued bytes on the
+//! core, and never exceeds its `max`; a connection whose write would pass either bound is dropped.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::RawFd;
+
+use prometheus_client::metrics::gauge::Gauge;
+
+/// The per-core bound on queued outbound bytes.
+pub struct OutboundBudget {
+    used: Cell<usize>,
+    max: usize,
+    gauge: Gauge,
+}
+
+impl OutboundBudget {
+    pub fn new(max: usize, gauge: Gauge) -> OutboundBudget {
+        OutboundBudget {
+            used: Cell::new(0),
+            max,
+            gauge,
+        }
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        let used = self.used.get() + bytes;
+        if used > self.max {
+            return false;
+        }
+        self.used.set(used);
+        self.gauge.set(used as i64);
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        debug_assert!(bytes <= self.used.get());
+        self.used.set(self.used.get() - bytes);
+        self.gauge.set(self.used.get() as i64);
+    }
+}
+
+/// Why a write could not be queued: the peer is not reading or is gone.
+#[derive(Debug)]
+pub enum SendError {
+    Overflow,
+    Io(io::Error),
+}
+
+/// One connection's unsent bytes.
+pub struct Outbound {
+    pending: Vec<u8>,
+    session_max_bytes: usize,
+}
+
+impl Outbound {
+    pub fn new(session_max_bytes: usize) -> Outbound {
+        Outbound {
+            pending: Vec::new(),
+            session_max_bytes,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Writes `parts` in order: directly when nothing is queued, the rest queued.
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        parts: &[&[u8]],
+        budget: &OutboundBudget,
+    ) -> Result<(), SendError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut sent = 0;
+        if self.pending.is_empty() {
+            sent = send_now(fd, parts).map_err(SendError::Io)?;
+        }
+        if sent == total {
+            return Ok(());
+        }
+        let rest = total - sent;
+        if self.pending.len() + rest > self.session_max_bytes || !budget.reserve(rest) {
+            return Err(SendError::Overflow);
+        }
+        let mut skip = sent;
+        for part in parts {
+            let from = skip.min(part.len());
+            skip -= from;
+            self.pending.extend_from_slice(&part[from..]);
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued; true when the queue is empty.
+    pub fn flush(&mut self, fd: RawFd, budget: &OutboundBudget) -> Result<bool, SendError> {
+        if self.pending.is_empty() {
+            return Ok(true);
+        }
+        let sent = send_now(fd, &[&self.pending]).map_err(SendError::Io)?;
+        self.pending.drain(..sent);
+        budget.release(sent);
+        if self.pending.is_empty() {
+            // Give the memory back: a slow peer must not keep its high-water mark.
+            self.pending = Vec::new();
+        }
+        Ok(self.pending.is_empty())
+    }
+
+    /// Forgets what is queued (the connection is going away).
+    pub fn discard(&mut self, budget: &OutboundBudget) {
+        budget.release(self.pending.len());
+        self.pending = Vec::new();
+    }
+}
+
+/// Non-blocking `sendmsg` of up to 4 parts; returns bytes taken (0 when the socket is full).
+pub fn send_now(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
+    assert!(parts.len() <= 4, "at most 4 parts per write");
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; 4];
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        slot.iov_base = part.as_ptr() as *mut libc::c_void;
+        slot.iov_len = part.len();
+    }
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = parts.len() as _;
+    loop {
+        // SAFETY: every iovec points into a live slice borrowed for this call.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Non-blocking `recv` into `buf`: Ok(0) is end of stream, WouldBlock means nothing to read.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Where a session's effects go on this core: the plug points of the durable audio log and of
+//! egress, and the droppable-stream rings between the session and egress.
+//!
+//! Until the durable audio log and egress exist, their default implementations here **count
+//! and discard**: private-cloud audio is counted (`pusher_audio_log_discarded_*`), droppable
+//! items pass through the arena and rings and are then counted and freed
+//! (`pusher_egress_discarded_items_total`), and a 104 is answered at once with the 201 error
+//! `processor_not_configured`.
+//!
+//! Invariants: droppable payloads live only in the core's arena; a ring exists only while its
+//! stream has a consumer; replies are encoded into the core's reply buffer, whose capacity is
+//! fixed at start (one frame yields at most one reply).
+
+use std::ops::Range;
+
+use super::core::Core;
+use super::slots::Slot;
+use crate::http::admission::ListenParams;
+use crate::id::Id;
+use crate::metrics::{FrameKind, Stream};
+use crate::payload::{DropOldestRing, Handle, PayloadArena, RingItem};
+use crate::protocol::{self, Inbound, ResultOutcome};
+use crate::session::{BatchCloseReason, Millis, Outputs, Session, SessionConfig};
+use crate::websocket::frame::{self, Opcode};
+
+/// Bytes one ring entry takes: the item plus crossbeam's per-slot stamp.
+pub const RING_ENTRY_BYTES: usize = std::mem::size_of::<Item>() + std::mem::size_of::<usize>();
+pub use crate::payload::BLOCK_META_BYTES as ARENA_BLOCK_META_BYTES;
+/// Capacity of a core's reply buffer: one 201 error frame (an id of at most 128 bytes and a
+/// short reason) with room to spare.
+pub const REPLY_BYTES_MAX: usize = 1024;
+/// The 201 error the placeholder egress answers every 104 with.
+const PROCESSOR_NOT_CONFIGURED: &str = "processor_not_configured";
+
+/// A droppable item: a handle to its arena block.
+#[derive(Debug, Clone, Copy)]
+pub struct Item {
+    handle: Handle,
+}
+
+impl RingItem for Item {
+    fn handle(&self) -> Handle {
+        self.handle
+    }
+}
+
+/// A session's droppable-stream rings and its share of the core's accumulator budget. Rings are
+/// boxed: a ring's queue is cache-padded (hundreds of bytes), and most sessions have none, so a
+/// slot holds only pointers.
+pub struct Rings {
+    transcript: Option<Box<DropOldestRing<Item>>>,
+    audio_bytes: Option<Box<DropOldestRing<Item>>>,
+    speaker_sample: Option<Box<DropOldestRing<Item>>>,
+    accumulator_bytes: usize,
+}
+
+impl Rings {
+    pub fn none() -> Rings {
+        Rings {
+            transcript: None,
+            audio_bytes: None,
+            speaker_sample: None,
+            accumulator_bytes: 0,
+        }
+    }
+}
+
+/// Opens a session for `params` with the user's settings; its accumulators come out of the
+/// core's accumulator budget (a session that cannot get one runs without it, counted).
+pub fn open_session(core: &Core, params: ListenParams) -> Result<Slot, &'static str> {
+    let config = &core.shared.config;
+    let settings = core.shared.settings.lookup(params.uid.as_str());
+    let mut session_config = SessionConfig::from_settings(&settings, false);
+    session_config.process_in_flight_max = config.process_in_flight_per_session_max;
+    session_config.message_bytes_max = config.max_message_bytes;
+    let bytes_per_second = params.sample_rate_hz as usize * 2;
+    let mut accumulator_bytes = 0;
+    for seconds in [
+        &mut session_config.app_audio_seconds,
+        &mut session_config.webhook_audio_seconds,
+    ] {
+        let Some(s) = *seconds else { continue };
+        let s = s.min(config.webhook_audio_delay_s_max);
+        let bytes = bytes_per_second * s as usize + config.max_message_bytes;
+        if core.accumulator_bytes_free.get() >= bytes {
+            core.accumulator_bytes_free
+                .set(core.accumulator_bytes_free.get() - bytes);
+            accumulator_bytes += bytes;
+            *seconds = Some(s);
+        } else {
+            core.shared.metrics.accumulators_refused.inc();
+            *seconds = None;
+        }
+    }
+    let audio_consumer = session_config.app_audio_seconds.is_some()
+        || session_config.webhook_audio_seconds.is_some();
+    let rings = Rings {
+        transcript: session_config
+            .transcripts_wanted
+            .then(|| Box::new(DropOldestRing::new(config.transcript_ring_capacity))),
+        audio_bytes: audio_consumer
+            .then(|| Box::new(DropOldestRing::new(config.audio_bytes_ring_capacity))),
+        speaker_sample: None,
+        accumulator_bytes,
+    };
+    let session = Session::new(params.uid, params.sample_rate_hz, session_config);
+    Ok(Slot::new(Some(session), rings))
+}
+
+/// Replies produced by one step, as a range of the core's reply buffer.
+pub struct Replies {
+    pub range: Range<usize>,
+}
+
+/// Feeds one decoded frame of `message_bytes` to the slot's session.
+pub fn on_frame(
+    core: &Core,
+    key: usize,
+    frame: Inbound<'_>,
+    message_bytes: usize,
+    now: Millis,
+) -> Replies {
+    core.shared.metrics.frame(frame_kind(&frame), message_bytes);
+    step(core, key, |session, out| session.on_frame(frame, now, out))
+}
+
+/// Runs the session's timer (batch age) if it is due.
+pub fn on_deadline(core: &Core, key: usize, now: Millis) -> Replies {
+    step(core, key, |session, out| {
+        if session.next_deadline().is_some_and(|at| at <= now) {
+            session.on_deadline(now, out);
+        }
+    })
+}
+
+/// Ends the slot's session: closes its open batch.
+pub fn end_session(core: &Core, key: usize, now: Millis) {
+    step(core, key, |session, out| session.end(now, out));
+}
+
+/// Frees what a closed slot held: ring items and its accumulator share.
+pub fn release(core: &Core, mut slot: Slot) {
+    let mut arena = core.arena.borrow_mut();
+    for ring in slot.rings.all_mut() {
+        ring.clear(&mut arena);
+    }
+    core.accumulator_bytes_free
+        .set(core.accumulator_bytes_free.get() + slot.rings.accumulator_bytes);
+}
+
+impl Rings {
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut DropOldestRing<Item>> {
+        [
+            &mut self.transcript,
+            &mut self.audio_bytes,
+            &mut self.speaker_sample,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|ring| &mut **ring)
+    }
+}
+
+fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'_>)) -> Replies {
+    let mut replies = core.replies.borrow_mut();
+    replies.clear();
+    let mut arena = core.arena.borrow_mut();
+    let evicted_before = arena.evicted_blocks();
+    core.slots.with(key, |slot| {
+        let Some(session) = slot.session.as_mut() else {
+            return;
+        };
+        let mut out = CoreOutputs {
+            core,
+            rings: &mut slot.rings,
+            arena: &mut arena,
+            replies: &mut replies,
+            done: None,
+        };
+        f(session, &mut out);
+        if let Some(conversation) = out.done.take() {
+            session.on_process_done(&conversation);
+        }
+        discard_delivered(core, &mut slot.rings, &mut arena);
+    });
+    let evicted = arena.evicted_blocks() - evicted_before;
+    if evicted > 0 {
+        core.shared.metrics.ring_arena_evictions.inc_by(evicted);
+    }
+    Replies {
+        range: 0..replies.len(),
+    }
+}
+
+/// The placeholder egress: takes every item off the rings, counts it and frees it.
+fn discard_delivered(core: &Core, rings: &mut Rings, arena: &mut PayloadArena) {
+    let streams = [
+        (Stream::Transcript, &mut rings.transcript),
+        (Stream::AudioBytes, &mut rings.audio_bytes),
+        (Stream::SpeakerSample, &mut rings.speaker_sample),
+    ];
+    for (stream, ring) in streams {
+        let Some(ring) = ring else { continue };
+        let dropped_before = ring.dropped();
+        while let Some(item) = ring.pop(arena) {
+            arena.free(item.handle);
+            core.shared.metrics.egress_discarded(stream).inc();
+        }
+        let dropped = ring.dropped() - dropped_before;
+        if dropped > 0 {
+            core.shared.metrics.ring_dropped(stream, dropped);
+        }
+    }
+}
+
+fn frame_kind(frame: &Inbound<'_>) -> FrameKind {
+    match frame {
+        Inbound::Heartbeat => FrameKind::Heartbeat,
+        Inbound::Audio { .. } => FrameKind::Audio,
+        Inbound::Transcript { .. } => FrameKind::Transcript,
+        Inbound::Conversation(_) => FrameKind::Conversation,
+        Inbound::ProcessConversation { .. } => FrameKind::ProcessConversation,
+        Inbound::SpeakerSample { .. } | Inbound::Ignored105 => FrameKind::SpeakerSample,
+        Inbound::Unknown(_) => FrameKind::Unknown,
+    }
+}
+
+/// The session's effects on this core.
+struct CoreOutputs<'a> {
+    core: &'a Core,
+    rings: &'a mut Rings,
+    arena: &'a mut PayloadArena,
+    replies: &'a mut Vec<u8>,
+    /// A process request answered during this step (at most one per frame).
+    done: Option<Id>,
+}
+
+impl CoreOutputs<'_> {
+    /// Copies `parts` into one arena block and queues it on `stream`'s ring.
+    fn push(&mut self, stream: Stream, parts: &[&[u8]]) {
+        let ring = match stream {
+            Stream::Transcript => &mut self.rings.transcript,
+            Stream::AudioBytes => &mut self.rings.audio_bytes,
+            Stream::SpeakerSample => &mut self.rings.speaker_sample,
+        };
+        let Some(ring) = ring.as_mut() else {
+            return;
+        };
+        let len = parts.iter().map(|p| p.len()).sum();
+        let Some(handle) = self.arena.alloc(len) else {
+            self.core.shared.metrics.ring_dropped(stream, 1);
+            return;
+        };
+        let block = self.arena.get_mut(handle).expect("just allocated");
+        let mut at = 0;
+        for part in parts {
+            block[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        let dropped_before = ring.dropped();
+        ring.push(Item { handle }, self.arena);
+        self.core.shared.metrics.ring_len_seen(stream, ring.len());
+        let dropped = ring.dropped() - dropped_before;
+        if dropped > 0 {
+            self.core.shared.metrics.ring_dropped(stream, dropped);
+        }
+    }
+
+    /// Appends a 201 error frame to the replies.
+    fn reply_error(&mut self, conversation: &Id, error: &str) {
+        let mut payload = [0u8; REPLY_BYTES_MAX - frame::HEADER_BYTES_MAX];
+        let Ok(len) =
+            protocol::encode_result(&mut payload, conversation, ResultOutcome::Error(error))
+        else {
+            tracing::error!(conversation = %conversation, "201 reply does not fit REPLY_BYTES_MAX");
+            return;
+        };
+        let mut header = [0u8; frame::HEADER_BYTES_MAX];
+        let header_len = frame::encode_header(Opcode::Binary, len, &mut header);
+        assert!(
+            self.replies.len() + header_len + len <= self.replies.capacity(),
+            "reply buffer never grows"
+        );
+        self.replies.extend_from_slice(&header[..header_len]);
+        self.replies.extend_from_slice(&payload[..len]);
+        self.core.shared.metrics.results_sent.inc();
+    }
+}
+
+impl Outputs for CoreOutputs<'_> {
+    fn audio_batch_open(&mut self, _conversation: &Id, _timestamp: f64) {}
+
+    fn audio_append(&mut self, pcm: &[u8]) {
+        self.core
+            .shared
+            .metrics
+            .audio_log_discarded_bytes
+            .inc_by(pcm.len() as u64);
+    }
+
+    fn audio_batch_close(&mut self, _reason: BatchCloseReason) {
+        self.core.shared.metrics.audio_log_discarded_batches.inc();
+    }
+
+    fn transcript(&mut self, conversation: Option<&Id>, segments_json: &str) {
+        let conversation = conversation.map_or("", |id| id.as_str()).as_bytes();
+        let conversation_len = [conversation.len() as u8];
+        self.push(
+            Stream::Transcript,
+            &[&conversation_len, conversation, segments_json.as_bytes()],
+        );
+    }
+
+    fn app_audio(&mut self, pcm: &[u8]) {
+        self.push(Stream::AudioBytes, &[pcm]);
+    }
+
+    fn webhook_audio(&mut self, pcm: &[u8]) {
+        self.push(Stream::AudioBytes, &[pcm]);
+    }
+
+    fn process_conversation(&mut self, conversation: &Id, _payload_json: &str) {
+        self.core.shared.metrics.egress_discarded_process.inc();
+        self.reply_error(conversation, PROCESSOR_NOT_CONFIGURED);
+        self.done = Some(*conversation);
+    }
+
+    fn speaker_sample(&mut self, person_id: &Id, conversation: &Id, segment_ids_json: &str) {
+        if self.rings.speaker_sample.is_none() {
+            let capacity = self.core.shared.config.speaker_sample_ring_capacity;
+            self.rings.speaker_sample = Some(Box::new(DropOldestRing::new(capacity)));
+        }
+        let person = person_id.as_str().as_bytes();
+        let conversation = conversation.as_str().as_bytes();
+        self.push(
+            Stream::SpeakerSample,
+            &[
+                &[person.len() as u8],
+                person,
+                &[conversation.len() as u8],
+                conversation,
+                segment_ids_json.as_bytes(),
+            ],
+        );
+    }
+
+    fn result_error(&mut self, conversation: &Id, error: &str) {
+        self.reply_error(conversation, error);
+    }
+
+    fn unknown_header(&mut self, _header: u32) {}
+}

@@ -1,0 +1,213 @@
+//! Per-user settings (downstream.md §5), loaded once per session before the upgrade completes.
+//!
+//! Invariant: every user's settings are resolved (the `[default]` table merged under the user's
+//! overrides) when the file is loaded, so a lookup on the connection path is one hash probe and an
+//! `Arc` clone: no parsing, no I/O.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// How the user's private-cloud audio is stored (downstream.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataProtectionLevel {
+    Standard,
+    #[default]
+    Enhanced,
+    E2ee,
+}
+
+/// What an app subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    TranscriptProcessed,
+    AudioBytes,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct App {
+    pub id: String,
+    pub webhook_url: String,
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AudioBytesWebhook {
+    pub url: String,
+    #[serde(default)]
+    pub delay_seconds: u32,
+}
+
+/// One user's settings, as downstream.md §5 shapes them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSettings {
+    #[serde(default = "default_true")]
+    pub private_cloud_sync_enabled: bool,
+    #[serde(default)]
+    pub data_protection_level: DataProtectionLevel,
+    #[serde(default)]
+    pub realtime_transcript_webhook: Option<String>,
+    #[serde(default)]
+    pub audio_bytes_webhook: Option<AudioBytesWebhook>,
+    #[serde(default)]
+    pub apps: Vec<App>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for UserSettings {
+    fn default() -> Self {
+        UserSettings {
+            private_cloud_sync_enabled: true,
+            data_protection_level: DataProtectionLevel::Enhanced,
+            realtime_transcript_webhook: None,
+            audio_bytes_webhook: None,
+            apps: Vec::new(),
+        }
+    }
+}
+
+impl UserSettings {
+    /// True when some app wants transcripts or the user has a realtime-transcript webhook.
+    pub fn has_transcript_target(&self) -> bool {
+        self.realtime_transcript_webhook.is_some()
+            || self
+                .apps
+                .iter()
+                .any(|app| app.triggers.contains(&Trigger::TranscriptProcessed))
+    }
+
+    /// True when some app has the `audio_bytes` trigger.
+    pub fn has_audio_app(&self) -> bool {
+        self.apps
+            .iter()
+            .any(|app| app.triggers.contains(&Trigger::AudioBytes))
+    }
+}
+
+/// The `file` settings source: a `[default]` table and `[users."<uid>"]` overrides.
+#[derive(Debug, Clone)]
+pub struct SettingsFile {
+    default: Arc<UserSettings>,
+    users: HashMap<String, Arc<UserSettings>>,
+}
+
+impl SettingsFile {
+    /// Settings for a deployment without a settings file: every user gets the defaults.
+    pub fn defaults_only() -> SettingsFile {
+        SettingsFile {
+            default: Arc::new(UserSettings::default()),
+            users: HashMap::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<SettingsFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read settings file {}: {e}", path.display()))?;
+        SettingsFile::parse(&text).map_err(|e| format!("settings file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<SettingsFile, String> {
+        let mut root: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+        let default_table = match root.remove("default") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err("`default` must be a table".into()),
+            None => toml::Table::new(),
+        };
+        let users_table = match root.remove("users") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err("`users` must be a table".into()),
+            None => toml::Table::new(),
+        };
+        if let Some(key) = root.keys().next() {
+            return Err(format!(
+                "unknown top-level key `{key}` (expected `default`, `users`)"
+            ));
+        }
+        let default =
+            resolve(&default_table, &toml::Table::new()).map_err(|e| format!("[default]: {e}"))?;
+        let mut users = HashMap::with_capacity(users_table.len());
+        for (uid, value) in users_table {
+            let toml::Value::Table(overrides) = value else {
+                return Err(format!("users.\"{uid}\" must be a table"));
+            };
+            let settings = resolve(&default_table, &overrides)
+                .map_err(|e| format!("[users.\"{uid}\"]: {e}"))?;
+            users.insert(uid, Arc::new(settings));
+        }
+        Ok(SettingsFile {
+            default: Arc::new(default),
+            users,
+        })
+    }
+
+    /// The settings of `uid`: its overrides merged over `[default]`.
+    pub fn lookup(&self, uid: &str) -> Arc<UserSettings> {
+        self.users
+            .get(uid)
+            .cloned()
+            .unwrap_or_else(|| self.default.clone())
+    }
+}
+
+fn resolve(default: &toml::Table, overrides: &toml::Table) -> Result<UserSettings, String> {
+    let mut merged = default.clone();
+    for (key, value) in overrides {
+        merged.insert(key.clone(), value.clone());
+    }
+    toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_overrides_merge_over_default() {
+        let file = SettingsFile::parse(
+            r#"
+            [default]
+            private_cloud_sync_enabled = true
+            data_protection_level = "enhanced"
+
+            [users."u1"]
+            data_protection_level = "standard"
+            audio_bytes_webhook = { url = "http://127.0.0.1:9/a", delay_seconds = 5 }
+            [[users."u1".apps]]
+            id = "app-1"
+            webhook_url = "http://127.0.0.1:9/app"
+            triggers = ["transcript_processed", "audio_bytes"]
+            "#,
+        )
+        .unwrap();
+        let u1 = file.lookup("u1");
+        assert_eq!(u1.data_protection_level, DataProtectionLevel::Standard);
+        assert!(u1.private_cloud_sync_enabled);
+        assert!(u1.has_audio_app());
+        assert!(u1.has_transcript_target());
+        assert_eq!(u1.audio_bytes_webhook.as_ref().unwrap().delay_seconds, 5);
+        let other = file.lookup("someone-else");
+        assert_eq!(other.data_protection_level, DataProtectionLevel::Enhanced);
+        assert!(!other.has_audio_app());
+        assert!(!other.has_transcript_target());
+    }
+
+    #[test]
+    fn unknown_fields_and_keys_are_errors() {
+        assert!(SettingsFile::parse("[default]\nprivate_cloud = true\n").is_err());
+        assert!(SettingsFile::parse("[defaults]\n").is_err());
+        assert!(SettingsFile::parse("[default]\ndata_protection_level = \"max\"\n").is_err());
+    }
+}
