@@ -7,7 +7,6 @@
 //! [`run_session`] frees its slot, its buffers and its budget shares, and counts its close code.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use crate::websocket::{Decoder, Event, MessageKind};
 
 /// Upper bound of one connection task's memory: the future below plus monoio's task header.
 /// Checked at every spawn; used by the budget.
-pub const TASK_BYTES_MAX: usize = 3072;
+pub const TASK_BYTES_MAX: usize = 1152;
 /// Bytes monoio adds around a spawned future (header, scheduler links, output slot).
 const TASK_HEADER_BYTES: usize = 128;
 /// Reads per readiness wake-up before yielding to the core's other connections.
@@ -46,6 +45,14 @@ const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
 
 pub fn spawn(core: Rc<Core>, stream: TcpStream) {
     let task = serve(core, stream);
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| {
+        tracing::info!(
+            task_bytes = std::mem::size_of_val(&task),
+            task_bytes_max = TASK_BYTES_MAX,
+            "connection task size"
+        );
+    });
     assert!(
         std::mem::size_of_val(&task) + TASK_HEADER_BYTES <= TASK_BYTES_MAX,
         "connection task is {} bytes; raise TASK_BYTES_MAX",
@@ -57,7 +64,10 @@ pub fn spawn(core: Rc<Core>, stream: TcpStream) {
 async fn serve(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    if let Some(upgraded) = handshake(&core, &stream, fd).await {
+    // The handshake's state (timeouts, response building) is boxed for its short life, so an
+    // idle session's task carries only the session loop.
+    let upgraded = Box::pin(handshake(&core, &stream, fd)).await;
+    if let Some(upgraded) = upgraded {
         run_session(core, stream, fd, upgraded).await;
     }
 }
@@ -296,14 +306,8 @@ async fn run_session(core: Rc<Core>, stream: TcpStream, fd: RawFd, upgraded: Upg
             conn.recv = None;
         }
     }
-    let mut armed = conn.next_deadline();
-    let mut sleep = pin!(monoio::time::sleep_until(core.instant_of(armed).into()));
     while conn.phase != Phase::Done {
-        let deadline = conn.next_deadline();
-        if deadline != armed {
-            armed = deadline;
-            sleep.as_mut().reset(core.instant_of(armed).into());
-        }
+        core.slots.arm(conn.key, conn.next_deadline());
         let writing = !conn.outbound.is_empty();
         monoio::select! {
             ready = stream.readable(false), if !writing => match ready {
@@ -315,10 +319,9 @@ async fn run_session(core: Rc<Core>, stream: TcpStream, fd: RawFd, upgraded: Upg
                 Err(_) => conn.phase = Phase::Done,
             },
             _ = core.slots.signalled(conn.key) => conn.on_signal(),
-            _ = &mut sleep => conn.on_timer(),
         }
     }
-    conn.finish(&stream).await;
+    Box::pin(conn.finish(&stream)).await;
 }
 
 impl Connection {
@@ -341,7 +344,7 @@ impl Connection {
             match self.core.recv_pool.take() {
                 Some(buf) => self.recv = Some(buf),
                 None => {
-                    monoio::time::sleep(RECV_BUFFER_RETRY).await;
+                    Box::pin(monoio::time::sleep(RECV_BUFFER_RETRY)).await;
                     return;
                 }
             }
@@ -544,10 +547,12 @@ impl Connection {
         self.half_close_when_flushed();
     }
 
+    /// A deadline came due or the drain's grace period ended.
     fn on_signal(&mut self) {
         if self.core.closing() {
             self.start_close(close::GOING_AWAY, "server is shutting down");
         }
+        self.on_timer();
     }
 
     fn on_timer(&mut self) {

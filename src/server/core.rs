@@ -20,8 +20,9 @@ use crate::payload::PayloadArena;
 use crate::session::Millis;
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
-/// How often a worker refreshes its gauges and looks for the drain's close signal.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a worker fires due session deadlines, refreshes its gauges and looks for the
+/// drain's close signal: the resolution of every session timer (idle, close handshake, batch age).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(10);
 
 pub struct Core {
     pub shared: Arc<Shared>,
@@ -93,10 +94,6 @@ impl Core {
         Millis(self.epoch.elapsed().as_millis() as u64)
     }
 
-    pub fn instant_of(&self, at: Millis) -> Instant {
-        self.epoch + Duration::from_millis(at.0)
-    }
-
     pub fn spawn_connection(self: &Rc<Self>, stream: TcpStream) {
         super::connection::spawn(Rc::clone(self), stream);
     }
@@ -117,6 +114,7 @@ impl Core {
     pub async fn housekeeping(self: Rc<Self>) {
         loop {
             monoio::time::sleep(HOUSEKEEPING_INTERVAL).await;
+            self.slots.fire_due(self.now_ms());
             let arena = self.arena.borrow();
             self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
             drop(arena);

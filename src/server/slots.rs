@@ -1,10 +1,15 @@
-//! The per-core session slab: a fixed number of slots allocated when the worker starts.
+//! The per-core session slab and its deadline queue: a fixed number of slots allocated when the
+//! worker starts, and one heap of armed deadlines instead of a timer per connection (a monoio
+//! `Sleep` is 640 bytes; an idle session must cost far less).
 //!
-//! Invariant: the slab never holds more than `capacity` entries and never reallocates
-//! (`insert` refuses when full); a slot's waker is the only way another task on the core reaches
-//! a connection (drain and close signals).
+//! Invariants: the slab never holds more than `capacity` entries and never reallocates
+//! (`insert` refuses when full); the deadline heap never passes its start capacity (stale
+//! entries are dropped before it would); a slot's waker is the only way another task on the core
+//! reaches a connection (deadlines and the drain's close signal).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -12,10 +17,12 @@ use std::task::{Context, Poll, Waker};
 use slab::Slab;
 
 use super::outputs::Rings;
-use crate::session::Session;
+use crate::session::{Millis, Session};
 
 /// Bytes one slot takes in the slab (for the budget): the slot plus the slab entry tag.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>() + std::mem::size_of::<usize>();
+/// Deadline-heap entries per slot: the armed one and at most one stale one on average.
+const DEADLINES_PER_SLOT: usize = 2;
 
 /// What lives in a slot while its connection is open.
 pub struct Slot {
@@ -23,6 +30,8 @@ pub struct Slot {
     pub session: Option<Session>,
     /// Droppable-stream rings, present only when the stream has a consumer.
     pub rings: Rings,
+    generation: u32,
+    armed: Option<Millis>,
     waker: Option<Waker>,
     signalled: bool,
 }
@@ -32,22 +41,38 @@ impl Slot {
         Slot {
             session,
             rings,
+            generation: 0,
+            armed: None,
             waker: None,
             signalled: false,
         }
     }
+
+    fn signal(&mut self) {
+        self.signalled = true;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
 }
+
+/// (deadline ms, slot key, slot generation), earliest first.
+type Deadline = Reverse<(u64, usize, u32)>;
 
 pub struct Slots {
     slab: RefCell<Slab<Slot>>,
+    deadlines: RefCell<BinaryHeap<Deadline>>,
     capacity: usize,
+    next_generation: Cell<u32>,
 }
 
 impl Slots {
     pub fn new(capacity: usize) -> Slots {
         Slots {
             slab: RefCell::new(Slab::with_capacity(capacity)),
+            deadlines: RefCell::new(BinaryHeap::with_capacity(capacity * DEADLINES_PER_SLOT + 1)),
             capacity,
+            next_generation: Cell::new(0),
         }
     }
 
@@ -60,11 +85,13 @@ impl Slots {
     }
 
     /// Stores `slot`; None when every slot is taken.
-    pub fn insert(&self, slot: Slot) -> Option<usize> {
+    pub fn insert(&self, mut slot: Slot) -> Option<usize> {
         let mut slab = self.slab.borrow_mut();
         if slab.len() >= self.capacity {
             return None;
         }
+        slot.generation = self.next_generation.get();
+        self.next_generation.set(slot.generation.wrapping_add(1));
         let key = slab.insert(slot);
         debug_assert!(
             slab.capacity() == self.capacity,
@@ -82,13 +109,53 @@ impl Slots {
         f(&mut self.slab.borrow_mut()[key])
     }
 
+    /// Makes sure the slot is signalled at `deadline` or earlier. A later deadline than the armed
+    /// one changes nothing: the connection re-arms when the earlier one fires.
+    pub fn arm(&self, key: usize, deadline: Millis) {
+        let mut slab = self.slab.borrow_mut();
+        let slot = &mut slab[key];
+        if slot.armed.is_some_and(|armed| armed <= deadline) {
+            return;
+        }
+        slot.armed = Some(deadline);
+        let entry = Reverse((deadline.0, key, slot.generation));
+        let mut deadlines = self.deadlines.borrow_mut();
+        if deadlines.len() == deadlines.capacity() {
+            deadlines.retain(|Reverse((at, key, generation))| {
+                slab.get(*key)
+                    .is_some_and(|s| s.generation == *generation && s.armed == Some(Millis(*at)))
+            });
+        }
+        assert!(
+            deadlines.len() < deadlines.capacity(),
+            "one live deadline per slot at most"
+        );
+        deadlines.push(entry);
+    }
+
+    /// Signals every slot whose armed deadline is at or before `now`.
+    pub fn fire_due(&self, now: Millis) {
+        let mut deadlines = self.deadlines.borrow_mut();
+        let mut slab = self.slab.borrow_mut();
+        while let Some(&Reverse((at, key, generation))) = deadlines.peek() {
+            if at > now.0 {
+                break;
+            }
+            deadlines.pop();
+            let Some(slot) = slab.get_mut(key) else {
+                continue;
+            };
+            if slot.generation == generation && slot.armed == Some(Millis(at)) {
+                slot.armed = None;
+                slot.signal();
+            }
+        }
+    }
+
     /// Marks every slot signalled and wakes its connection.
     pub fn signal_all(&self) {
         for (_, slot) in self.slab.borrow_mut().iter_mut() {
-            slot.signalled = true;
-            if let Some(waker) = slot.waker.take() {
-                waker.wake();
-            }
+            slot.signal();
         }
     }
 
@@ -118,5 +185,84 @@ impl Future for Signalled<'_> {
             _ => slot.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::outputs::Rings;
+
+    fn slot() -> Slot {
+        Slot::new(None, Rings::none())
+    }
+
+    fn signalled(slots: &Slots, key: usize) -> bool {
+        slots.with(key, |s| std::mem::take(&mut s.signalled))
+    }
+
+    #[test]
+    fn refuses_past_capacity() {
+        let slots = Slots::new(2);
+        let a = slots.insert(slot()).unwrap();
+        slots.insert(slot()).unwrap();
+        assert!(slots.insert(slot()).is_none());
+        slots.remove(a);
+        assert!(slots.insert(slot()).is_some());
+    }
+
+    #[test]
+    fn deadlines_fire_in_order_and_only_once() {
+        let slots = Slots::new(4);
+        let a = slots.insert(slot()).unwrap();
+        let b = slots.insert(slot()).unwrap();
+        slots.arm(a, Millis(100));
+        slots.arm(b, Millis(50));
+        slots.fire_due(Millis(49));
+        assert!(!signalled(&slots, a) && !signalled(&slots, b));
+        slots.fire_due(Millis(60));
+        assert!(!signalled(&slots, a) && signalled(&slots, b));
+        slots.fire_due(Millis(1000));
+        assert!(signalled(&slots, a));
+        slots.fire_due(Millis(2000));
+        assert!(!signalled(&slots, a), "a deadline fires once");
+    }
+
+    #[test]
+    fn a_later_deadline_keeps_the_earlier_and_an_earlier_replaces_it() {
+        let slots = Slots::new(1);
+        let a = slots.insert(slot()).unwrap();
+        slots.arm(a, Millis(100));
+        slots.arm(a, Millis(500));
+        slots.fire_due(Millis(100));
+        assert!(signalled(&slots, a));
+        slots.arm(a, Millis(500));
+        slots.arm(a, Millis(200));
+        slots.fire_due(Millis(200));
+        assert!(signalled(&slots, a));
+        slots.fire_due(Millis(500));
+        assert!(!signalled(&slots, a), "the replaced deadline is stale");
+    }
+
+    #[test]
+    fn a_removed_slot_reused_does_not_get_the_old_deadline() {
+        let slots = Slots::new(1);
+        let a = slots.insert(slot()).unwrap();
+        slots.arm(a, Millis(100));
+        slots.remove(a);
+        let b = slots.insert(slot()).unwrap();
+        assert_eq!(a, b);
+        slots.fire_due(Millis(100));
+        assert!(!signalled(&slots, b));
+    }
+
+    #[test]
+    fn the_heap_stays_within_capacity_under_rearming() {
+        let slots = Slots::new(1);
+        let a = slots.insert(slot()).unwrap();
+        for at in (0..1000u64).rev() {
+            slots.arm(a, Millis(at + 1));
+        }
+        assert!(slots.deadlines.borrow().len() <= DEADLINES_PER_SLOT + 1);
     }
 }
