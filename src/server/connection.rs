@@ -4,7 +4,7 @@
 //!
 //! Invariants: a connection owns a receive buffer only while it has unparsed bytes; it stops
 //! reading while it has unsent bytes (the peer's own backpressure); every path out of
-//! [`run_session`] frees its slot, its buffers and its budget shares, and counts its close code.
+//! [`serve`] frees its slot, its buffers and its budget shares, and counts its close code.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -31,7 +31,7 @@ use crate::websocket::{Decoder, Event, MessageKind};
 
 /// Upper bound of one connection task's memory: the future below plus monoio's task header.
 /// Checked at every spawn; used by the budget.
-pub const TASK_BYTES_MAX: usize = 1152;
+pub const TASK_BYTES_MAX: usize = 768;
 /// Bytes monoio adds around a spawned future (header, scheduler links, output slot).
 const TASK_HEADER_BYTES: usize = 128;
 /// Reads per readiness wake-up before yielding to the core's other connections.
@@ -40,6 +40,10 @@ const READS_PER_WAKEUP_MAX: usize = 4;
 const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
 /// A `Retry-After` for 503 refusals, in seconds.
 const RETRY_AFTER_S: &str = "5";
+/// After a refusal sent before the whole request was read, how long pusher keeps reading and
+/// dropping what the client still sends: closing with unread input would reset the connection
+/// and could destroy the answer before the client reads it (RFC 9112 §9.6).
+const LINGER_MAX: Duration = Duration::from_secs(1);
 /// A close frame: header, code and at most 123 bytes of reason.
 const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
 
@@ -61,15 +65,40 @@ pub fn spawn(core: Rc<Core>, stream: TcpStream) {
     monoio::spawn(task);
 }
 
+/// The whole life of a connection. The session loop is inline (not a nested future) so the
+/// task holds one copy of the stream and the core handle.
 async fn serve(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     // The handshake's state (timeouts, response building) is boxed for its short life, so an
     // idle session's task carries only the session loop.
-    let upgraded = Box::pin(handshake(&core, &stream, fd)).await;
-    if let Some(upgraded) = upgraded {
-        run_session(core, stream, fd, upgraded).await;
+    let Some(upgraded) = Box::pin(handshake(&core, &stream, fd)).await else {
+        return;
+    };
+    let mut conn = Connection::new(Rc::clone(&core), fd, upgraded);
+    while conn.phase != Phase::Done {
+        core.slots.arm(conn.key, conn.next_deadline());
+        // Two selects rather than one with both readiness futures: the branches share their
+        // storage in the task, which keeps an idle session's task small.
+        if conn.outbound.is_empty() {
+            monoio::select! {
+                ready = stream.readable(false) => match ready {
+                    Ok(()) => conn.on_readable().await,
+                    Err(_) => conn.phase = Phase::Done,
+                },
+                _ = core.slots.signalled(conn.key) => conn.on_signal(),
+            }
+        } else {
+            monoio::select! {
+                ready = stream.writable(false) => match ready {
+                    Ok(()) => conn.flush(),
+                    Err(_) => conn.phase = Phase::Done,
+                },
+                _ = core.slots.signalled(conn.key) => conn.on_signal(),
+            }
+        }
     }
+    Box::pin(conn.finish(&stream)).await;
 }
 
 /// A completed upgrade: the slot taken and any bytes that followed the request head.
@@ -93,7 +122,9 @@ async fn handshake(core: &Rc<Core>, stream: &TcpStream, fd: RawFd) -> Option<Upg
             &[("Retry-After", RETRY_AFTER_S)],
             b"busy\n",
         );
-        write_all(stream, fd, &out, deadline).await;
+        if write_all(stream, fd, &out, deadline).await {
+            linger(stream, fd).await;
+        }
         return None;
     };
     let mut filled = 0;
@@ -131,7 +162,9 @@ async fn handshake(core: &Rc<Core>, stream: &TcpStream, fd: RawFd) -> Option<Upg
                     &[],
                     b"bad request head\n",
                 );
-                write_all(stream, fd, &out, deadline).await;
+                if write_all(stream, fd, &out, deadline).await {
+                    linger(stream, fd).await;
+                }
                 return None;
             }
         }
@@ -255,6 +288,34 @@ async fn write_all(stream: &TcpStream, fd: RawFd, bytes: &[u8], deadline: Instan
     true
 }
 
+/// Half-closes, then reads and drops input until the client closes too, for at most
+/// [`LINGER_MAX`], so the answer just written is not lost to a reset.
+async fn linger(stream: &TcpStream, fd: RawFd) {
+    // SAFETY: shutdown on our own descriptor; an error (peer gone) changes nothing.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let until = Instant::now() + LINGER_MAX;
+    loop {
+        match monoio::time::timeout_at(until.into(), stream.readable(false)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        // SAFETY: with MSG_TRUNC a TCP socket drops the bytes without writing to the buffer.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                64 * 1024,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if n == 0
+            || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+        {
+            return;
+        }
+    }
+}
+
 /// Where a session is in its close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -283,48 +344,34 @@ struct Connection {
     close_code: u16,
 }
 
-async fn run_session(core: Rc<Core>, stream: TcpStream, fd: RawFd, upgraded: Upgraded) {
-    let now = core.now_ms();
-    let mut conn = Connection {
-        decoder: Decoder::new(core.limits),
-        fd,
-        key: upgraded.key,
-        echo: upgraded.echo,
-        recv: None,
-        filled: 0,
-        outbound: Outbound::new(core.shared.config.outbound_pending_bytes_max),
-        phase: Phase::Open,
-        last_activity: now,
-        close_code: 1006,
-        core: Rc::clone(&core),
-    };
-    if let Some((buf, filled)) = upgraded.early {
-        conn.recv = Some(buf);
-        conn.filled = filled;
-        conn.process();
-        if conn.filled == 0 {
-            conn.recv = None;
-        }
-    }
-    while conn.phase != Phase::Done {
-        core.slots.arm(conn.key, conn.next_deadline());
-        let writing = !conn.outbound.is_empty();
-        monoio::select! {
-            ready = stream.readable(false), if !writing => match ready {
-                Ok(()) => conn.on_readable().await,
-                Err(_) => conn.phase = Phase::Done,
-            },
-            ready = stream.writable(false), if writing => match ready {
-                Ok(()) => conn.flush(),
-                Err(_) => conn.phase = Phase::Done,
-            },
-            _ = core.slots.signalled(conn.key) => conn.on_signal(),
-        }
-    }
-    Box::pin(conn.finish(&stream)).await;
-}
-
 impl Connection {
+    /// The session state right after the 101; bytes that came with the request head are
+    /// decoded at once.
+    fn new(core: Rc<Core>, fd: RawFd, upgraded: Upgraded) -> Connection {
+        let mut conn = Connection {
+            decoder: Decoder::new(core.limits),
+            fd,
+            key: upgraded.key,
+            echo: upgraded.echo,
+            recv: None,
+            filled: 0,
+            outbound: Outbound::new(core.shared.config.outbound_pending_bytes_max),
+            phase: Phase::Open,
+            last_activity: core.now_ms(),
+            close_code: 1006,
+            core,
+        };
+        if let Some((buf, filled)) = upgraded.early {
+            conn.recv = Some(buf);
+            conn.filled = filled;
+            conn.process();
+            if conn.filled == 0 {
+                conn.recv = None;
+            }
+        }
+        conn
+    }
+
     /// The earliest of: idle or close-handshake deadline, and the session's own timer.
     fn next_deadline(&self) -> Millis {
         let config = &self.core.shared.config;
