@@ -1,0 +1,280 @@
+//! The HTTP surface and the upgrade rules (protocol.md §1): refusals with their statuses,
+//! tokens, capacity, and the bounded handshake.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+on_both_drivers!(
+    bad_or_missing_query_is_refused_with_400,
+    auth_token_is_required_for_upgrades,
+    metrics_token_is_required_for_metrics,
+    plain_routes_answer,
+    full_server_refuses_with_503_until_a_slot_frees,
+    silent_or_partial_handshake_is_cut_off,
+    oversized_request_head_gets_431,
+    refusal_before_the_whole_head_is_read_is_not_lost_to_a_reset,
+);
+
+async fn bad_or_missing_query_is_refused_with_400(driver: &str) {
+    let server = Server::start(driver, &[]).await;
+    let bad = [
+        "",
+        "sample_rate=16000",
+        "uid=",
+        "uid=..",
+        "uid=a/b",
+        "uid=a%2Fb",
+        "uid=a&uid=b",
+        "uid=a&sample_rate=7999",
+        "uid=a&sample_rate=48001",
+        "uid=a&sample_rate=16k",
+    ];
+    for query in bad {
+        match server.try_connect(query, None).await {
+            Ok(_) => panic!("{query:?} was upgraded"),
+            Err(response) => assert_eq!(response.status, 400, "{query:?}: {response:?}"),
+        }
+    }
+    let long_uid = format!("uid={}", "a".repeat(129));
+    let response = server.try_connect(&long_uid, None).await.err();
+    assert_eq!(response.map(|r| r.status), Some(400));
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.value("pusher_sessions_refused_total{reason=\"bad_request\"}"),
+        bad.len() as u64 + 1
+    );
+    assert_eq!(metrics.value("pusher_sessions_opened_total"), 0);
+    // The edges of the rules are accepted.
+    for query in [
+        "uid=a.b:c@d-e_f&sample_rate=48000",
+        "sample_rate=8000&uid=x",
+        &format!("uid={}", "a".repeat(128)),
+    ] {
+        let mut ws = server
+            .try_connect(query, None)
+            .await
+            .unwrap_or_else(|r| panic!("{query:?} refused: {r:?}"));
+        assert_eq!(close_with(&mut ws, 1000).await, 1000);
+    }
+}
+
+async fn auth_token_is_required_for_upgrades(driver: &str) {
+    let server = Server::start(driver, &["--auth-token", "s3cret"]).await;
+    for bearer in [None, Some("wrong"), Some("s3cre"), Some("s3cret2")] {
+        let refused = server.try_connect("uid=u", bearer).await.err();
+        assert_eq!(refused.map(|r| r.status), Some(401), "{bearer:?}");
+    }
+    let mut ws = server
+        .try_connect("uid=u", Some("s3cret"))
+        .await
+        .unwrap_or_else(|r| panic!("right token refused: {r:?}"));
+    send(&mut ws, 104, br#"{"conversation_id": "c"}"#).await;
+    assert_eq!(expect_result(&mut ws).await["conversation_id"], "c");
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metrics.value("pusher_sessions_refused_total{reason=\"unauthorized\"}"),
+        4
+    );
+    assert_eq!(metrics.value("pusher_sessions_opened_total"), 1);
+}
+
+async fn metrics_token_is_required_for_metrics(driver: &str) {
+    let server = Server::start(driver, &["--metrics-token", "m-token"]).await;
+    let none = http_get(server.addr, "/metrics", &[]).await;
+    assert_eq!(none.status, 401, "{none:?}");
+    assert_eq!(none.header("WWW-Authenticate"), Some("Bearer"));
+    let wrong = http_get(server.addr, "/metrics", &[("Authorization", "Bearer nope")]).await;
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    let right = http_get(
+        server.addr,
+        "/metrics",
+        &[("Authorization", "Bearer m-token")],
+    )
+    .await;
+    assert_eq!(right.status, 200, "{right:?}");
+    assert!(
+        right
+            .header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{right:?}"
+    );
+    // At least the /health of the start-up wait, the two refused scrapes and this one.
+    let metrics = Metrics(right.body);
+    assert!(metrics.value("pusher_http_requests_total") >= 4);
+    // The metrics token does not guard upgrades.
+    let mut ws = server.connect("u").await;
+    assert_eq!(close_with(&mut ws, 1000).await, 1000);
+}
+
+async fn plain_routes_answer(driver: &str) {
+    let server = Server::start(driver, &[]).await;
+    for path in ["/", "/nope", "/v1/trigger", "/health/x", "/test/echo"] {
+        assert_eq!(server.get(path).await.status, 404, "{path}");
+    }
+    let health = server.get("/health").await;
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"healthy"}"#)
+    );
+    assert_eq!(server.get("/readyz").await.status, 200);
+    let label = if driver == "uring" {
+        "io_uring"
+    } else {
+        "epoll"
+    };
+    let info = format!("pusher_driver_info{{driver=\"{label}\"}}");
+    assert_eq!(server.metric(&info).await, 1, "runs the driver asked for");
+    let memory = server.get("/debug/memory").await;
+    assert_eq!(memory.status, 200);
+    let memory: serde_json::Value = serde_json::from_str(&memory.body).expect("JSON");
+    for field in [
+        "rss_mb",
+        "asyncio_tasks",
+        "traced_current_mb",
+        "traced_peak_mb",
+    ] {
+        assert!(memory[field].is_number(), "{field} in {memory}");
+    }
+    assert!(memory["pusher_debug"].is_object(), "{memory}");
+    // A listen path without the upgrade headers is not a session.
+    let plain = server.get(&format!("{LISTEN}?uid=u")).await;
+    assert_eq!(plain.status, 400, "{plain:?}");
+}
+
+async fn full_server_refuses_with_503_until_a_slot_frees(driver: &str) {
+    let server = Server::start(driver, &["--workers", "1", "--max-sessions-per-core", "2"]).await;
+    let mut first = server.connect("u-1").await;
+    let mut second = server.connect("u-2").await;
+    let refused = server
+        .try_connect("uid=u-3", None)
+        .await
+        .expect_err("a third session is refused");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    let retry_after: u32 = refused
+        .header("Retry-After")
+        .and_then(|v| v.parse().ok())
+        .expect("503 has a numeric Retry-After");
+    assert!(retry_after > 0);
+    let ready = server.get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (503, r#"{"status":"full"}"#)
+    );
+    assert_eq!(
+        server
+            .metric("pusher_sessions_refused_total{reason=\"capacity\"}")
+            .await,
+        1
+    );
+    // The sessions already open are not disturbed.
+    send(&mut second, 104, br#"{"conversation_id": "still-here"}"#).await;
+    assert_eq!(
+        expect_result(&mut second).await["conversation_id"],
+        "still-here"
+    );
+    assert_eq!(close_with(&mut first, 1000).await, 1000);
+    server.wait_status("/readyz", 200).await;
+    let mut third = server.connect("u-3").await;
+    send(&mut third, 100, &[]).await;
+    assert_eq!(server.get("/readyz").await.status, 503);
+    assert_eq!(close_with(&mut third, 1000).await, 1000);
+    assert_eq!(close_with(&mut second, 1000).await, 1000);
+    assert_eq!(server.metric("pusher_sessions_opened_total").await, 3);
+}
+
+/// Expects pusher to close `stream` (EOF or reset) between `at_least` and a few seconds after
+/// `since`, without sending anything.
+async fn expect_cut_off(stream: &mut TcpStream, since: Instant, at_least: Duration) {
+    let mut buf = [0u8; 64];
+    let read = within(
+        Duration::from_secs(3),
+        "the server to close",
+        stream.read(&mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected a close, got {read:?}"
+    );
+    let waited = since.elapsed();
+    assert!(waited >= at_least, "closed after only {waited:?}");
+}
+
+async fn silent_or_partial_handshake_is_cut_off(driver: &str) {
+    let timeout = Duration::from_millis(300);
+    let server = Server::start(driver, &["--handshake-timeout-ms", "300"]).await;
+    let since = Instant::now();
+    let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(server.addr).await.expect("connect");
+    partial
+        .write_all(
+            format!("GET {LISTEN}?uid=u HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let slack = Duration::from_millis(50);
+    expect_cut_off(&mut silent, since, timeout - slack).await;
+    expect_cut_off(&mut partial, since, timeout - slack).await;
+    server
+        .wait_metric(
+            "pusher_sessions_refused_total{reason=\"handshake_timeout\"}",
+            2,
+        )
+        .await;
+    // A prompt client is unaffected by the short timeout.
+    let mut ws = server.connect("u").await;
+    assert_eq!(close_with(&mut ws, 1000).await, 1000);
+}
+
+async fn oversized_request_head_gets_431(driver: &str) {
+    let server = Server::start(driver, &["--max-request-header-bytes", "1024"]).await;
+    let head = |pad: usize| {
+        format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let fits = head(900);
+    assert!(fits.len() <= 1024);
+    let response = raw_request(server.addr, fits.as_bytes()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let over = head(1024);
+    let response = raw_request(server.addr, over.as_bytes()).await;
+    assert_eq!(response.status, 431, "{response:?}");
+    assert_eq!(
+        server
+            .metric("pusher_sessions_refused_total{reason=\"bad_request\"}")
+            .await,
+        1
+    );
+}
+
+async fn refusal_before_the_whole_head_is_read_is_not_lost_to_a_reset(driver: &str) {
+    let server = Server::start(driver, &["--max-request-header-bytes", "1024"]).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    // The client writes its (too long) head in two parts, as a slow client would; pusher
+    // answers after the first part and must still let the client finish and read the 431.
+    let head = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+        "a".repeat(2048)
+    );
+    stream
+        .write_all(&head.as_bytes()[..1500])
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = format!("{}\r\n\r\n", &head[1500..]);
+    stream
+        .write_all(rest.as_bytes())
+        .await
+        .expect("the rest of the head can still be written");
+    let response = within(STEP, "the 431", read_response(&mut stream))
+        .await
+        .expect("the 431 is followed by a clean close, not a reset");
+    assert_eq!(response.status, 431, "{response:?}");
+}
