@@ -4,6 +4,9 @@
 //! sharing a digest (odds about 2⁻⁶⁴ per pair) would make the second look like a duplicate: it
 //! would get no 201 and the client would send it again after reconnecting.
 //!
+//! The array is allocated on the session's first 104: most sessions never send one, and an
+//! idle session must stay small.
+//!
 //! Invariant: at most `max` ≤ [`PROCESS_IN_FLIGHT_LIMIT`] digests, all distinct.
 
 use std::hash::{DefaultHasher, Hasher};
@@ -14,7 +17,7 @@ use crate::id::Id;
 pub const PROCESS_IN_FLIGHT_LIMIT: usize = 16;
 
 pub(super) struct InFlight {
-    digests: [u64; PROCESS_IN_FLIGHT_LIMIT],
+    digests: Option<Box<[u64; PROCESS_IN_FLIGHT_LIMIT]>>,
     len: u8,
     max: u8,
 }
@@ -26,7 +29,7 @@ impl InFlight {
             "process in-flight max must be within 1..={PROCESS_IN_FLIGHT_LIMIT}"
         );
         InFlight {
-            digests: [0; PROCESS_IN_FLIGHT_LIMIT],
+            digests: None,
             len: 0,
             max: max as u8,
         }
@@ -48,7 +51,8 @@ impl InFlight {
         let digest = digest(conversation);
         debug_assert!(!self.is_full());
         debug_assert!(self.position(digest).is_none());
-        self.digests[self.len()] = digest;
+        let index = self.len();
+        self.digests.get_or_insert_with(|| Box::new([0; PROCESS_IN_FLIGHT_LIMIT]))[index] = digest;
         self.len += 1;
     }
 
@@ -58,7 +62,9 @@ impl InFlight {
             return false;
         };
         self.len -= 1;
-        self.digests[index] = self.digests[self.len()];
+        let last = self.len();
+        let digests = self.digests.as_mut().expect("a digest was found");
+        digests[index] = digests[last];
         true
     }
 
@@ -67,7 +73,8 @@ impl InFlight {
     }
 
     fn position(&self, digest: u64) -> Option<usize> {
-        self.digests[..self.len()].iter().position(|&d| d == digest)
+        let digests = self.digests.as_ref()?;
+        digests[..self.len()].iter().position(|&d| d == digest)
     }
 }
 
