@@ -33,6 +33,6 @@ python-deps:
 test-python: build python-deps
 	$(PYTHON) -m pytest -q tests/python
 
-bench: build
-	$(CARGO) build --release -p pusher-bench
-	bench/run.sh
+## Benchmarks (bench/README.md); bench/run.sh builds pusher and pusher-bench in release itself.
+bench:
+	CARGO="$(CARGO)" bench/run.sh

@@ -1,3 +1,58 @@
-fn main() {
-    println!("Hello, world!");
+//! `pusher-bench`: load scenarios against a running pusher server, measured from the outside
+//! (the server's /proc entry). See bench/README.md.
+
+mod frames;
+mod load;
+mod proc_stats;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load tool for pusher. Each scenario prints one JSON line (stdout) and a summary (stderr).
+#[derive(Debug, Parser)]
+#[command(name = "pusher-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Open many idle sessions (103, then heartbeats) and measure server RSS per session.
+    Idle(load::idle::Args),
+    /// Stream 101 audio as fast as possible and measure throughput and server CPU per byte.
+    Ingest(load::ingest::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = load::raise_open_files_limit() {
+        eprintln!("pusher-bench: cannot raise RLIMIT_NOFILE: {e}");
+    }
+    // One client thread: the load generator must leave the server's cores alone as far as
+    // possible, and every scenario is I/O-bound on the client side.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pusher-bench: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Idle(args) => load::idle::run(args).await,
+            Scenario::Ingest(args) => load::ingest::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pusher-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

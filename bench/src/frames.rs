@@ -1,0 +1,216 @@
+//! What a load client puts on the wire: the upgrade request and masked client frames carrying
+//! pusher messages (protocol.md §2: a `u32 LE` header, then the payload, in one binary message).
+//!
+//! Everything here is pure byte building, so it can be precomputed once and written in a loop.
+
+/// Pusher message headers (protocol.md §2).
+pub const HEARTBEAT: u32 = 100;
+pub const AUDIO: u32 = 101;
+pub const CONVERSATION_ID: u32 = 103;
+
+/// Masking key of every frame the tool sends. Servers must accept any key; a fixed one lets
+/// frames be precomputed. Non-zero so that unmasking really changes the bytes.
+pub const MASK_KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// The Sec-WebSocket-Key of every upgrade (the RFC 6455 §1.3 sample: 16 bytes in base64).
+const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+const FIN_BIT: u8 = 0x80;
+const MASK_BIT: u8 = 0x80;
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+/// Largest payload length that fits the 7-bit length field.
+const LEN7_MAX: usize = 125;
+const LEN7_MARKER_U16: u8 = 126;
+const LEN7_MARKER_U64: u8 = 127;
+/// Close code "normal closure" (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+
+/// The HTTP/1.1 upgrade request for `GET /v1/trigger/listen?uid=U&sample_rate=R`.
+pub fn listen_request(host: &str, uid: &str, sample_rate: u32) -> String {
+    format!(
+        "GET /v1/trigger/listen?uid={uid}&sample_rate={sample_rate} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Key: {WEBSOCKET_KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\n\
+         \r\n"
+    )
+}
+
+/// A pusher message: `u32 LE header` ‖ `payload`.
+pub fn message(header: u32, payload: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(4 + payload.len());
+    message.extend_from_slice(&header.to_le_bytes());
+    message.extend_from_slice(payload);
+    message
+}
+
+/// A 101 audio message: `f64 LE` timestamp ‖ `pcm_bytes` of silence (PCM16 zeros).
+pub fn audio_message(timestamp_s: f64, pcm_bytes: usize) -> Vec<u8> {
+    let mut payload = vec![0u8; 8 + pcm_bytes];
+    payload[..8].copy_from_slice(&timestamp_s.to_le_bytes());
+    message(AUDIO, &payload)
+}
+
+/// Appends one masked, unfragmented binary frame carrying `payload` to `out`.
+pub fn push_binary_frame(payload: &[u8], out: &mut Vec<u8>) {
+    push_frame(OPCODE_BINARY, payload, out);
+}
+
+/// A masked binary frame carrying `payload`.
+pub fn binary_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame_bytes(payload.len()));
+    push_binary_frame(payload, &mut out);
+    out
+}
+
+/// A masked Close frame with code 1000 and no reason.
+pub fn close_frame() -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame_bytes(2));
+    push_frame(OPCODE_CLOSE, &CLOSE_NORMAL.to_be_bytes(), &mut out);
+    out
+}
+
+/// Bytes on the wire of a client frame with a payload of `payload_bytes`.
+pub fn frame_bytes(payload_bytes: usize) -> usize {
+    let extended = match payload_bytes {
+        0..=LEN7_MAX => 0,
+        126..=0xffff => 2,
+        _ => 8,
+    };
+    2 + extended + MASK_KEY.len() + payload_bytes
+}
+
+fn push_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(frame_bytes(payload.len()));
+    out.push(FIN_BIT | opcode);
+    let len = payload.len();
+    if len <= LEN7_MAX {
+        out.push(MASK_BIT | len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(MASK_BIT | LEN7_MARKER_U16);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(MASK_BIT | LEN7_MARKER_U64);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&MASK_KEY);
+    out.extend(
+        payload
+            .iter()
+            .zip(MASK_KEY.iter().cycle())
+            .map(|(byte, key)| byte ^ key),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use pusher::websocket::{Decoder, DecoderLimits, Event, MessageKind};
+
+    use super::*;
+
+    /// Decodes `wire` with the server's decoder; returns every event with its payload bytes.
+    fn decode_all(wire: &[u8]) -> Vec<(Event, Vec<u8>)> {
+        let limits = DecoderLimits {
+            max_message_bytes: 1 << 20,
+        };
+        let mut decoder = Decoder::new(limits);
+        let mut buf = vec![0u8; Decoder::buffer_bytes_required(limits).max(wire.len())];
+        buf[..wire.len()].copy_from_slice(wire);
+        let mut events = Vec::new();
+        while let Some(event) = decoder.decode(&mut buf, wire.len()).expect("valid frames") {
+            let bytes = match &event {
+                Event::Message { payload, .. } | Event::Ping { payload } => {
+                    buf[payload.clone()].to_vec()
+                }
+                Event::Close { reason, .. } => buf[reason.clone()].to_vec(),
+                Event::Pong => Vec::new(),
+            };
+            events.push((event, bytes));
+        }
+        assert_eq!(
+            decoder.compact(&mut buf, wire.len()),
+            0,
+            "no bytes left over"
+        );
+        events
+    }
+
+    fn assert_binary(event: &(Event, Vec<u8>), expected: &[u8]) {
+        assert!(matches!(
+            event.0,
+            Event::Message {
+                kind: MessageKind::Binary,
+                ..
+            }
+        ));
+        assert_eq!(event.1, expected);
+    }
+
+    #[test]
+    fn message_puts_the_header_first_little_endian() {
+        assert_eq!(message(HEARTBEAT, &[]), [100, 0, 0, 0]);
+        assert_eq!(message(CONVERSATION_ID, b"c1"), [103, 0, 0, 0, b'c', b'1']);
+    }
+
+    #[test]
+    fn audio_message_is_header_timestamp_and_silence() {
+        let audio = audio_message(1.5, 6);
+        assert_eq!(audio.len(), 4 + 8 + 6);
+        assert_eq!(audio[..4], AUDIO.to_le_bytes());
+        assert_eq!(audio[4..12], 1.5f64.to_le_bytes());
+        assert!(audio[12..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn frames_of_every_length_class_decode_with_the_server_decoder() {
+        for len in [0, 1, 125, 126, 65_535, 65_536, 16_012] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let frame = binary_frame(&payload);
+            assert_eq!(frame.len(), frame_bytes(len), "length {len}");
+            let events = decode_all(&frame);
+            assert_eq!(events.len(), 1, "length {len}");
+            assert_binary(&events[0], &payload);
+        }
+    }
+
+    #[test]
+    fn batched_frames_decode_in_order() {
+        let mut wire = Vec::new();
+        push_binary_frame(&message(CONVERSATION_ID, b"conv-1"), &mut wire);
+        push_binary_frame(&audio_message(2.0, 300), &mut wire);
+        push_binary_frame(&message(HEARTBEAT, &[]), &mut wire);
+        let events = decode_all(&wire);
+        assert_eq!(events.len(), 3);
+        assert_binary(&events[0], &message(CONVERSATION_ID, b"conv-1"));
+        assert_binary(&events[1], &audio_message(2.0, 300));
+        assert_binary(&events[2], &[100, 0, 0, 0]);
+    }
+
+    #[test]
+    fn close_frame_carries_code_1000() {
+        let events = decode_all(&close_frame());
+        assert_eq!(events.len(), 1);
+        assert!(matches!(
+            events[0].0,
+            Event::Close {
+                code: Some(1000),
+                ..
+            }
+        ));
+        assert!(events[0].1.is_empty());
+    }
+
+    #[test]
+    fn listen_request_is_a_websocket_upgrade() {
+        let request = listen_request("127.0.0.1:8080", "idle-7", 16_000);
+        assert!(
+            request.starts_with("GET /v1/trigger/listen?uid=idle-7&sample_rate=16000 HTTP/1.1\r\n")
+        );
+        assert!(request.contains("\r\nHost: 127.0.0.1:8080\r\n"));
+        assert!(request.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        assert!(request.ends_with("\r\n\r\n"));
+    }
+}

@@ -1,0 +1,233 @@
+//! `ingest`: audio throughput and the server CPU it costs.
+//!
+//! Opens C sessions (each sends a 103 first), then every session writes 101 audio frames as
+//! fast as the server takes them for the given time. The frames are encoded once and written
+//! in large batches so that the client spends its CPU in the kernel, not in encoding. Each
+//! session then sends a Close and waits for the server's: the server has then read and handled
+//! every byte sent, and its CPU time is measured.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use super::{Failures, Session, Target, open_sessions, print_result, round};
+use crate::frames;
+use crate::proc_stats::Process;
+
+/// How long a session waits for the server's Close (and end of stream) after sending its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Sessions streaming audio at once
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds of streaming
+    #[arg(long, default_value_t = 20, value_name = "S")]
+    seconds: u64,
+    /// PCM bytes per 101 message (16000 = 0.5 s of 16 kHz audio); the message adds 12 bytes
+    #[arg(long, default_value_t = 16_000, value_name = "BYTES")]
+    frame_bytes: usize,
+    /// Bytes handed to one write: as many whole frames as fit (at least one)
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    write_bytes: usize,
+}
+
+/// The wire bytes of one batch write and what they hold.
+struct Batch {
+    bytes: Vec<u8>,
+    frames: u64,
+}
+
+impl Batch {
+    /// As many copies of one masked 101 frame as fit in `write_bytes` (at least one).
+    fn new(pcm_bytes: usize, write_bytes: usize) -> Batch {
+        let timestamp_s = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let frame = frames::binary_frame(&frames::audio_message(timestamp_s, pcm_bytes));
+        let count = (write_bytes / frame.len()).max(1);
+        Batch {
+            bytes: frame.repeat(count),
+            frames: count as u64,
+        }
+    }
+}
+
+/// What one session did.
+#[derive(Default)]
+struct Sent {
+    bytes: u64,
+    frames: u64,
+    /// Why the session stopped early or did not close cleanly.
+    error: Option<String>,
+}
+
+pub async fn run(args: Args) -> Result<(), String> {
+    if args.connections == 0 || args.seconds == 0 {
+        return Err("--connections and --seconds must be at least 1".to_owned());
+    }
+    let server = Process::new(args.target.pid);
+    let client = Process::current();
+    let opened = open_sessions(&args.target, "ingest", args.connections, args.connections).await;
+    let failures = opened.failures;
+    if opened.sessions.is_empty() {
+        return Err(format!(
+            "no session could be opened: {}",
+            failures.to_json()
+        ));
+    }
+    let open = opened.sessions.len();
+    let batch = Arc::new(Batch::new(args.frame_bytes, args.write_bytes));
+    eprintln!(
+        "ingest: {open} sessions streaming {} frames of {} B per write for {}s",
+        batch.frames,
+        frames::frame_bytes(args.frame_bytes + 12),
+        args.seconds
+    );
+
+    let server_cpu_before = server.cpu_s().map_err(|e| e.to_string())?;
+    let client_cpu_before = client.cpu_s().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut streams = JoinSet::new();
+    for session in opened.sessions {
+        streams.spawn(stream(session, Arc::clone(&batch), deadline));
+    }
+    let mut total = Sent::default();
+    let mut stream_errors = Failures::default();
+    while let Some(joined) = streams.join_next().await {
+        let sent = joined.map_err(|e| format!("streaming task: {e}"))?;
+        total.bytes += sent.bytes;
+        total.frames += sent.frames;
+        if let Some(error) = sent.error {
+            stream_errors.add(error);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let server_cpu_s = server.cpu_s().map_err(|e| e.to_string())? - server_cpu_before;
+    let client_cpu_s = client.cpu_s().map_err(|e| e.to_string())? - client_cpu_before;
+    let server_rss_kib = server.rss_kib().map_err(|e| e.to_string())?;
+
+    let mb_per_s = total.bytes as f64 / 1e6 / seconds;
+    let gb_per_server_cpu_s = total.bytes as f64 / 1e9 / server_cpu_s;
+    let frames_per_s = total.frames as f64 / seconds;
+    let human = format!(
+        "ingest: {open} sessions, {:.1} MB in {seconds:.1}s = {mb_per_s:.1} MB/s, \
+         {frames_per_s:.0} frames/s; server CPU {server_cpu_s:.2}s = {gb_per_server_cpu_s:.2} GB per CPU-second; \
+         client CPU {client_cpu_s:.2}s; {} failed to open, {} stream errors",
+        total.bytes as f64 / 1e6,
+        failures.total(),
+        stream_errors.total(),
+    );
+    print_result(
+        "ingest",
+        &args.target,
+        json!({
+            "connections_requested": args.connections,
+            "connections": open,
+            "frame_pcm_bytes": args.frame_bytes,
+            "frame_wire_bytes": frames::frame_bytes(args.frame_bytes + 12),
+            "bytes_sent": total.bytes,
+            "frames_sent": total.frames,
+            "seconds": round(seconds, 3),
+            "mb_per_s": round(mb_per_s, 1),
+            "frames_per_s": round(frames_per_s, 0),
+            "server_cpu_s": round(server_cpu_s, 2),
+            "gb_per_server_cpu_s": round(gb_per_server_cpu_s, 3),
+            "client_cpu_s": round(client_cpu_s, 2),
+            "server_rss_after_kib": server_rss_kib,
+            "failures": failures.total(),
+            "failure_reasons": failures.to_json(),
+            "stream_errors": stream_errors.total(),
+            "stream_error_reasons": stream_errors.to_json(),
+        }),
+        &human,
+    );
+    Ok(())
+}
+
+/// Writes batches until `deadline`, then closes: sends a Close and reads until the server has
+/// answered and ended the stream.
+async fn stream(mut session: Session, batch: Arc<Batch>, deadline: Instant) -> Sent {
+    let mut sent = Sent::default();
+    while Instant::now() < deadline {
+        if let Err(e) = session.stream.write_all(&batch.bytes).await {
+            sent.error = Some(format!("write: {e}"));
+            return sent;
+        }
+        sent.bytes += batch.bytes.len() as u64;
+        sent.frames += batch.frames;
+    }
+    if let Err(e) = session.stream.write_all(&frames::close_frame()).await {
+        sent.error = Some(format!("close write: {e}"));
+        return sent;
+    }
+    let mut sink = [0u8; 256];
+    let drained = tokio::time::timeout(CLOSE_WAIT, async {
+        loop {
+            match session.stream.read(&mut sink).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    sent.error = match drained {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("close read: {e}")),
+        Err(_) => Some(format!(
+            "no close from server within {}s",
+            CLOSE_WAIT.as_secs()
+        )),
+    };
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use pusher::websocket::{Decoder, DecoderLimits, Event};
+
+    use super::*;
+
+    #[test]
+    fn a_batch_is_whole_audio_frames_that_the_server_decodes() {
+        let batch = Batch::new(16_000, 50_000);
+        assert_eq!(batch.frames, 3);
+        assert_eq!(batch.bytes.len(), 3 * frames::frame_bytes(16_000 + 12));
+
+        let limits = DecoderLimits {
+            max_message_bytes: 1 << 20,
+        };
+        let mut decoder = Decoder::new(limits);
+        let mut buf = vec![0u8; Decoder::buffer_bytes_required(limits)];
+        buf[..batch.bytes.len()].copy_from_slice(&batch.bytes);
+        let mut messages = 0;
+        while let Some(event) = decoder.decode(&mut buf, batch.bytes.len()).unwrap() {
+            let Event::Message { payload, .. } = event else {
+                panic!("unexpected {event:?}");
+            };
+            assert_eq!(payload.len(), 4 + 8 + 16_000);
+            assert_eq!(
+                buf[payload.start..payload.start + 4],
+                frames::AUDIO.to_le_bytes()
+            );
+            messages += 1;
+        }
+        assert_eq!(messages, 3);
+    }
+
+    #[test]
+    fn a_batch_holds_at_least_one_frame() {
+        let batch = Batch::new(16_000, 100);
+        assert_eq!(batch.frames, 1);
+        assert_eq!(batch.bytes.len(), frames::frame_bytes(16_000 + 12));
+    }
+}

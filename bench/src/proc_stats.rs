@@ -1,0 +1,126 @@
+//! What the tool measures of a process (normally the server): resident set from
+//! `/proc/PID/status` and CPU time (user + system) from `/proc/PID/stat`.
+
+use std::io;
+
+/// A process observed through `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Process {
+    pid: u32,
+}
+
+impl Process {
+    pub fn new(pid: u32) -> Process {
+        Process { pid }
+    }
+
+    /// This process (the load client itself).
+    pub fn current() -> Process {
+        Process::new(std::process::id())
+    }
+
+    /// Resident set size (`VmRSS`), KiB.
+    pub fn rss_kib(&self) -> io::Result<u64> {
+        let status = self.read("status")?;
+        parse_rss_kib(&status).ok_or_else(|| self.malformed("status", "no VmRSS line"))
+    }
+
+    /// CPU time so far, user + system, in seconds.
+    pub fn cpu_s(&self) -> io::Result<f64> {
+        let stat = self.read("stat")?;
+        let ticks =
+            parse_cpu_ticks(&stat).ok_or_else(|| self.malformed("stat", "no utime/stime"))?;
+        Ok(ticks as f64 / clock_ticks_per_s() as f64)
+    }
+
+    fn read(&self, file: &str) -> io::Result<String> {
+        let path = format!("/proc/{}/{file}", self.pid);
+        std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+    }
+
+    fn malformed(&self, file: &str, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{}/{file}: {what}", self.pid),
+        )
+    }
+}
+
+/// `VmRSS` of a `/proc/PID/status` text, in KiB (the kernel writes it as "VmRSS:   1234 kB").
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let value = fields.next()?.parse().ok()?;
+    (fields.next() == Some("kB")).then_some(value)
+}
+
+/// `utime + stime` of a `/proc/PID/stat` text, in clock ticks.
+///
+/// The second field (the command name, in parentheses) may itself contain spaces and
+/// parentheses, so fields are counted from the last `)`: after it come field 3 (state) onwards,
+/// and utime and stime are fields 14 and 15 (proc(5)).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    const UTIME_AFTER_COMM: usize = 14 - 3;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(UTIME_AFTER_COMM);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of the times in `/proc/PID/stat`.
+fn clock_ticks_per_s() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tpusher\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\n\
+        VmPeak:\t  512000 kB\nVmSize:\t  498000 kB\nVmHWM:\t   61234 kB\nVmRSS:\t   58020 kB\n\
+        RssAnon:\t   40000 kB\nThreads:\t3\n";
+
+    #[test]
+    fn rss_is_the_vmrss_line_not_vmhwm() {
+        assert_eq!(parse_rss_kib(STATUS), Some(58_020));
+    }
+
+    #[test]
+    fn rss_missing_or_malformed_is_none() {
+        assert_eq!(
+            parse_rss_kib("Name:\tkthreadd\nState:\tS (sleeping)\n"),
+            None
+        );
+        assert_eq!(parse_rss_kib("VmRSS:\t  many kB\n"), None);
+        assert_eq!(parse_rss_kib("VmRSS:\t  12 MB\n"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        let stat = "4242 (pusher) S 1 4242 4242 0 -1 4194560 1911 0 0 0 731 269 0 0 20 0 3 0 \
+            123456 509952000 14505 18446744073709551615 1 1 0 0 0 0 0 4096 17610 0 0 0 17 1 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(731 + 269));
+    }
+
+    #[test]
+    fn cpu_ticks_survive_a_command_name_with_spaces_and_parentheses() {
+        let stat = "77 (a) b (c)) R 1 77 77 0 -1 0 0 0 0 0 5 7 0 0 20 0 1 0 1 1 1";
+        assert_eq!(parse_cpu_ticks(stat), Some(12));
+    }
+
+    #[test]
+    fn cpu_ticks_of_a_truncated_stat_are_none() {
+        assert_eq!(parse_cpu_ticks("77 (x) R 1 77 77 0 -1 0 0 0"), None);
+        assert_eq!(parse_cpu_ticks("no parenthesis at all"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_measured() {
+        let me = Process::current();
+        assert!(me.rss_kib().unwrap() > 0);
+        assert!(me.cpu_s().unwrap() >= 0.0);
+    }
+}
