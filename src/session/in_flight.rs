@@ -52,7 +52,8 @@ impl InFlight {
         debug_assert!(!self.is_full());
         debug_assert!(self.position(digest).is_none());
         let index = self.len();
-        self.digests.get_or_insert_with(|| Box::new([0; PROCESS_IN_FLIGHT_LIMIT]))[index] = digest;
+        self.digests
+            .get_or_insert_with(|| Box::new([0; PROCESS_IN_FLIGHT_LIMIT]))[index] = digest;
         self.len += 1;
     }
 
