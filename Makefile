@@ -3,6 +3,9 @@
 CARGO ?= cargo
 PYTHON ?= python3
 RELEASE_BIN := target/release/pusher
+# `make run` only: a fixed, public secret so the server starts out of the box. Never use it for
+# real audio; set PUSHER_ENCRYPTION_SECRET instead.
+DEV_ONLY_SECRET := dev-only-insecure-secret-do-not-use-in-production
 
 .PHONY: run test test-rust test-python lint python-deps build bench
 
@@ -11,7 +14,8 @@ RELEASE_BIN := target/release/pusher
 run:
 	$(CARGO) build --release --bin pusher
 	mkdir -p data
-	$(RELEASE_BIN) serve --settings config/settings.sample.toml
+	PUSHER_ENCRYPTION_SECRET="$${PUSHER_ENCRYPTION_SECRET:-$(DEV_ONLY_SECRET)}" \
+		$(RELEASE_BIN) serve --settings config/settings.sample.toml
 
 build:
 	$(CARGO) build --release --bin pusher

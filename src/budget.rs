@@ -26,6 +26,16 @@ pub struct ItemSizes {
     pub ring_entry_bytes: u64,
     /// Metadata of one payload-arena block.
     pub arena_block_meta_bytes: u64,
+    /// One spill-index entry with its hash-map slot and closed-queue slot.
+    pub spill_index_entry_bytes: u64,
+    /// One queued upload job.
+    pub upload_job_bytes: u64,
+}
+
+/// Largest batch: 60 s of audio at the highest sample rate (48 kHz, 16-bit), plus the frame that
+/// crossed the limit (a batch closes after the append that reaches 60 s).
+pub fn batch_bytes_max(max_message_bytes: usize) -> u64 {
+    60 * 48_000 * 2 + max_message_bytes as u64
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +114,26 @@ impl Budget {
                 w,
                 config.outbound_pending_bytes_per_core as u64,
             ),
+            line(
+                "spill hand-off rings",
+                w,
+                config.spill_handoff_bytes_per_core as u64,
+            ),
+            line(
+                "spill index entries",
+                config.spill_batches_max as u64,
+                sizes.spill_index_entry_bytes,
+            ),
+            line(
+                "upload queue",
+                config.spill_batches_max as u64,
+                sizes.upload_job_bytes,
+            ),
+            line(
+                "uploads in flight (2 copies)",
+                config.upload_concurrency as u64,
+                2 * batch_bytes_max(config.max_message_bytes),
+            ),
         ];
         Budget {
             workers: w,
@@ -169,6 +199,8 @@ mod tests {
         recv_buffer_bytes: 1 << 20,
         ring_entry_bytes: 24,
         arena_block_meta_bytes: 32,
+        spill_index_entry_bytes: 400,
+        upload_job_bytes: 300,
     };
 
     #[test]
@@ -184,7 +216,11 @@ mod tests {
             + 2 * 65_536 * 32
             + sessions * 170 * 24
             + 2 * (64 << 20)
-            + 2 * (8 << 20);
+            + 2 * (8 << 20)
+            + 2 * (16 << 20)
+            + 100_000 * 400
+            + 100_000 * 300
+            + 8 * 2 * (5_760_000 + (1 << 20));
         assert_eq!(budget.total_bytes(), expected);
         let text = budget.to_string();
         assert!(text.contains("receive buffers"), "{text}");

@@ -88,6 +88,39 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// Test only: serve an echo WebSocket route at `/test/echo` on the same codec (Autobahn).
     pub test_echo_route: bool,
+    /// Size at which the spill log starts a new segment file.
+    pub spill_segment_bytes: u64,
+    /// Group commit: longest time between an append and its fdatasync.
+    pub spill_sync_interval_ms: u64,
+    /// Group commit: appended bytes that trigger an fdatasync before the interval ends.
+    pub spill_sync_bytes: u64,
+    /// Disk budget of the spill log; when reached, sessions that write audio are not read
+    /// (backpressure) until uploads free space.
+    pub spill_max_bytes: u64,
+    /// Per-worker hand-off ring to the spill writer; when full, sessions that write audio are
+    /// not read until the writer drains it.
+    pub spill_handoff_bytes_per_core: usize,
+    /// Batches the spill index holds (open, closed or uploading); when reached, no batch opens
+    /// until uploads confirm (backpressure).
+    pub spill_batches_max: usize,
+    /// Object store for private-cloud audio: `file:///abs/dir`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix` or `az://container/prefix` (credentials from the environment);
+    /// none = `file://<data_dir>/cloud`.
+    pub store: Option<String>,
+    /// Uploads in flight at once (each holds one batch in memory, twice while encrypting).
+    pub upload_concurrency: usize,
+    /// First retry delay of a failed upload; doubles up to `upload_backoff_ms_max` (with jitter).
+    pub upload_backoff_ms_min: u64,
+    /// Longest retry delay of a failed upload; uploads are retried forever.
+    pub upload_backoff_ms_max: u64,
+    /// Time allowed for one upload attempt (a timed-out attempt is retried).
+    pub upload_timeout_ms: u64,
+    /// If set, `POST`ed after each upload so the backend can update the conversation's audio files.
+    pub chunk_notification_url: Option<String>,
+    /// Attempts per chunk notification before it is counted as failed and dropped.
+    pub chunk_notification_attempts_max: u32,
+    /// Time allowed for one chunk notification attempt.
+    pub chunk_notification_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -121,6 +154,20 @@ impl Default for Config {
             auth_token: None,
             metrics_token: None,
             test_echo_route: false,
+            spill_segment_bytes: 64 << 20,
+            spill_sync_interval_ms: 20,
+            spill_sync_bytes: 1 << 20,
+            spill_max_bytes: 8 << 30,
+            spill_handoff_bytes_per_core: 16 << 20,
+            spill_batches_max: 100_000,
+            store: None,
+            upload_concurrency: 8,
+            upload_backoff_ms_min: 1_000,
+            upload_backoff_ms_max: 60_000,
+            upload_timeout_ms: 60_000,
+            chunk_notification_url: None,
+            chunk_notification_attempts_max: 3,
+            chunk_notification_timeout_ms: 10_000,
         }
     }
 }
@@ -266,6 +313,68 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_TEST_ECHO_ROUTE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_echo_route: Option<bool>,
+    /// Size at which the spill log starts a new segment file [default: 67108864]
+    #[arg(long, env = "PUSHER_SPILL_SEGMENT_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_segment_bytes: Option<u64>,
+    /// Group commit: longest time from an append to its fdatasync [default: 20]
+    #[arg(long, env = "PUSHER_SPILL_SYNC_INTERVAL_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_sync_interval_ms: Option<u64>,
+    /// Group commit: appended bytes that trigger an early fdatasync [default: 1048576]
+    #[arg(long, env = "PUSHER_SPILL_SYNC_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_sync_bytes: Option<u64>,
+    /// Disk budget of the spill log; when reached, audio senders are not read [default: 8589934592]
+    #[arg(long, env = "PUSHER_SPILL_MAX_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_max_bytes: Option<u64>,
+    /// Per-worker hand-off ring to the spill writer [default: 16777216]
+    #[arg(
+        long,
+        env = "PUSHER_SPILL_HANDOFF_BYTES_PER_CORE",
+        value_name = "BYTES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_handoff_bytes_per_core: Option<usize>,
+    /// Batches the spill index holds before new batches wait for uploads [default: 100000]
+    #[arg(long, env = "PUSHER_SPILL_BATCHES_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_batches_max: Option<usize>,
+    /// Object store for private-cloud audio: file:///abs/dir, s3://bucket/prefix, gs://bucket/prefix
+    /// or az://container/prefix; credentials from the environment [default: file://<data_dir>/cloud]
+    #[arg(long, env = "PUSHER_STORE", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Uploads in flight at once [default: 8]
+    #[arg(long, env = "PUSHER_UPLOAD_CONCURRENCY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_concurrency: Option<usize>,
+    /// First retry delay of a failed upload [default: 1000]
+    #[arg(long, env = "PUSHER_UPLOAD_BACKOFF_MS_MIN", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_backoff_ms_min: Option<u64>,
+    /// Longest retry delay of a failed upload; uploads are retried forever [default: 60000]
+    #[arg(long, env = "PUSHER_UPLOAD_BACKOFF_MS_MAX", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_backoff_ms_max: Option<u64>,
+    /// Time allowed for one upload attempt [default: 60000]
+    #[arg(long, env = "PUSHER_UPLOAD_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_timeout_ms: Option<u64>,
+    /// URL POSTed after each upload (uid, conversation_id, key, timestamp, bytes, sample_rate)
+    /// [default: none]
+    #[arg(long, env = "PUSHER_CHUNK_NOTIFICATION_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_notification_url: Option<String>,
+    /// Attempts per chunk notification before it is counted as failed [default: 3]
+    #[arg(long, env = "PUSHER_CHUNK_NOTIFICATION_ATTEMPTS_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_notification_attempts_max: Option<u32>,
+    /// Time allowed for one chunk notification attempt [default: 10000]
+    #[arg(long, env = "PUSHER_CHUNK_NOTIFICATION_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_notification_timeout_ms: Option<u64>,
 }
 
 impl Config {
@@ -392,6 +501,51 @@ impl Config {
             1,
             64,
         )?;
+        check_range("upload_concurrency", self.upload_concurrency, 1, 256)?;
+        check_range(
+            "upload_backoff_ms_min",
+            self.upload_backoff_ms_min as usize,
+            1,
+            3_600_000,
+        )?;
+        check_range(
+            "upload_backoff_ms_max",
+            self.upload_backoff_ms_max as usize,
+            self.upload_backoff_ms_min as usize,
+            3_600_000,
+        )?;
+        check_range(
+            "upload_timeout_ms",
+            self.upload_timeout_ms as usize,
+            100,
+            3_600_000,
+        )?;
+        check_range(
+            "chunk_notification_attempts_max",
+            self.chunk_notification_attempts_max as usize,
+            1,
+            100,
+        )?;
+        check_range(
+            "chunk_notification_timeout_ms",
+            self.chunk_notification_timeout_ms as usize,
+            100,
+            600_000,
+        )?;
+        if let Some(store) = &self.store {
+            crate::upload::store::StoreLocation::parse(store)?;
+        }
+        if let Some(raw) = &self.chunk_notification_url {
+            match url::Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(format!(
+                        "chunk_notification_url {raw:?} is not an http(s) URL"
+                    ));
+                }
+            }
+        }
+        self.validate_spill()?;
         for (name, token) in [
             ("auth_token", &self.auth_token),
             ("metrics_token", &self.metrics_token),
@@ -399,6 +553,47 @@ impl Config {
             if token.as_deref().is_some_and(str::is_empty) {
                 return Err(format!("{name} is set but empty"));
             }
+        }
+        Ok(())
+    }
+
+    /// The spill log's bounds, and how they relate to the largest message: a record must fit in
+    /// half a hand-off ring (with its pads) and in a segment.
+    fn validate_spill(&self) -> Result<(), String> {
+        let record_bytes_max = self.max_message_bytes + 1024;
+        check_range(
+            "spill_sync_interval_ms",
+            self.spill_sync_interval_ms as usize,
+            1,
+            10_000,
+        )?;
+        check_range(
+            "spill_sync_bytes",
+            self.spill_sync_bytes as usize,
+            4096,
+            1 << 30,
+        )?;
+        check_range("spill_batches_max", self.spill_batches_max, 16, 10_000_000)?;
+        check_range(
+            "spill_segment_bytes",
+            self.spill_segment_bytes as usize,
+            (2 * record_bytes_max).max(1 << 20),
+            4 << 30,
+        )?;
+        check_range(
+            "spill_handoff_bytes_per_core",
+            self.spill_handoff_bytes_per_core,
+            3 * record_bytes_max,
+            16 << 30,
+        )?;
+        if !self.spill_handoff_bytes_per_core.is_multiple_of(8) {
+            return Err("spill_handoff_bytes_per_core must be a multiple of 8".into());
+        }
+        if self.spill_max_bytes < 2 * self.spill_segment_bytes {
+            return Err(format!(
+                "spill_max_bytes = {} must be at least twice spill_segment_bytes = {}",
+                self.spill_max_bytes, self.spill_segment_bytes
+            ));
         }
         Ok(())
     }
@@ -459,5 +654,79 @@ mod tests {
         assert!(err.contains("recv_buffers_per_core"), "{err}");
         assert!(Config::load(Some(&dir.join("missing.toml")), &Overrides::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn upload_options_are_checked() {
+        let config = Config::load(
+            None,
+            &Overrides {
+                store: Some("s3://bucket/prefix".into()),
+                chunk_notification_url: Some("https://backend/chunks?x=1".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.store.as_deref(), Some("s3://bucket/prefix"));
+        assert_eq!(config.upload_concurrency, 8);
+        assert_eq!(
+            (config.upload_backoff_ms_min, config.upload_backoff_ms_max),
+            (1_000, 60_000)
+        );
+        for (overrides, field) in [
+            (
+                Overrides {
+                    upload_concurrency: Some(0),
+                    ..Overrides::default()
+                },
+                "upload_concurrency",
+            ),
+            (
+                Overrides {
+                    upload_concurrency: Some(257),
+                    ..Overrides::default()
+                },
+                "upload_concurrency",
+            ),
+            (
+                Overrides {
+                    upload_backoff_ms_min: Some(5_000),
+                    upload_backoff_ms_max: Some(1_000),
+                    ..Overrides::default()
+                },
+                "upload_backoff_ms_max",
+            ),
+            (
+                Overrides {
+                    upload_timeout_ms: Some(0),
+                    ..Overrides::default()
+                },
+                "upload_timeout_ms",
+            ),
+            (
+                Overrides {
+                    store: Some("ftp://host/dir".into()),
+                    ..Overrides::default()
+                },
+                "store URL",
+            ),
+            (
+                Overrides {
+                    chunk_notification_url: Some("backend/chunks".into()),
+                    ..Overrides::default()
+                },
+                "chunk_notification_url",
+            ),
+            (
+                Overrides {
+                    chunk_notification_attempts_max: Some(0),
+                    ..Overrides::default()
+                },
+                "chunk_notification_attempts_max",
+            ),
+        ] {
+            let err = Config::load(None, &overrides).unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 }

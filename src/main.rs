@@ -1,4 +1,5 @@
-//! The `pusher` binary: `pusher serve` runs the server, `pusher budget` prints the memory budget.
+//! The `pusher` binary: `pusher serve` runs the server, `pusher budget` prints the memory budget,
+//! `pusher spill inspect` reports what the spill log holds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,25 @@ enum Command {
     Serve(ConfigArgs),
     /// Print the worst-case memory budget computed from the config, then exit.
     Budget(ConfigArgs),
+    /// The durable audio log under <data_dir>/spill.
+    Spill {
+        #[command(subcommand)]
+        command: SpillCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SpillCommand {
+    /// List segments, batches (open/closed), pending bytes and tail damage, without modifying
+    /// anything.
+    Inspect(ConfigArgs),
+}
+
+/// What to do once the config is loaded.
+enum Mode {
+    Serve,
+    Budget,
+    SpillInspect,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,9 +59,12 @@ struct ConfigArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (args, serve) = match cli.command {
-        Command::Serve(args) => (args, true),
-        Command::Budget(args) => (args, false),
+    let (args, mode) = match cli.command {
+        Command::Serve(args) => (args, Mode::Serve),
+        Command::Budget(args) => (args, Mode::Budget),
+        Command::Spill {
+            command: SpillCommand::Inspect(args),
+        } => (args, Mode::SpillInspect),
     };
     let config = match Config::load(args.config.as_deref(), &args.overrides) {
         Ok(config) => config,
@@ -50,9 +73,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !serve {
-        println!("{}", pusher::server::plan(&config).budget);
-        return ExitCode::SUCCESS;
+    match mode {
+        Mode::Serve => {}
+        Mode::Budget => {
+            println!("{}", pusher::server::plan(&config).budget);
+            return ExitCode::SUCCESS;
+        }
+        Mode::SpillInspect => return spill_inspect(&config),
     }
     init_logging(config.log_format);
     match pusher::server::run(config) {
@@ -60,6 +87,18 @@ fn main() -> ExitCode {
         Err(message) => {
             tracing::error!("{message}");
             eprintln!("pusher: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn spill_inspect(config: &Config) -> ExitCode {
+    let dir = pusher::spill::scan::spill_dir(&config.data_dir);
+    let mut out = std::io::stdout().lock();
+    match pusher::spill::inspect::inspect(&dir, config.spill_batches_max, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pusher: spill log {}: {error}", dir.display());
             ExitCode::from(1)
         }
     }

@@ -157,8 +157,6 @@ pub struct Metrics {
     pub ring_arena_evictions: Counter,
     pub results_sent: Counter,
     pub peers_dropped_slow: Counter,
-    pub audio_log_discarded_bytes: Counter,
-    pub audio_log_discarded_batches: Counter,
     egress_discarded: Vec<Counter>,
     pub egress_discarded_process: Counter,
     pub accumulators_refused: Counter,
@@ -289,16 +287,6 @@ impl Metrics {
             "peers_dropped_slow",
             "connections dropped because their unsent outbound bytes passed the bound",
         );
-        let audio_log_discarded_bytes = counter(
-            &mut registry,
-            "audio_log_discarded_bytes",
-            "PLACEHOLDER: the durable audio log is not built yet; private-cloud audio bytes are counted and discarded",
-        );
-        let audio_log_discarded_batches = counter(
-            &mut registry,
-            "audio_log_discarded_batches",
-            "PLACEHOLDER: the durable audio log is not built yet; closed private-cloud batches are counted and discarded",
-        );
         let egress_family = Family::<StreamLabel, Counter>::default();
         registry.register(
             "egress_discarded_items",
@@ -348,8 +336,6 @@ impl Metrics {
             ring_arena_evictions,
             results_sent,
             peers_dropped_slow,
-            audio_log_discarded_bytes,
-            audio_log_discarded_batches,
             egress_discarded,
             egress_discarded_process,
             accumulators_refused,
@@ -358,6 +344,11 @@ impl Metrics {
             budget_bytes,
             cores,
         }
+    }
+
+    /// The registry, for modules that register their own metrics at start.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     pub fn refused(&self, reason: Refusal) -> &Counter {

@@ -151,6 +151,17 @@ impl SettingsFile {
         })
     }
 
+    /// True when some user (or the default) stores private-cloud audio at level `enhanced`,
+    /// which needs the encryption secret.
+    pub fn may_encrypt(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.users.values())
+            .any(|s| {
+                s.private_cloud_sync_enabled
+                    && s.data_protection_level == DataProtectionLevel::Enhanced
+            })
+    }
+
     /// The settings of `uid`: its overrides merged over `[default]`.
     pub fn lookup(&self, uid: &str) -> Arc<UserSettings> {
         self.users

@@ -68,9 +68,18 @@ async fn every_frame_kind_is_accepted_and_counted(driver: &str) {
         4 + 8 + 320
     );
     assert_eq!(metrics.value("pusher_sessions_opened_total"), 1);
-    // The audio went to conv-1's batch; the 102 switched to conv-2, which closed that batch.
-    assert_eq!(metrics.value("pusher_audio_log_discarded_bytes_total"), 320);
-    assert_eq!(metrics.value("pusher_audio_log_discarded_batches_total"), 1);
+    // The audio went to conv-1's batch; the 102 switched to conv-2, which closed that batch:
+    // it is logged (open, audio, close) and uploaded, encrypted (4 + 12 + 320 + 16 bytes).
+    server
+        .wait_metric("pusher_spill_appended_records_total", 3)
+        .await;
+    server
+        .wait_metric("pusher_spill_batches_uploaded_total", 1)
+        .await;
+    assert_eq!(
+        server.metric("pusher_upload_bytes_total").await,
+        4 + 12 + 320 + 16
+    );
     assert_eq!(
         metrics.value("pusher_egress_discarded_items_total{stream=\"speaker_sample\"}"),
         1

@@ -36,6 +36,8 @@ pub const TASK_BYTES_MAX: usize = 768;
 const TASK_HEADER_BYTES: usize = 128;
 /// Reads per readiness wake-up before yielding to the core's other connections.
 const READS_PER_WAKEUP_MAX: usize = 4;
+/// Wait before looking again for room in the spill hand-off when ending a session.
+const SPILL_RETRY: Duration = Duration::from_millis(10);
 /// Wait before trying again when every receive buffer of the core is lent out.
 const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
 /// A `Retry-After` for 503 refusals, in seconds.
@@ -79,8 +81,12 @@ async fn serve(core: Rc<Core>, stream: TcpStream) {
     while conn.phase != Phase::Done {
         core.slots.arm(conn.key, conn.next_deadline());
         // Two selects rather than one with both readiness futures: the branches share their
-        // storage in the task, which keeps an idle session's task small.
-        if conn.outbound.is_empty() {
+        // storage in the task, which keeps an idle session's task small. A session waiting for
+        // the spill log (hand-off full, or acknowledging its close) is not read: backpressure.
+        if conn.outbound.is_empty() && conn.waits_for_spill() {
+            core.slots.signalled(conn.key).await;
+            conn.on_signal();
+        } else if conn.outbound.is_empty() {
             monoio::select! {
                 ready = stream.readable(false) => match ready {
                     Ok(()) => conn.on_readable().await,
@@ -256,7 +262,7 @@ fn admit<'b>(
     let slot = match params {
         Some(params) => outputs::open_session(core, params)
             .map_err(|reason| (Refusal::Settings, 503, reason))?,
-        None => Slot::new(None, outputs::Rings::none()),
+        None => Slot::new(None, outputs::Streams::none()),
     };
     let slot_key = core.slots.insert(slot).expect("checked not full above");
     core.session_opened();
@@ -320,6 +326,18 @@ async fn linger(stream: &TcpStream, fd: RawFd) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
+    /// The session has ended (its last batch is closed) and pusher waits, not reading, until
+    /// every audio record the session wrote is durable: the Close (`code`; `None` = empty) is the
+    /// acknowledgement. After `deadline` the connection is dropped without a Close (the audio
+    /// stays queued in the log; the client retries). `peer_closed`: the Close answers the peer's;
+    /// `discard`: a protocol violation, nothing more can be decoded.
+    Acking {
+        deadline: Millis,
+        code: Option<u16>,
+        reason: &'static str,
+        peer_closed: bool,
+        discard: bool,
+    },
     /// pusher sent its Close and waits for the peer's until `deadline`. After a protocol
     /// violation the stream cannot be decoded any more (`discard`): pusher half-closes and
     /// reads and drops bytes until the peer closes, so its Close is not lost to a reset.
@@ -342,6 +360,8 @@ struct Connection {
     phase: Phase,
     last_activity: Millis,
     close_code: u16,
+    /// Since when the session waits for room in the spill hand-off (backpressure).
+    stalled_since: Option<Millis>,
 }
 
 impl Connection {
@@ -359,6 +379,7 @@ impl Connection {
             phase: Phase::Open,
             last_activity: core.now_ms(),
             close_code: 1006,
+            stalled_since: None,
             core,
         };
         if let Some((buf, filled)) = upgraded.early {
@@ -375,15 +396,24 @@ impl Connection {
     /// The earliest of: idle or close-handshake deadline, and the session's own timer.
     fn next_deadline(&self) -> Millis {
         let config = &self.core.shared.config;
+        let now = self.core.now_ms();
         let own = match self.phase {
+            // Waiting for the spill log: look again at the next tick.
+            _ if self.waits_for_spill() => now,
             Phase::Open => Millis(self.last_activity.0 + config.idle_timeout_ms),
-            Phase::Closing { deadline, .. } => deadline,
+            Phase::Acking { deadline, .. } | Phase::Closing { deadline, .. } => deadline,
             Phase::Done => self.last_activity,
         };
         let session = self.core.slots.with(self.key, |slot| {
             slot.session.as_ref().and_then(|s| s.next_deadline())
         });
         session.map_or(own, |at| own.min(at))
+    }
+
+    /// True while the session must not be read: its messages wait for hand-off room, or its
+    /// close waits for durability.
+    fn waits_for_spill(&self) -> bool {
+        self.stalled_since.is_some() || matches!(self.phase, Phase::Acking { .. })
     }
 
     async fn on_readable(&mut self) {
@@ -416,7 +446,10 @@ impl Connection {
                     self.filled += n;
                     self.last_activity = self.core.now_ms();
                     self.process();
-                    if self.phase == Phase::Done || !self.outbound.is_empty() {
+                    if self.phase == Phase::Done
+                        || !self.outbound.is_empty()
+                        || self.waits_for_spill()
+                    {
                         break;
                     }
                 }
@@ -439,6 +472,9 @@ impl Connection {
             self.phase,
             Phase::Open | Phase::Closing { discard: false, .. }
         ) {
+            if self.phase == Phase::Open && !self.spill_ready() {
+                break;
+            }
             match self.decoder.decode(&mut buf, self.filled) {
                 Ok(Some(event)) => self.on_event(event, &buf),
                 Ok(None) => break,
@@ -452,12 +488,41 @@ impl Connection {
         self.recv = Some(buf);
     }
 
+    /// Whether the next message may be dispatched now; if not, the session stalls (is not
+    /// read) until the spill hand-off has room, and the time is counted.
+    fn spill_ready(&mut self) -> bool {
+        let ready = self.echo || outputs::spill_ready(&self.core, self.key);
+        let now = self.core.now_ms();
+        match (ready, self.stalled_since) {
+            (false, None) => self.stalled_since = Some(now),
+            (true, Some(since)) => {
+                self.stalled_since = None;
+                let seconds = (now.0 - since.0) as f64 / 1000.0;
+                self.core
+                    .spill
+                    .shared
+                    .metrics
+                    .backpressure_seconds
+                    .inc_by(seconds);
+            }
+            _ => {}
+        }
+        ready
+    }
+
     /// A violation of the WebSocket protocol: close with `code`, half-close, stop decoding.
-    fn fail(&mut self, code: u16, reason: &str) {
+    fn fail(&mut self, code: u16, reason: &'static str) {
         match self.phase {
-            Phase::Open => self.start_close(code, reason),
-            Phase::Closing { .. } => {}
-            Phase::Done => return,
+            Phase::Open => {
+                self.start_close(code, reason);
+                if let Phase::Acking { discard, .. } = &mut self.phase {
+                    *discard = true;
+                }
+            }
+            Phase::Acking {
+                ref mut discard, ..
+            } => *discard = true,
+            Phase::Closing { .. } | Phase::Done => {}
         }
         if let Phase::Closing { deadline, .. } = self.phase {
             self.phase = Phase::Closing {
@@ -527,39 +592,78 @@ impl Connection {
     fn on_peer_close(&mut self, code: Option<u16>) {
         match self.phase {
             Phase::Open => {
-                let mut out = [0u8; CLOSE_FRAME_BYTES_MAX];
-                let len = match code {
-                    Some(code) => frame::encode_close(code, "", &mut out),
-                    None => frame::encode_header(Opcode::Close, 0, &mut out),
-                };
-                let result = self
-                    .outbound
-                    .send(self.fd, &[&out[..len]], &self.core.outbound);
-                self.on_send_result(result);
                 self.close_code = code.unwrap_or(1005);
-                self.phase = Phase::Done;
+                self.begin_ack(code, "", true);
             }
+            Phase::Acking { .. } => {}
             Phase::Closing { .. } | Phase::Done => self.phase = Phase::Done,
         }
     }
 
-    /// Sends pusher's Close and waits for the peer's (close handshake).
-    fn start_close(&mut self, code: u16, reason: &str) {
+    /// Starts pusher's side of the close handshake with `code`.
+    fn start_close(&mut self, code: u16, reason: &'static str) {
         if self.phase != Phase::Open {
             return;
         }
-        let mut out = [0u8; CLOSE_FRAME_BYTES_MAX];
-        let len = frame::encode_close(code, reason, &mut out);
         self.close_code = code;
+        self.begin_ack(Some(code), reason, false);
+    }
+
+    /// Ends the session, then sends the Close once its audio is durable (see [`Phase::Acking`]).
+    fn begin_ack(&mut self, code: Option<u16>, reason: &'static str, peer_closed: bool) {
         let deadline = Millis(self.core.now_ms().0 + self.core.shared.config.close_timeout_ms);
-        self.phase = Phase::Closing {
+        self.phase = Phase::Acking {
             deadline,
+            code,
+            reason,
+            peer_closed,
             discard: false,
+        };
+        self.try_ack();
+    }
+
+    fn try_ack(&mut self) {
+        let Phase::Acking {
+            deadline,
+            code,
+            reason,
+            peer_closed,
+            discard,
+        } = self.phase
+        else {
+            return;
+        };
+        let now = self.core.now_ms();
+        let ended = outputs::end_session(&self.core, self.key, now);
+        if !(ended && outputs::spill_durable(&self.core, self.key)) {
+            if now >= deadline {
+                tracing::warn!(
+                    code = self.close_code,
+                    "audio not durable within the close timeout; dropping the connection without a Close"
+                );
+                self.core.spill.shared.metrics.close_ack_timeouts.inc();
+                self.phase = Phase::Done;
+            }
+            return;
+        }
+        let mut out = [0u8; CLOSE_FRAME_BYTES_MAX];
+        let len = match code {
+            Some(code) => frame::encode_close(code, reason, &mut out),
+            None => frame::encode_header(Opcode::Close, 0, &mut out),
+        };
+        self.phase = if peer_closed {
+            Phase::Done
+        } else {
+            Phase::Closing {
+                deadline: Millis(now.0 + self.core.shared.config.close_timeout_ms),
+                discard,
+            }
         };
         let result = self
             .outbound
             .send(self.fd, &[&out[..len]], &self.core.outbound);
         self.on_send_result(result);
+        self.half_close_when_flushed();
     }
 
     fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) {
@@ -594,11 +698,18 @@ impl Connection {
         self.half_close_when_flushed();
     }
 
-    /// A deadline came due or the drain's grace period ended.
+    /// A deadline came due, the drain's grace period ended, or a spill wait should look again.
     fn on_signal(&mut self) {
         if self.core.closing() {
             self.start_close(close::GOING_AWAY, "server is shutting down");
         }
+        if self.stalled_since.is_some() && self.recv.is_some() {
+            self.process();
+            if self.filled == 0 {
+                self.recv = None;
+            }
+        }
+        self.try_ack();
         self.on_timer();
     }
 
@@ -612,7 +723,7 @@ impl Connection {
             Phase::Closing { deadline, .. } if now >= deadline => self.phase = Phase::Done,
             _ => {}
         }
-        if self.phase != Phase::Done {
+        if self.phase == Phase::Open {
             let replies = outputs::on_deadline(&self.core, self.key, now);
             self.send_replies(replies);
         }
@@ -637,13 +748,19 @@ impl Connection {
         // SAFETY: shutdown on our own descriptor; errors (peer gone) are irrelevant.
         unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
         self.recv = None;
+        // A session that ends without a close handshake still closes its batch; the record
+        // waits for room in the hand-off like any other (bounded by the writer's progress).
+        while !outputs::end_session(&self.core, self.key, self.core.now_ms()) {
+            monoio::time::sleep(SPILL_RETRY).await;
+        }
         close_slot(&self.core, self.key, self.close_code);
     }
 }
 
-/// Ends the slot's session (closing its batch), frees its rings and counts the close.
+/// Frees the slot of an ended session and its rings, and counts the close.
 fn close_slot(core: &Core, key: usize, code: u16) {
-    outputs::end_session(core, key, core.now_ms());
+    let ended = outputs::end_session(core, key, core.now_ms());
+    debug_assert!(ended, "the session ended before its slot is freed");
     let slot = core.slots.remove(key);
     outputs::release(core, slot);
     core.session_closed(code);

@@ -18,11 +18,44 @@ use super::slots::Slots;
 use crate::metrics::CoreGauges;
 use crate::payload::PayloadArena;
 use crate::session::Millis;
+use crate::spill::handoff::Handoff;
+use crate::spill::writer::SpillShared;
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
 /// How often a worker fires due session deadlines, refreshes its gauges and looks for the
 /// drain's close signal: the resolution of every session timer (idle, close handshake, batch age).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(10);
+
+/// This core's end of the spill log.
+pub struct SpillCore {
+    pub ring: Arc<Handoff>,
+    pub shared: Arc<SpillShared>,
+    pub writer: std::thread::Thread,
+    /// Hand-off bytes a session that writes audio needs free before it is fed a message.
+    pub bytes_per_message: usize,
+    /// Next batch id: the core index in the top byte, a counter below (unique within the run).
+    next_batch: Cell<u64>,
+}
+
+impl SpillCore {
+    fn new(index: usize, shared: &Shared) -> SpillCore {
+        SpillCore {
+            ring: Arc::clone(&shared.spill.rings[index]),
+            shared: Arc::clone(&shared.spill.shared),
+            writer: shared.spill.writer.clone(),
+            bytes_per_message: super::outputs::spill_bytes_per_message_max(
+                shared.config.max_message_bytes,
+            ),
+            next_batch: Cell::new(((index as u64) << 56) | 1),
+        }
+    }
+
+    pub fn next_batch(&self) -> u64 {
+        let batch = self.next_batch.get();
+        self.next_batch.set(batch + 1);
+        batch
+    }
+}
 
 pub struct Core {
     pub shared: Arc<Shared>,
@@ -34,6 +67,7 @@ pub struct Core {
     /// Accumulator bytes not yet promised to a session.
     pub accumulator_bytes_free: Cell<usize>,
     pub limits: DecoderLimits,
+    pub spill: SpillCore,
     /// Replies (201 frames) produced by one session step; capacity fixed at start.
     pub replies: RefCell<Vec<u8>>,
     gauges: CoreGauges,
@@ -81,6 +115,7 @@ impl Core {
             ),
             accumulator_bytes_free: Cell::new(config.audio_accumulator_bytes_per_core),
             limits,
+            spill: SpillCore::new(index, &shared),
             replies: RefCell::new(Vec::with_capacity(super::outputs::REPLY_BYTES_MAX)),
             gauges,
             epoch: Instant::now(),

@@ -25,6 +25,10 @@ use crate::budget::{Budget, ItemSizes};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::settings::SettingsFile;
+use crate::spill::log::SpillLog;
+use crate::spill::metrics::SpillMetrics;
+use crate::upload::crypto::{EncryptionSecret, SECRET_ENV};
+use crate::upload::{self, UploadMetrics};
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
 /// File descriptors kept out of the session cap: listeners, runtime, logs, and one per
@@ -66,6 +70,8 @@ fn item_sizes(config: &Config) -> ItemSizes {
         recv_buffer_bytes: Decoder::buffer_bytes_required(limits) as u64,
         ring_entry_bytes: outputs::RING_ENTRY_BYTES as u64,
         arena_block_meta_bytes: outputs::ARENA_BLOCK_META_BYTES as u64,
+        spill_index_entry_bytes: crate::spill::index::ENTRY_BYTES as u64,
+        upload_job_bytes: std::mem::size_of::<crate::upload::UploadJob>() as u64,
     }
 }
 
@@ -110,6 +116,8 @@ pub struct Shared {
     pub closing: AtomicBool,
     /// Sessions open over all cores.
     pub sessions_open: AtomicUsize,
+    /// The durable audio log: one hand-off ring per worker, the writer, the index.
+    pub spill: SpillLog,
 }
 
 impl Shared {
@@ -167,8 +175,29 @@ pub fn run(config: Config) -> Result<(), String> {
     if config.test_echo_route {
         tracing::warn!("TEST ONLY: the echo route /test/echo is enabled");
     }
-    let metrics = Metrics::new(driver.label(), plan.workers);
+    let secret = EncryptionSecret::from_env()?;
+    if secret.is_none() && settings.may_encrypt() {
+        return Err(format!(
+            "{SECRET_ENV} is not set, but private-cloud audio of users at data protection level \
+             `enhanced` (the default) must be encrypted with it (at least 32 bytes); set it, or \
+             set every user's private_cloud_sync_enabled = false or level standard/e2ee"
+        ));
+    }
+    let mut metrics = Metrics::new(driver.label(), plan.workers);
     metrics.budget_bytes.set(plan.budget.total_bytes() as i64);
+    let spill_metrics = SpillMetrics::register(metrics.registry_mut());
+    let upload_metrics = UploadMetrics::register(metrics.registry_mut());
+    let store = upload::store::open_configured(&config)?;
+    let spill = SpillLog::start(&config, plan.workers, spill_metrics, |source| {
+        upload::start(
+            &config,
+            store,
+            secret,
+            source,
+            upload_metrics,
+            config.spill_batches_max,
+        )
+    })?;
     let shared = Arc::new(Shared {
         config,
         metrics,
@@ -179,6 +208,7 @@ pub fn run(config: Config) -> Result<(), String> {
         draining: AtomicBool::new(false),
         closing: AtomicBool::new(false),
         sessions_open: AtomicUsize::new(0),
+        spill,
     });
     let listeners = worker::bind_listeners(&shared, plan.workers)?;
     tracing::info!(listen = %shared.config.listen, "listening");

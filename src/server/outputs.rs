@@ -1,15 +1,17 @@
-//! Where a session's effects go on this core: the plug points of the durable audio log and of
-//! egress, and the droppable-stream rings between the session and egress.
+//! Where a session's effects go on this core: private-cloud audio to the spill log (through
+//! the core's hand-off ring), droppable items to the rings between the session and egress, 201
+//! replies to the connection.
 //!
-//! Until the durable audio log and egress exist, their default implementations here **count
-//! and discard**: private-cloud audio is counted (`pusher_audio_log_discarded_*`), droppable
+//! Until egress exists, its default implementation here **counts and discards**: droppable
 //! items pass through the arena and rings and are then counted and freed
 //! (`pusher_egress_discarded_items_total`), and a 104 is answered at once with the 201 error
 //! `processor_not_configured`.
 //!
-//! Invariants: droppable payloads live only in the core's arena; a ring exists only while its
-//! stream has a consumer; replies are encoded into the core's reply buffer, whose capacity is
-//! fixed at start (one frame yields at most one reply).
+//! Invariants: a session that writes audio is only fed a message when the hand-off ring has room
+//! for every record that message can produce ([`spill_ready`]), so a record is never refused;
+//! droppable payloads live only in the core's arena; a ring exists only while its stream has a
+//! consumer; replies are encoded into the core's reply buffer, whose capacity is fixed at start
+//! (one frame yields at most one reply).
 
 use std::ops::Range;
 
@@ -21,6 +23,11 @@ use crate::metrics::{FrameKind, Stream};
 use crate::payload::{DropOldestRing, Handle, PayloadArena, RingItem};
 use crate::protocol::{self, Inbound, ResultOutcome};
 use crate::session::{BatchCloseReason, Millis, Outputs, Session, SessionConfig};
+use crate::settings::DataProtectionLevel;
+use crate::spill::record::{
+    BATCH_OPEN_PAYLOAD_BYTES_MAX, BatchOpen, Kind, Location, RECORD_HEADER_BYTES,
+    close_reason_byte, encode_batch_open, encode_header,
+};
 use crate::websocket::frame::{self, Opcode};
 
 /// Bytes one ring entry takes: the item plus crossbeam's per-slot stamp.
@@ -44,25 +51,68 @@ impl RingItem for Item {
     }
 }
 
-/// A session's droppable-stream rings and its share of the core's accumulator budget. Rings are
-/// boxed: a ring's queue is cache-padded (hundreds of bytes), and most sessions have none, so a
-/// slot holds only pointers.
-pub struct Rings {
+/// A session's streams: droppable-stream rings, its share of the core's accumulator budget, and
+/// its spill log state. Rings are boxed: a ring's queue is cache-padded (hundreds of bytes), and
+/// most sessions have none, so a slot holds only pointers.
+pub struct Streams {
     transcript: Option<Box<DropOldestRing<Item>>>,
     audio_bytes: Option<Box<DropOldestRing<Item>>>,
     speaker_sample: Option<Box<DropOldestRing<Item>>>,
     accumulator_bytes: usize,
+    spill: SpillState,
 }
 
-impl Rings {
-    pub fn none() -> Rings {
-        Rings {
+/// A session's place in the spill log.
+#[derive(Debug, Clone, Copy)]
+struct SpillState {
+    /// The session writes private-cloud audio (its settings enable it).
+    writes: bool,
+    level: DataProtectionLevel,
+    /// Id of the open (or last) batch.
+    batch: u64,
+    /// Hand-off position just past the session's latest record: once durable, all is.
+    last_position: u64,
+}
+
+impl Streams {
+    pub fn none() -> Streams {
+        Streams {
             transcript: None,
             audio_bytes: None,
             speaker_sample: None,
             accumulator_bytes: 0,
+            spill: SpillState {
+                writes: false,
+                level: DataProtectionLevel::Enhanced,
+                batch: 0,
+                last_position: 0,
+            },
         }
     }
+}
+
+/// Hand-off bytes one message may need: its audio record, a batch-open, two batch-closes, each
+/// possibly preceded by a pad as long as itself.
+pub fn spill_bytes_per_message_max(max_message_bytes: usize) -> usize {
+    2 * (max_message_bytes + 4 * RECORD_HEADER_BYTES + BATCH_OPEN_PAYLOAD_BYTES_MAX + 32)
+}
+
+/// True when the slot's session may be fed a message now: it does not write audio, or the
+/// spill log is below its disk budget and the core's hand-off ring has room for anything the
+/// message can produce. Otherwise the connection is not read (backpressure).
+pub fn spill_ready(core: &Core, key: usize) -> bool {
+    let writes = core.slots.with(key, |slot| slot.streams.spill.writes);
+    !writes
+        || (!core.spill.shared.is_full()
+            && core.spill.ring.free_bytes() >= core.spill.bytes_per_message)
+}
+
+/// True when every record the slot's session wrote is durable (its close may be acknowledged).
+pub fn spill_durable(core: &Core, key: usize) -> bool {
+    let position = core
+        .slots
+        .with(key, |slot| slot.streams.spill.last_position);
+    core.spill.ring.is_durable(position)
 }
 
 /// Opens a session for `params` with the user's settings; its accumulators come out of the
@@ -94,7 +144,7 @@ pub fn open_session(core: &Core, params: ListenParams) -> Result<Slot, &'static 
     }
     let audio_consumer = session_config.app_audio_seconds.is_some()
         || session_config.webhook_audio_seconds.is_some();
-    let rings = Rings {
+    let streams = Streams {
         transcript: session_config
             .transcripts_wanted
             .then(|| Box::new(DropOldestRing::new(config.transcript_ring_capacity))),
@@ -102,9 +152,15 @@ pub fn open_session(core: &Core, params: ListenParams) -> Result<Slot, &'static 
             .then(|| Box::new(DropOldestRing::new(config.audio_bytes_ring_capacity))),
         speaker_sample: None,
         accumulator_bytes,
+        spill: SpillState {
+            writes: session_config.private_cloud_enabled,
+            level: settings.data_protection_level,
+            batch: 0,
+            last_position: 0,
+        },
     };
     let session = Session::new(params.uid, params.sample_rate_hz, session_config);
-    Ok(Slot::new(Some(session), rings))
+    Ok(Slot::new(Some(session), streams))
 }
 
 /// Replies produced by one step, as a range of the core's reply buffer.
@@ -124,31 +180,48 @@ pub fn on_frame(
     step(core, key, |session, out| session.on_frame(frame, now, out))
 }
 
-/// Runs the session's timer (batch age) if it is due.
+/// Runs the session's timer (batch age) if it is due and the hand-off has room for the close
+/// record (else it stays due and runs on a later tick).
 pub fn on_deadline(core: &Core, key: usize, now: Millis) -> Replies {
+    let room = spill_ready(core, key);
     step(core, key, |session, out| {
-        if session.next_deadline().is_some_and(|at| at <= now) {
+        if room && session.next_deadline().is_some_and(|at| at <= now) {
             session.on_deadline(now, out);
         }
     })
 }
 
-/// Ends the slot's session: closes its open batch.
-pub fn end_session(core: &Core, key: usize, now: Millis) {
+/// Hand-off bytes a batch-close record may need (with a pad as long as itself).
+const CLOSE_RECORD_BYTES_MAX: usize = 2 * (RECORD_HEADER_BYTES + 8);
+
+/// Ends the slot's session (closing its open batch) once the hand-off has room for the close
+/// record; false if it must be tried again later.
+pub fn end_session(core: &Core, key: usize, now: Millis) -> bool {
+    let (ended, open_batch) = core.slots.with(key, |slot| match &slot.session {
+        Some(session) => (session.is_ended(), session.has_open_batch()),
+        None => (true, false),
+    });
+    if ended {
+        return true;
+    }
+    if open_batch && core.spill.ring.free_bytes() < CLOSE_RECORD_BYTES_MAX {
+        return false;
+    }
     step(core, key, |session, out| session.end(now, out));
+    true
 }
 
 /// Frees what a closed slot held: ring items and its accumulator share.
 pub fn release(core: &Core, mut slot: Slot) {
     let mut arena = core.arena.borrow_mut();
-    for ring in slot.rings.all_mut() {
+    for ring in slot.streams.all_mut() {
         ring.clear(&mut arena);
     }
     core.accumulator_bytes_free
-        .set(core.accumulator_bytes_free.get() + slot.rings.accumulator_bytes);
+        .set(core.accumulator_bytes_free.get() + slot.streams.accumulator_bytes);
 }
 
-impl Rings {
+impl Streams {
     fn all_mut(&mut self) -> impl Iterator<Item = &mut DropOldestRing<Item>> {
         [
             &mut self.transcript,
@@ -172,16 +245,20 @@ fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'
         };
         let mut out = CoreOutputs {
             core,
-            rings: &mut slot.rings,
+            streams: &mut slot.streams,
             arena: &mut arena,
             replies: &mut replies,
             done: None,
+            wrote_spill: false,
         };
         f(session, &mut out);
         if let Some(conversation) = out.done.take() {
             session.on_process_done(&conversation);
         }
-        discard_delivered(core, &mut slot.rings, &mut arena);
+        if out.wrote_spill {
+            core.spill.ring.wake(&core.spill.writer);
+        }
+        discard_delivered(core, &mut slot.streams, &mut arena);
     });
     let evicted = arena.evicted_blocks() - evicted_before;
     if evicted > 0 {
@@ -193,7 +270,7 @@ fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'
 }
 
 /// The placeholder egress: takes every item off the rings, counts it and frees it.
-fn discard_delivered(core: &Core, rings: &mut Rings, arena: &mut PayloadArena) {
+fn discard_delivered(core: &Core, rings: &mut Streams, arena: &mut PayloadArena) {
     let streams = [
         (Stream::Transcript, &mut rings.transcript),
         (Stream::AudioBytes, &mut rings.audio_bytes),
@@ -228,20 +305,43 @@ fn frame_kind(frame: &Inbound<'_>) -> FrameKind {
 /// The session's effects on this core.
 struct CoreOutputs<'a> {
     core: &'a Core,
-    rings: &'a mut Rings,
+    streams: &'a mut Streams,
     arena: &'a mut PayloadArena,
     replies: &'a mut Vec<u8>,
     /// A process request answered during this step (at most one per frame).
     done: Option<Id>,
+    /// A record went to the hand-off ring: wake the writer.
+    wrote_spill: bool,
 }
 
 impl CoreOutputs<'_> {
+    /// Appends one record of the session's current batch to the core's hand-off ring.
+    fn spill(&mut self, kind: Kind, parts: &[&[u8]]) {
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        let batch = self.streams.spill.batch;
+        let pushed = self
+            .core
+            .spill
+            .ring
+            .push(RECORD_HEADER_BYTES + payload_len, |out| {
+                encode_header(out, kind, payload_len, batch, Location::NONE);
+                let mut at = RECORD_HEADER_BYTES;
+                for part in parts {
+                    out[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
+            });
+        let position = pushed.expect("spill_ready checked the hand-off has room for this message");
+        self.streams.spill.last_position = position;
+        self.wrote_spill = true;
+    }
+
     /// Copies `parts` into one arena block and queues it on `stream`'s ring.
     fn push(&mut self, stream: Stream, parts: &[&[u8]]) {
         let ring = match stream {
-            Stream::Transcript => &mut self.rings.transcript,
-            Stream::AudioBytes => &mut self.rings.audio_bytes,
-            Stream::SpeakerSample => &mut self.rings.speaker_sample,
+            Stream::Transcript => &mut self.streams.transcript,
+            Stream::AudioBytes => &mut self.streams.audio_bytes,
+            Stream::SpeakerSample => &mut self.streams.speaker_sample,
         };
         let Some(ring) = ring.as_mut() else {
             return;
@@ -288,18 +388,32 @@ impl CoreOutputs<'_> {
 }
 
 impl Outputs for CoreOutputs<'_> {
-    fn audio_batch_open(&mut self, _conversation: &Id, _timestamp: f64) {}
-
-    fn audio_append(&mut self, pcm: &[u8]) {
-        self.core
-            .shared
-            .metrics
-            .audio_log_discarded_bytes
-            .inc_by(pcm.len() as u64);
+    fn audio_batch_open(
+        &mut self,
+        uid: &Id,
+        sample_rate_hz: u32,
+        conversation: &Id,
+        timestamp: f64,
+    ) {
+        self.streams.spill.batch = self.core.spill.next_batch();
+        let open = BatchOpen {
+            uid: *uid,
+            conversation: *conversation,
+            timestamp,
+            sample_rate_hz,
+            level: self.streams.spill.level,
+        };
+        let mut payload = [0u8; BATCH_OPEN_PAYLOAD_BYTES_MAX];
+        let len = encode_batch_open(&mut payload, &open);
+        self.spill(Kind::BatchOpen, &[&payload[..len]]);
     }
 
-    fn audio_batch_close(&mut self, _reason: BatchCloseReason) {
-        self.core.shared.metrics.audio_log_discarded_batches.inc();
+    fn audio_append(&mut self, pcm: &[u8]) {
+        self.spill(Kind::Audio, &[pcm]);
+    }
+
+    fn audio_batch_close(&mut self, reason: BatchCloseReason) {
+        self.spill(Kind::BatchClose, &[&[close_reason_byte(reason)]]);
     }
 
     fn transcript(&mut self, conversation: Option<&Id>, segments_json: &str) {
@@ -326,9 +440,9 @@ impl Outputs for CoreOutputs<'_> {
     }
 
     fn speaker_sample(&mut self, person_id: &Id, conversation: &Id, segment_ids_json: &str) {
-        if self.rings.speaker_sample.is_none() {
+        if self.streams.speaker_sample.is_none() {
             let capacity = self.core.shared.config.speaker_sample_ring_capacity;
-            self.rings.speaker_sample = Some(Box::new(DropOldestRing::new(capacity)));
+            self.streams.speaker_sample = Some(Box::new(DropOldestRing::new(capacity)));
         }
         let person = person_id.as_str().as_bytes();
         let conversation = conversation.as_str().as_bytes();

@@ -15,47 +15,10 @@ use std::rc::Rc;
 
 use prometheus_client::metrics::gauge::Gauge;
 
-/// An anonymous private mapping, unmapped on drop.
-struct Region {
-    base: *mut u8,
-    len: usize,
-}
-
-impl Region {
-    fn map(len: usize) -> Region {
-        assert!(len > 0);
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked against MAP_FAILED.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert!(
-            base != libc::MAP_FAILED,
-            "cannot reserve {len} bytes for a buffer pool"
-        );
-        Region {
-            base: base as *mut u8,
-            len,
-        }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
-    }
-}
+use crate::mapped::MappedRegion;
 
 pub struct BufferPool {
-    region: Region,
+    region: MappedRegion,
     buffer_bytes: usize,
     capacity: usize,
     free: RefCell<Vec<u32>>,
@@ -66,7 +29,7 @@ impl BufferPool {
     /// `count` buffers of `buffer_bytes` each.
     pub fn new(count: usize, buffer_bytes: usize, in_use: Option<Gauge>) -> Rc<BufferPool> {
         assert!(count > 0 && buffer_bytes > 0 && count <= u32::MAX as usize);
-        let region = Region::map(
+        let region = MappedRegion::new(
             count
                 .checked_mul(buffer_bytes)
                 .expect("pool size overflows"),
@@ -117,7 +80,7 @@ impl BufferPool {
     fn buffer_ptr(&self, index: u32) -> *mut u8 {
         debug_assert!((index as usize) < self.capacity);
         // SAFETY: index < capacity, so the offset stays inside the region.
-        unsafe { self.region.base.add(index as usize * self.buffer_bytes) }
+        unsafe { self.region.as_ptr().add(index as usize * self.buffer_bytes) }
     }
 }
 

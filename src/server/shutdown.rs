@@ -14,6 +14,8 @@ use super::Shared;
 
 /// How often the drain loop looks at the open-session count and for a second signal.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Longest wait for the spill writer to sync what the sessions handed over before exiting.
+const SPILL_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// Extra time after the close timeout for workers to finish their close handshakes.
 const CLOSE_SLACK: Duration = Duration::from_millis(500);
 
@@ -45,6 +47,9 @@ pub fn wait_for_signals(shared: &Arc<Shared>, workers: Vec<JoinHandle<()>>) -> R
         if !wait_until_empty(shared, &mut signals, close) {
             return forced_exit();
         }
+    }
+    if !shared.spill.wait_durable(SPILL_FLUSH_LIMIT) {
+        tracing::warn!("spill log not fully synced before exit; the next start recovers it");
     }
     tracing::info!(open = open_sessions(shared), "drained; exiting");
     Ok(())

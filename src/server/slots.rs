@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
-use super::outputs::Rings;
+use super::outputs::Streams;
 use crate::session::{Millis, Session};
 
 /// Bytes one slot takes in the slab (for the budget): the slot plus the slab entry tag.
@@ -28,8 +28,8 @@ const DEADLINES_PER_SLOT: usize = 2;
 pub struct Slot {
     /// The protocol state machine; `None` for the test-only echo route.
     pub session: Option<Session>,
-    /// Droppable-stream rings, present only when the stream has a consumer.
-    pub rings: Rings,
+    /// Where the session's effects go: droppable-stream rings, spill log state.
+    pub streams: Streams,
     generation: u32,
     armed: Option<Millis>,
     waker: Option<Waker>,
@@ -37,10 +37,10 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(session: Option<Session>, rings: Rings) -> Slot {
+    pub fn new(session: Option<Session>, streams: Streams) -> Slot {
         Slot {
             session,
-            rings,
+            streams,
             generation: 0,
             armed: None,
             waker: None,
@@ -191,10 +191,10 @@ impl Future for Signalled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::outputs::Rings;
+    use crate::server::outputs::Streams;
 
     fn slot() -> Slot {
-        Slot::new(None, Rings::none())
+        Slot::new(None, Streams::none())
     }
 
     fn signalled(slots: &Slots, key: usize) -> bool {

@@ -70,8 +70,15 @@ pub enum BatchCloseReason {
 
 /// The effects of a session, implemented by the I/O layer.
 pub trait Outputs {
-    /// Opens a private-cloud batch for `conversation`; `timestamp` is its first frame's.
-    fn audio_batch_open(&mut self, conversation: &Id, timestamp: f64);
+    /// Opens a private-cloud batch of `uid` for `conversation`; `timestamp` is its first
+    /// frame's, `sample_rate_hz` the session's.
+    fn audio_batch_open(
+        &mut self,
+        uid: &Id,
+        sample_rate_hz: u32,
+        conversation: &Id,
+        timestamp: f64,
+    );
     /// Appends PCM to the open batch.
     fn audio_append(&mut self, pcm: &[u8]);
     fn audio_batch_close(&mut self, reason: BatchCloseReason);
@@ -278,6 +285,11 @@ impl Session {
         }
     }
 
+    /// True while a private-cloud batch is open (ending the session writes its close).
+    pub fn has_open_batch(&self) -> bool {
+        self.batch.is_open()
+    }
+
     /// When [`Session::on_deadline`] must next be called: the open batch's age limit.
     pub fn next_deadline(&self) -> Option<Millis> {
         self.batch.deadline()
@@ -346,7 +358,7 @@ impl Session {
         }
         if !self.batch.is_open() {
             self.batch.open(self.now);
-            out.audio_batch_open(conversation, timestamp);
+            out.audio_batch_open(&self.uid, self.sample_rate_hz, conversation, timestamp);
         }
         out.audio_append(pcm);
         if self.batch.append(pcm.len()) {

@@ -49,7 +49,13 @@ struct Recorder {
 }
 
 impl Outputs for Recorder {
-    fn audio_batch_open(&mut self, conversation: &Id, timestamp: f64) {
+    fn audio_batch_open(
+        &mut self,
+        _uid: &Id,
+        _sample_rate_hz: u32,
+        conversation: &Id,
+        timestamp: f64,
+    ) {
         self.events.push(Event::BatchOpen {
             conversation: conversation.to_string(),
             timestamp,

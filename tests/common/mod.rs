@@ -87,6 +87,9 @@ pub struct Server {
     dir: PathBuf,
 }
 
+/// The encryption secret every test server runs with (at least 32 bytes).
+pub const TEST_ENCRYPTION_SECRET: &str = "integration-test-secret-0123456789abcdef";
+
 impl Server {
     /// Starts `pusher serve --driver <driver> <flags>` (with `--workers 2` unless `flags`
     /// name a count) and waits until `/health` answers 200.
@@ -108,6 +111,7 @@ impl Server {
                 })
                 .args(flags)
                 .env_remove("RUST_LOG")
+                .env("PUSHER_ENCRYPTION_SECRET", TEST_ENCRYPTION_SECRET)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone the log handle"))
                 .stderr(log)

@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "pusher"
 DRIVERS = ["uring", "epoll"]
+TEST_ENCRYPTION_SECRET = "python-test-secret-0123456789abcdef0123"
+
 
 
 def free_port() -> int:
@@ -39,7 +41,9 @@ class Server:
             *extra_args,
         ]
         self.log = open(tmp / f"pusher-{driver}.log", "w")
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, PUSHER_ENCRYPTION_SECRET=TEST_ENCRYPTION_SECRET)
+        self.data_dir = tmp / "data"
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
     def _wait_ready(self) -> None:

@@ -18,6 +18,9 @@ ECHO_ARGS = [
     "33554432",
     "--outbound-pending-bytes-per-core",
     "67108864",
+    # The spill hand-off must hold three of the largest records.
+    "--spill-handoff-bytes-per-core",
+    "50335744",
 ]
 
 

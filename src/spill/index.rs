@@ -1,0 +1,440 @@
+//! The batch index: what the spill log holds, rebuilt from records in log order (by the writer
+//! as it appends, and by recovery as it scans).
+//!
+//! A batch is a chain of records in the log (`prev` links each record to the previous one of the
+//! same batch), so its index entry has a fixed size however much audio it holds: per-session
+//! memory does not grow with pending audio.
+//!
+//! Invariants: at most `batches_max` entries; a batch's records are applied in log order, so
+//! `last` only moves forward; an entry leaves the index only when its upload is confirmed.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::record::{BatchOpen, Header, Kind, Location, RecordError, decode_batch_open};
+
+/// A batch's identity: the run that wrote it and the batch id within that run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchKey {
+    pub run: u64,
+    pub batch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Its session may still append.
+    Open,
+    /// Closed by the record at `at`; uploadable once `at` is durable.
+    Closed { at: Location },
+    /// Handed to the uploader.
+    Uploading,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchEntry {
+    pub key: BatchKey,
+    pub open: BatchOpen,
+    /// Segment of the batch-open record: every record of the batch is in this segment or later.
+    pub first_segment: u64,
+    /// The batch's latest record: the head of its chain.
+    pub last: Location,
+    pub audio_bytes: u64,
+    pub audio_records: u32,
+    pub state: BatchState,
+    /// Wall-clock milliseconds when the batch opened (for the oldest-pending-age metric).
+    pub opened_at_unix_ms: u64,
+}
+
+/// Why a record does not fit the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexError {
+    /// `batches_max` entries are live.
+    Full,
+    /// A batch-open for a batch already in the index.
+    DuplicateOpen,
+    /// An audio or close record for a batch that is not open.
+    NotOpen,
+    Payload(RecordError),
+}
+
+/// Memory one indexed batch costs: its entry and key in the hash map (with the map's control
+/// byte and load-factor slack, rounded up) and its slot in the closed queue.
+pub const ENTRY_BYTES: usize =
+    (std::mem::size_of::<BatchEntry>() + std::mem::size_of::<BatchKey>() + 1) * 8 / 7
+        + 1
+        + std::mem::size_of::<BatchKey>();
+
+pub struct Index {
+    batches: HashMap<BatchKey, BatchEntry>,
+    /// Closed batches in close order, waiting for their close to be durable.
+    closed: VecDeque<BatchKey>,
+    batches_max: usize,
+}
+
+impl Index {
+    pub fn new(batches_max: usize) -> Index {
+        assert!(batches_max > 0);
+        Index {
+            batches: HashMap::with_capacity(batches_max),
+            closed: VecDeque::with_capacity(batches_max),
+            batches_max,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.batches.len() >= self.batches_max
+    }
+
+    pub fn get(&self, key: &BatchKey) -> Option<&BatchEntry> {
+        self.batches.get(key)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &BatchEntry> {
+        self.batches.values()
+    }
+
+    /// What [`Index::apply`] would return for this record, without applying it: the writer
+    /// needs `prev` before the write and applies the record only once the write succeeded.
+    pub fn prev_for(&self, run: u64, header: &Header) -> Result<Location, IndexError> {
+        let key = BatchKey {
+            run,
+            batch: header.batch,
+        };
+        match (header.kind, self.batches.get(&key)) {
+            (Kind::BatchOpen, Some(_)) => Err(IndexError::DuplicateOpen),
+            (Kind::BatchOpen, None) if self.is_full() => Err(IndexError::Full),
+            (Kind::BatchOpen, None) => Ok(Location::NONE),
+            (_, Some(entry)) if entry.state == BatchState::Open => Ok(entry.last),
+            (_, _) => Err(IndexError::NotOpen),
+        }
+    }
+
+    /// Applies the record at `at` (in log order); returns the location its `prev` field must
+    /// hold: the batch's previous record, or [`Location::NONE`] for a batch-open.
+    pub fn apply(
+        &mut self,
+        run: u64,
+        header: &Header,
+        payload: &[u8],
+        at: Location,
+        now_unix_ms: u64,
+    ) -> Result<Location, IndexError> {
+        let key = BatchKey {
+            run,
+            batch: header.batch,
+        };
+        match header.kind {
+            Kind::BatchOpen => self.open(key, payload, at, now_unix_ms),
+            Kind::Audio => {
+                let entry = self.open_entry(&key)?;
+                let prev = entry.last;
+                entry.last = at;
+                entry.audio_bytes += payload.len() as u64;
+                entry.audio_records += 1;
+                Ok(prev)
+            }
+            Kind::BatchClose => {
+                let entry = self.open_entry(&key)?;
+                let prev = entry.last;
+                entry.last = at;
+                entry.state = BatchState::Closed { at };
+                self.closed.push_back(key);
+                debug_assert!(self.closed.len() <= self.batches_max);
+                Ok(prev)
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        key: BatchKey,
+        payload: &[u8],
+        at: Location,
+        now_unix_ms: u64,
+    ) -> Result<Location, IndexError> {
+        if self.batches.contains_key(&key) {
+            return Err(IndexError::DuplicateOpen);
+        }
+        if self.is_full() {
+            return Err(IndexError::Full);
+        }
+        let open = decode_batch_open(payload).map_err(IndexError::Payload)?;
+        self.batches.insert(
+            key,
+            BatchEntry {
+                key,
+                open,
+                first_segment: at.segment(),
+                last: at,
+                audio_bytes: 0,
+                audio_records: 0,
+                state: BatchState::Open,
+                opened_at_unix_ms: now_unix_ms,
+            },
+        );
+        Ok(Location::NONE)
+    }
+
+    fn open_entry(&mut self, key: &BatchKey) -> Result<&mut BatchEntry, IndexError> {
+        match self.batches.get_mut(key) {
+            Some(entry) if entry.state == BatchState::Open => Ok(entry),
+            _ => Err(IndexError::NotOpen),
+        }
+    }
+
+    /// Closes every open batch at its last record (recovery: their sessions are gone); returns
+    /// how many were closed.
+    pub fn close_open(&mut self) -> usize {
+        let mut closed = 0;
+        for entry in self.batches.values_mut() {
+            if entry.state == BatchState::Open {
+                entry.state = BatchState::Closed { at: entry.last };
+                self.closed.push_back(entry.key);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Moves up to `limit` closed batches whose close is at or before `durable` to `Uploading`,
+    /// appending their keys to `out`. Batches without audio are dropped at once (nothing to
+    /// upload) and counted in the return value.
+    pub fn take_ready(
+        &mut self,
+        durable: Location,
+        limit: usize,
+        out: &mut Vec<BatchKey>,
+    ) -> usize {
+        let mut dropped_empty = 0;
+        let mut taken = 0;
+        while taken < limit {
+            let Some(key) = self.closed.front().copied() else {
+                break;
+            };
+            let entry = self
+                .batches
+                .get_mut(&key)
+                .expect("closed batches are indexed");
+            let BatchState::Closed { at } = entry.state else {
+                unreachable!("the closed queue holds closed batches only");
+            };
+            if at > durable {
+                break;
+            }
+            self.closed.pop_front();
+            if entry.audio_bytes == 0 {
+                self.batches.remove(&key);
+                dropped_empty += 1;
+                continue;
+            }
+            entry.state = BatchState::Uploading;
+            out.push(key);
+            taken += 1;
+        }
+        dropped_empty
+    }
+
+    /// The store confirmed the batch: it leaves the index.
+    pub fn uploaded(&mut self, key: &BatchKey) -> Option<BatchEntry> {
+        let entry = self.batches.remove(key)?;
+        debug_assert_eq!(entry.state, BatchState::Uploading);
+        Some(entry)
+    }
+
+    /// The oldest segment any indexed batch may have records in; segments before it hold only
+    /// uploaded batches.
+    pub fn oldest_segment(&self) -> Option<u64> {
+        self.batches.values().map(|e| e.first_segment).min()
+    }
+
+    /// (batches, audio bytes) not yet uploaded, and the oldest one's open time.
+    pub fn pending(&self) -> (usize, u64, Option<u64>) {
+        let bytes = self.batches.values().map(|e| e.audio_bytes).sum();
+        let oldest = self.batches.values().map(|e| e.opened_at_unix_ms).min();
+        (self.batches.len(), bytes, oldest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+    use crate::settings::DataProtectionLevel;
+    use crate::spill::record::{BATCH_OPEN_PAYLOAD_BYTES_MAX, encode_batch_open};
+
+    fn header(kind: Kind, batch: u64, len: usize) -> Header {
+        Header {
+            crc: 0,
+            len: len as u32,
+            kind,
+            batch,
+            prev: Location::NONE,
+        }
+    }
+
+    fn open_payload() -> Vec<u8> {
+        let open = BatchOpen {
+            uid: Id::parse(b"u").unwrap(),
+            conversation: Id::parse(b"c").unwrap(),
+            timestamp: 1.5,
+            sample_rate_hz: 16_000,
+            level: DataProtectionLevel::Enhanced,
+        };
+        let mut out = [0u8; BATCH_OPEN_PAYLOAD_BYTES_MAX];
+        let len = encode_batch_open(&mut out, &open);
+        out[..len].to_vec()
+    }
+
+    #[test]
+    fn records_chain_and_close() {
+        let mut index = Index::new(4);
+        let open = open_payload();
+        let at = |offset| Location::new(1, offset);
+        assert_eq!(
+            index.apply(7, &header(Kind::BatchOpen, 1, open.len()), &open, at(24), 0),
+            Ok(Location::NONE)
+        );
+        assert_eq!(
+            index.apply(7, &header(Kind::Audio, 1, 3), b"abc", at(100), 0),
+            Ok(at(24))
+        );
+        assert_eq!(
+            index.apply(7, &header(Kind::Audio, 1, 2), b"de", at(200), 0),
+            Ok(at(100))
+        );
+        assert_eq!(
+            index.apply(7, &header(Kind::BatchClose, 1, 1), &[4], at(300), 0),
+            Ok(at(200))
+        );
+        let key = BatchKey { run: 7, batch: 1 };
+        let entry = index.get(&key).unwrap();
+        assert_eq!(entry.audio_bytes, 5);
+        assert_eq!(entry.audio_records, 2);
+        assert_eq!(entry.state, BatchState::Closed { at: at(300) });
+        assert_eq!(
+            index.apply(7, &header(Kind::Audio, 1, 1), b"x", at(400), 0),
+            Err(IndexError::NotOpen),
+            "a closed batch takes no more audio"
+        );
+    }
+
+    #[test]
+    fn ready_only_once_the_close_is_durable() {
+        let mut index = Index::new(4);
+        let open = open_payload();
+        index
+            .apply(
+                1,
+                &header(Kind::BatchOpen, 1, open.len()),
+                &open,
+                Location::new(1, 24),
+                0,
+            )
+            .unwrap();
+        index
+            .apply(1, &header(Kind::Audio, 1, 1), b"a", Location::new(1, 80), 0)
+            .unwrap();
+        index
+            .apply(
+                1,
+                &header(Kind::BatchClose, 1, 1),
+                &[1],
+                Location::new(2, 24),
+                0,
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        index.take_ready(Location::new(1, 1000), 10, &mut out);
+        assert!(out.is_empty());
+        index.take_ready(Location::new(2, 24), 10, &mut out);
+        assert_eq!(out, vec![BatchKey { run: 1, batch: 1 }]);
+        assert_eq!(index.oldest_segment(), Some(1));
+        assert!(index.uploaded(&out[0]).is_some());
+        assert_eq!(index.oldest_segment(), None);
+    }
+
+    #[test]
+    fn empty_batches_are_dropped_not_uploaded() {
+        let mut index = Index::new(4);
+        let open = open_payload();
+        index
+            .apply(
+                1,
+                &header(Kind::BatchOpen, 9, open.len()),
+                &open,
+                Location::new(1, 24),
+                0,
+            )
+            .unwrap();
+        assert_eq!(index.close_open(), 1);
+        let mut out = Vec::new();
+        assert_eq!(index.take_ready(Location::new(1, 24), 10, &mut out), 1);
+        assert!(out.is_empty() && index.is_empty());
+    }
+
+    #[test]
+    fn bounded_and_rejects_duplicates() {
+        let mut index = Index::new(1);
+        let open = open_payload();
+        let h = header(Kind::BatchOpen, 1, open.len());
+        index.apply(1, &h, &open, Location::new(1, 24), 0).unwrap();
+        assert_eq!(
+            index.apply(1, &h, &open, Location::new(1, 99), 0),
+            Err(IndexError::DuplicateOpen)
+        );
+        let h2 = header(Kind::BatchOpen, 2, open.len());
+        assert_eq!(
+            index.apply(1, &h2, &open, Location::new(1, 199), 0),
+            Err(IndexError::Full)
+        );
+    }
+
+    #[test]
+    fn take_ready_respects_the_limit_and_order() {
+        let mut index = Index::new(8);
+        let open = open_payload();
+        for batch in 1..=3u64 {
+            let base = (batch as u32) * 1000;
+            index
+                .apply(
+                    1,
+                    &header(Kind::BatchOpen, batch, open.len()),
+                    &open,
+                    Location::new(1, base),
+                    0,
+                )
+                .unwrap();
+            index
+                .apply(
+                    1,
+                    &header(Kind::Audio, batch, 1),
+                    b"a",
+                    Location::new(1, base + 100),
+                    0,
+                )
+                .unwrap();
+            index
+                .apply(
+                    1,
+                    &header(Kind::BatchClose, batch, 1),
+                    &[1],
+                    Location::new(1, base + 200),
+                    0,
+                )
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        index.take_ready(Location::new(1, u32::MAX), 2, &mut out);
+        assert_eq!(out.iter().map(|k| k.batch).collect::<Vec<_>>(), vec![1, 2]);
+        out.clear();
+        index.take_ready(Location::new(1, u32::MAX), 2, &mut out);
+        assert_eq!(out.iter().map(|k| k.batch).collect::<Vec<_>>(), vec![3]);
+    }
+}

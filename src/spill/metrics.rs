@@ -1,0 +1,131 @@
+//! The spill log's metrics (`pusher_spill_*`).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone)]
+pub struct SpillMetrics {
+    pub appended_bytes: Counter,
+    pub appended_records: Counter,
+    pub records_rejected: Counter,
+    pub sync_seconds: Histogram,
+    pub io_errors: Counter,
+    pub full: Gauge,
+    pub live_bytes: Gauge,
+    pub segments_live: Gauge,
+    pub segments_deleted: Counter,
+    pub pending_batches: Gauge,
+    pub pending_bytes: Gauge,
+    pub oldest_pending_age_seconds: Gauge,
+    pub batches_closed: Counter,
+    pub batches_uploaded: Counter,
+    pub corrupt_tails: Counter,
+    pub close_ack_timeouts: Counter,
+    /// Seconds sessions spent not being read because the hand-off ring or the disk budget was
+    /// full, summed over sessions.
+    pub backpressure_seconds: Counter<f64, AtomicU64>,
+}
+
+impl SpillMetrics {
+    pub fn register(registry: &mut Registry) -> SpillMetrics {
+        let registry = registry.sub_registry_with_prefix("spill");
+        let metrics = SpillMetrics {
+            appended_bytes: Counter::default(),
+            appended_records: Counter::default(),
+            records_rejected: Counter::default(),
+            sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            io_errors: Counter::default(),
+            full: Gauge::default(),
+            live_bytes: Gauge::default(),
+            segments_live: Gauge::default(),
+            segments_deleted: Counter::default(),
+            pending_batches: Gauge::default(),
+            pending_bytes: Gauge::default(),
+            oldest_pending_age_seconds: Gauge::default(),
+            batches_closed: Counter::default(),
+            batches_uploaded: Counter::default(),
+            corrupt_tails: Counter::default(),
+            close_ack_timeouts: Counter::default(),
+            backpressure_seconds: Counter::default(),
+        };
+        let m = metrics.clone();
+        registry.register(
+            "appended_bytes",
+            "bytes appended to the spill log (records, headers included)",
+            m.appended_bytes,
+        );
+        registry.register(
+            "appended_records",
+            "records appended to the spill log",
+            m.appended_records,
+        );
+        registry.register(
+            "rejected_records",
+            "records refused by the index (a bug if not zero)",
+            m.records_rejected,
+        );
+        registry.register(
+            "sync_seconds",
+            "fdatasync latency of the spill log (group commit)",
+            m.sync_seconds,
+        );
+        registry.register(
+            "io_errors",
+            "failed spill writes or syncs (retried; nothing is dropped)",
+            m.io_errors,
+        );
+        registry.register(
+            "full",
+            "1 while the spill log is at spill_max_bytes (backpressure)",
+            m.full,
+        );
+        registry.register("live_bytes", "bytes of live segment files", m.live_bytes);
+        registry.register("segments_live", "segment files on disk", m.segments_live);
+        registry.register(
+            "segments_deleted",
+            "segment files deleted after all their batches uploaded",
+            m.segments_deleted,
+        );
+        registry.register(
+            "pending_batches",
+            "batches in the log not yet uploaded (open or closed)",
+            m.pending_batches,
+        );
+        registry.register(
+            "pending_bytes",
+            "audio bytes in the log not yet uploaded",
+            m.pending_bytes,
+        );
+        registry.register(
+            "oldest_pending_batch_age_seconds",
+            "age of the oldest batch not yet uploaded",
+            m.oldest_pending_age_seconds,
+        );
+        registry.register(
+            "batches_closed",
+            "closed batches made durable and handed to the uploader",
+            m.batches_closed,
+        );
+        registry.register(
+            "batches_uploaded",
+            "batches the store confirmed",
+            m.batches_uploaded,
+        );
+        registry.register(
+            "corrupt_tails",
+            "torn or corrupt segment tails found at recovery",
+            m.corrupt_tails,
+        );
+        registry.register("close_ack_timeouts", "sessions dropped without a Close because their audio was not durable within the close timeout", m.close_ack_timeouts);
+        registry.register(
+            "backpressure_seconds",
+            "session-seconds not read because the hand-off or the disk budget was full",
+            m.backpressure_seconds,
+        );
+        metrics
+    }
+}

@@ -1,0 +1,26 @@
+//! The durable private-cloud audio log (spill log): append-only segment files under
+//! `<data_dir>/spill/`, written by a dedicated writer thread, read back by the uploader.
+//!
+//! - [`record`]: the on-disk format (segment header, records with CRC-32C and a `prev` chain).
+//! - [`index`]: the batch index, fed records in log order.
+//! - [`scan`]: segment file names, listing, and scanning a segment for its valid records.
+//! - [`recovery`]: rebuilding the index from the segments at start.
+//! - [`reader`]: reading a batch's audio back by walking its chain.
+//! - [`inspect`]: `pusher spill inspect`, a read-only report.
+//! - [`handoff`]: the bounded ring from each core to the writer.
+//! - [`writer`]: the writer thread (group commit, rotation, disk budget, segment deletion).
+//! - [`log`]: start-up: recovery, uploader, writer.
+//! - [`metrics`]: the `pusher_spill_*` metrics.
+
+pub mod handoff;
+pub mod index;
+pub mod inspect;
+pub mod log;
+pub mod metrics;
+pub mod reader;
+pub mod record;
+pub mod recovery;
+pub mod scan;
+#[cfg(test)]
+mod test_log;
+pub mod writer;

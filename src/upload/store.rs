@@ -1,0 +1,454 @@
+//! The object store named by `--store` (downstream.md §2).
+//!
+//! | URL | store | credentials |
+//! |---|---|---|
+//! | `file:///abs/dir` (default `file://<data_dir>/cloud`) | local directory, created if missing, fsync on every put | none |
+//! | `s3://bucket/prefix` | S3 or an S3-compatible server | `AWS_*` (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, …) |
+//! | `gs://bucket/prefix` | Google Cloud Storage | `GOOGLE_*` (`GOOGLE_SERVICE_ACCOUNT`, …) or the metadata server |
+//! | `az://container/prefix` | Azure Blob Storage | `AZURE_*` (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, …) |
+//!
+//! The prefix (if any) is put before every object key. Credentials never come from the URL.
+//!
+//! object_store retries inside one call too; its retries are bounded here by
+//! [`INNER_RETRIES_MAX`] and by the per-attempt timeout, so that pusher's own retry loop (forever,
+//! with its backoff and health metric) is what a failing store meets.
+
+use std::fmt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+use crate::config::Config;
+
+/// Retries object_store makes inside one upload attempt (its default is 10 over 3 minutes).
+pub const INNER_RETRIES_MAX: usize = 3;
+/// Longest store URL accepted, in bytes.
+pub const STORE_URL_BYTES_MAX: usize = 4096;
+/// Directory under `data_dir` of the default local store.
+pub const DEFAULT_LOCAL_DIR: &str = "cloud";
+
+/// Where uploads go, parsed from a store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory (absolute, or relative to the working directory for the default).
+    Local(PathBuf),
+    S3 {
+        bucket: String,
+        prefix: Path,
+    },
+    Gcs {
+        bucket: String,
+        prefix: Path,
+    },
+    Azure {
+        container: String,
+        prefix: Path,
+    },
+}
+
+impl StoreLocation {
+    /// Parses `file:///abs/dir`, `s3://bucket/prefix`, `gs://bucket/prefix` or
+    /// `az://container/prefix`; the error says what is wrong and what is accepted.
+    pub fn parse(raw: &str) -> Result<StoreLocation, String> {
+        let fail = |why: &str| Err(format!("store URL {raw:?}: {why}"));
+        if raw.len() > STORE_URL_BYTES_MAX {
+            return fail(&format!("longer than {STORE_URL_BYTES_MAX} bytes"));
+        }
+        let url = match url::Url::parse(raw) {
+            Ok(url) => url,
+            Err(e) => {
+                return fail(&format!(
+                    "{e}; expected file:///abs/dir, s3://bucket/prefix, gs://bucket/prefix or \
+                     az://container/prefix"
+                ));
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return fail("credentials in the URL are not accepted; use the environment");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return fail("a query or fragment is not accepted");
+        }
+        if url.scheme() == "file" {
+            if url
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return fail("a file URL needs an absolute path: file:///abs/dir");
+            }
+            return match url.to_file_path() {
+                Ok(path) if path.is_absolute() => Ok(StoreLocation::Local(path)),
+                _ => fail("a file URL needs an absolute path: file:///abs/dir"),
+            };
+        }
+        let Some(name) = url.host_str().filter(|h| !h.is_empty()) else {
+            return fail("the bucket or container name is missing");
+        };
+        if url.port().is_some() {
+            return fail("a port is not accepted; set the endpoint in the environment");
+        }
+        let name = name.to_string();
+        let path = url.path();
+        if path.contains('%') {
+            return fail("percent-encoded characters in the prefix are not supported");
+        }
+        let prefix = match Path::parse(path) {
+            Ok(prefix) => prefix,
+            Err(e) => return fail(&format!("bad prefix: {e}")),
+        };
+        match url.scheme() {
+            "s3" => Ok(StoreLocation::S3 {
+                bucket: name,
+                prefix,
+            }),
+            "gs" => Ok(StoreLocation::Gcs {
+                bucket: name,
+                prefix,
+            }),
+            "az" => Ok(StoreLocation::Azure {
+                container: name,
+                prefix,
+            }),
+            other => fail(&format!(
+                "scheme {other:?} is not supported; use file, s3, gs or az"
+            )),
+        }
+    }
+
+    /// `config.store`, or `<data_dir>/cloud` when unset.
+    pub fn from_config(config: &Config) -> Result<StoreLocation, String> {
+        match &config.store {
+            Some(raw) => StoreLocation::parse(raw),
+            None => Ok(StoreLocation::Local(
+                config.data_dir.join(DEFAULT_LOCAL_DIR),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Local(path) => write!(f, "file://{}", path.display()),
+            StoreLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StoreLocation::Gcs { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
+            StoreLocation::Azure { container, prefix } => write!(f, "az://{container}/{prefix}"),
+        }
+    }
+}
+
+/// The cloud builders [`open`] starts from: normally [`CloudBuilders::from_env`]; tests pass
+/// builders configured by hand instead of changing the process environment.
+pub struct CloudBuilders {
+    pub s3: AmazonS3Builder,
+    pub gcs: GoogleCloudStorageBuilder,
+    pub azure: MicrosoftAzureBuilder,
+}
+
+impl CloudBuilders {
+    /// Each cloud's builder configured from its SDK's environment variables.
+    pub fn from_env() -> CloudBuilders {
+        CloudBuilders {
+            s3: AmazonS3Builder::from_env(),
+            gcs: GoogleCloudStorageBuilder::from_env(),
+            azure: MicrosoftAzureBuilder::from_env(),
+        }
+    }
+}
+
+/// An opened store, and whether it keeps object attributes such as the content type (the
+/// local filesystem store refuses puts that carry them).
+#[derive(Clone)]
+pub struct Store {
+    pub objects: Arc<dyn ObjectStore>,
+    pub keeps_attributes: bool,
+}
+
+/// The store of `config` (`--store`, default `<data_dir>/cloud`), credentials from the environment.
+pub fn open_configured(config: &Config) -> Result<Store, String> {
+    let location = StoreLocation::from_config(config)?;
+    let objects = open(
+        &location,
+        CloudBuilders::from_env(),
+        Duration::from_millis(config.upload_timeout_ms),
+    )?;
+    Ok(Store {
+        objects,
+        keeps_attributes: !matches!(location, StoreLocation::Local(_)),
+    })
+}
+
+/// Builds the store of `location`; `attempt_timeout` bounds object_store's own retries.
+pub fn open(
+    location: &StoreLocation,
+    builders: CloudBuilders,
+    attempt_timeout: Duration,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let retry = RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: INNER_RETRIES_MAX,
+        retry_timeout: attempt_timeout,
+    };
+    let fail = |e: object_store::Error| format!("store {location}: {e}");
+    match location {
+        StoreLocation::Local(dir) => open_local(dir).map_err(|e| format!("store {location}: {e}")),
+        StoreLocation::S3 { bucket, prefix } => {
+            let store = builders
+                .s3
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .build()
+                .map_err(fail)?;
+            Ok(with_prefix(store, prefix))
+        }
+        StoreLocation::Gcs { bucket, prefix } => {
+            let store = builders
+                .gcs
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .build()
+                .map_err(fail)?;
+            Ok(with_prefix(store, prefix))
+        }
+        StoreLocation::Azure { container, prefix } => {
+            let store = builders
+                .azure
+                .with_container_name(container)
+                .with_retry(retry)
+                .build()
+                .map_err(fail)?;
+            Ok(with_prefix(store, prefix))
+        }
+    }
+}
+
+fn open_local(dir: &FsPath) -> Result<Arc<dyn ObjectStore>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // fsync: a put is confirmed only once durable, as remote stores promise, because the batch
+    // then leaves the spill log.
+    let store = LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| e.to_string())?
+        .with_fsync(true);
+    Ok(Arc::new(store))
+}
+
+fn with_prefix<T: ObjectStore>(store: T, prefix: &Path) -> Arc<dyn ObjectStore> {
+    if prefix.is_root() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+    use object_store::aws::AmazonS3ConfigKey;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn none() -> CloudBuilders {
+        CloudBuilders {
+            s3: AmazonS3Builder::new(),
+            gcs: GoogleCloudStorageBuilder::new(),
+            azure: MicrosoftAzureBuilder::new(),
+        }
+    }
+
+    #[test]
+    fn parses_each_scheme() {
+        assert_eq!(
+            StoreLocation::parse("file:///var/lib/pusher/cloud").unwrap(),
+            StoreLocation::Local(PathBuf::from("/var/lib/pusher/cloud"))
+        );
+        assert_eq!(
+            StoreLocation::parse("s3://bucket/a/b/").unwrap(),
+            StoreLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: Path::from("a/b"),
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("gs://my_bucket").unwrap(),
+            StoreLocation::Gcs {
+                bucket: "my_bucket".into(),
+                prefix: Path::ROOT,
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("az://container/p").unwrap(),
+            StoreLocation::Azure {
+                container: "container".into(),
+                prefix: Path::from("p"),
+            }
+        );
+        let s3 = StoreLocation::parse("s3://b/p/q").unwrap();
+        assert_eq!(s3.to_string(), "s3://b/p/q");
+    }
+
+    #[test]
+    fn refuses_bad_urls_with_a_reason() {
+        for (url, reason) in [
+            ("", "expected file:///abs/dir"),
+            ("/abs/dir", "expected file:///abs/dir"),
+            ("http://example.com/x", "scheme \"http\" is not supported"),
+            ("ftp://host/x", "not supported"),
+            ("file://relative/dir", "absolute path"),
+            ("s3:///prefix", "bucket or container name is missing"),
+            ("s3://key:secret@bucket/p", "credentials in the URL"),
+            ("s3://bucket/p?region=x", "query"),
+            ("s3://bucket:9000/p", "port"),
+            ("s3://bucket/a//b", "bad prefix"),
+            ("gs://bucket/a%20b", "percent-encoded"),
+        ] {
+            let err = StoreLocation::parse(url).unwrap_err();
+            assert!(err.contains(reason), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn default_is_data_dir_cloud() {
+        let config = Config {
+            data_dir: PathBuf::from("/tmp/x"),
+            ..Config::default()
+        };
+        assert_eq!(
+            StoreLocation::from_config(&config).unwrap(),
+            StoreLocation::Local(PathBuf::from("/tmp/x/cloud"))
+        );
+    }
+
+    #[test]
+    fn file_store_creates_its_directory_and_stores_under_it() {
+        let dir = std::env::temp_dir().join(format!("pusher-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("nested/cloud");
+        let url = format!("file://{}", root.display());
+        let location = StoreLocation::parse(&url).unwrap();
+        let store = open(&location, none(), Duration::from_secs(5)).unwrap();
+        let key = Path::parse("chunks/u/c/1.000.bin").unwrap();
+        runtime().block_on(async {
+            store.put(&key, b"audio".to_vec().into()).await.unwrap();
+            let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&got[..], b"audio");
+        });
+        assert_eq!(
+            std::fs::read(root.join("chunks/u/c/1.000.bin")).unwrap(),
+            b"audio"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `moto_server` child, killed when dropped.
+    struct Moto {
+        child: Child,
+        addr: SocketAddr,
+    }
+
+    impl Moto {
+        fn start() -> Moto {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new("moto_server")
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run moto_server ({e}): this test needs the S3 emulator; install \
+                         it with `pip install 'moto[server]'` (tests/python/requirements.txt)"
+                    )
+                });
+            let mut moto = Moto {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(moto.addr).is_err() {
+                if let Some(status) = moto.child.try_wait().unwrap() {
+                    panic!("moto_server exited at start: {status}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "moto_server did not listen in 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            moto
+        }
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn s3_store_against_a_local_s3_server() {
+        let moto = Moto::start();
+        let endpoint = format!("http://{}", moto.addr);
+        let mut s3 = AmazonS3Builder::new();
+        // The same keys `AmazonS3Builder::from_env` reads from AWS_* variables.
+        for (name, value) in [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ] {
+            let key: AmazonS3ConfigKey = name.to_ascii_lowercase().parse().unwrap();
+            s3 = s3.with_config(key, value);
+        }
+        let bucket_root = CloudBuilders {
+            s3: s3.clone(),
+            ..none()
+        };
+        let builders = CloudBuilders { s3, ..none() };
+        let location = StoreLocation::parse("s3://pusher-test/audio/v1").unwrap();
+        let store = open(&location, builders, Duration::from_secs(10)).unwrap();
+        let root = StoreLocation::parse("s3://pusher-test").unwrap();
+        let root = open(&root, bucket_root, Duration::from_secs(10)).unwrap();
+        let key = Path::parse("chunks/user-1/conv-1/1700000000.123.bin").unwrap();
+        runtime().block_on(async {
+            let client = reqwest::Client::new();
+            let created = client
+                .put(format!("{endpoint}/pusher-test"))
+                .send()
+                .await
+                .unwrap();
+            assert!(created.status().is_success(), "{}", created.status());
+
+            store.put(&key, b"pcm audio".to_vec().into()).await.unwrap();
+            let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&got[..], b"pcm audio");
+
+            // The prefix is applied: the object sits at audio/v1/chunks/... in the bucket.
+            let full = Path::parse(format!("audio/v1/{key}")).unwrap();
+            let got = root.get(&full).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&got[..], b"pcm audio");
+        });
+    }
+}

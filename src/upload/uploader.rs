@@ -1,0 +1,1378 @@
+//! The upload thread: a current-thread tokio runtime (object_store and reqwest need tokio; monoio
+//! threads never await its futures) fed through a bounded queue.
+//!
+//! Per job: read the batch's audio (blocking pool), encrypt it if the level is `enhanced`, `put`
+//! it under its object key with `Content-Type: application/octet-stream`, each attempt bounded by
+//! `upload_timeout_ms`; on failure wait [`Backoff`] and try again, **forever** (the batch stays in
+//! the spill log until the store confirms). Then [`BatchSource::uploaded`], then the optional
+//! chunk notification (bounded attempts; a failure is counted and dropped).
+//!
+//! Bounds:
+//! - jobs queued: `queue_capacity` given to [`start`] (≤ [`QUEUE_CAPACITY_MAX`]); a full queue
+//!   refuses [`UploaderHandle::submit`] and the caller keeps the job;
+//! - uploads at once: `upload_concurrency` (a semaphore; a job takes a permit before it leaves the
+//!   queue, so a slow store backs up into the queue, not into memory). Memory: each upload holds
+//!   its audio and, for `enhanced`, its blob (+32 bytes) while it runs;
+//! - blocking threads: `upload_concurrency` + [`BLOCKING_THREADS_EXTRA`] (audio reads, local-store
+//!   writes, DNS lookups);
+//! - chunk notifications: [`NOTIFICATION_QUEUE_CAPACITY`] waiting (beyond: dropped, counted) and
+//!   `upload_concurrency` in flight, `chunk_notification_attempts_max` attempts of
+//!   `chunk_notification_timeout_ms` each.
+//!
+//! Store health: the `pusher_upload_store_healthy` gauge is 1 until a put fails or times out, 0
+//! until one succeeds again; each change (not each attempt) is logged once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use object_store::path::Path;
+use object_store::{Attribute, AttributeValue, Attributes, ObjectStore, PutOptions, PutPayload};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::BatchKey;
+use super::backoff::Backoff;
+use super::crypto::{EncryptionSecret, PlaintextTooLarge, encrypt_blob};
+use super::object_key::{is_encrypted, object_key};
+use super::store::Store;
+use crate::config::Config;
+use crate::id::Id;
+use crate::settings::DataProtectionLevel;
+
+/// Largest job queue [`start`] accepts (each slot is one [`UploadJob`], ~300 bytes).
+pub const QUEUE_CAPACITY_MAX: usize = 1 << 20;
+/// Chunk notifications waiting for a sender (each ~700 bytes); beyond it they are dropped.
+pub const NOTIFICATION_QUEUE_CAPACITY: usize = 4096;
+/// Blocking threads beyond `upload_concurrency` (DNS lookups of the store and the notifier).
+pub const BLOCKING_THREADS_EXTRA: usize = 4;
+/// Most bytes reserved up front for a batch's audio (its declared size is only a hint).
+pub const AUDIO_RESERVE_BYTES_MAX: usize = 64 << 20;
+/// After the loop stops, how long the runtime waits for blocking work (a read in progress).
+const RUNTIME_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+const CONTENT_TYPE: &str = "application/octet-stream";
+
+/// One closed batch to upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadJob {
+    pub key: BatchKey,
+    pub uid: Id,
+    pub conversation: Id,
+    /// The batch's first-frame timestamp, epoch seconds.
+    pub timestamp: f64,
+    pub sample_rate_hz: u32,
+    pub level: DataProtectionLevel,
+    /// Audio bytes the batch holds (a hint for the read buffer; the read decides).
+    pub audio_bytes: u64,
+}
+
+/// Where batches come from and where their confirmation goes (the spill log).
+pub trait BatchSource: Send + Sync + 'static {
+    /// Reads the batch's audio, in order, appending to `out` (blocking file I/O; call it via spawn_blocking).
+    fn read_audio(&self, job: &UploadJob, out: &mut Vec<u8>) -> std::io::Result<()>;
+    /// The store confirmed the upload (the batch may now leave the log).
+    ///
+    /// Called once per accepted job, on a blocking-pool thread of the uploader.
+    fn uploaded(&self, job: &UploadJob);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Why an upload attempt failed (the `reason` label of `pusher_upload_attempts_failed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureReason {
+    Read,
+    Encrypt,
+    Store,
+    Timeout,
+}
+
+const FAILURE_REASONS: [FailureReason; 4] = [
+    FailureReason::Read,
+    FailureReason::Encrypt,
+    FailureReason::Store,
+    FailureReason::Timeout,
+];
+
+impl FailureReason {
+    fn label(self) -> &'static str {
+        match self {
+            FailureReason::Read => "read",
+            FailureReason::Encrypt => "encrypt",
+            FailureReason::Store => "store",
+            FailureReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// Outcome of a chunk notification (the `result` label of `pusher_upload_chunk_notifications_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotificationResult {
+    Ok,
+    /// Every attempt failed, or the answer was a non-retryable error.
+    Failed,
+    /// The notification queue was full.
+    Dropped,
+}
+
+const NOTIFICATION_RESULTS: [NotificationResult; 3] = [
+    NotificationResult::Ok,
+    NotificationResult::Failed,
+    NotificationResult::Dropped,
+];
+
+impl NotificationResult {
+    fn label(self) -> &'static str {
+        match self {
+            NotificationResult::Ok => "ok",
+            NotificationResult::Failed => "failed",
+            NotificationResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// The uploader's metrics (`pusher_upload_*`); handles are resolved once, label sets are closed.
+#[derive(Clone)]
+pub struct UploadMetrics {
+    succeeded: Counter,
+    attempts_failed: [Counter; FAILURE_REASONS.len()],
+    retries: Counter,
+    queued: Gauge,
+    in_flight: Gauge,
+    bytes: Counter,
+    store_healthy: Gauge,
+    duration: Histogram,
+    notifications: [Counter; NOTIFICATION_RESULTS.len()],
+}
+
+impl UploadMetrics {
+    /// Registers under `upload_*` in `registry`, which is expected to carry the `pusher` prefix
+    /// (as `crate::metrics::Metrics`' registry does), giving `pusher_upload_*`.
+    pub fn register(registry: &mut Registry) -> UploadMetrics {
+        let succeeded = Counter::default();
+        registry.register(
+            "upload_succeeded",
+            "batches the object store confirmed",
+            succeeded.clone(),
+        );
+        let failed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "upload_attempts_failed",
+            "upload attempts that failed, by reason (read, encrypt, store, timeout); each is retried",
+            failed.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "upload_retries",
+            "upload attempts after a failed one",
+            retries.clone(),
+        );
+        let queued = Gauge::default();
+        registry.register(
+            "upload_queued",
+            "batches waiting for an upload slot",
+            queued.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "upload_in_flight",
+            "batches being uploaded or waiting to retry",
+            in_flight.clone(),
+        );
+        let bytes = Counter::default();
+        registry.register(
+            "upload_bytes",
+            "object bytes stored (after encryption)",
+            bytes.clone(),
+        );
+        let store_healthy = Gauge::default();
+        store_healthy.set(1);
+        registry.register(
+            "upload_store_healthy",
+            "1 while the last upload attempt succeeded (or none was made), 0 while failing",
+            store_healthy.clone(),
+        );
+        // 10 ms .. ~82 s.
+        let duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "upload_duration_seconds",
+            "time of successful put attempts",
+            duration.clone(),
+        );
+        let notifications = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "upload_chunk_notifications",
+            "chunk notifications, by result (ok, failed, dropped)",
+            notifications.clone(),
+        );
+        UploadMetrics {
+            succeeded,
+            attempts_failed: FAILURE_REASONS.map(|r| {
+                failed
+                    .get_or_create(&ReasonLabel { reason: r.label() })
+                    .clone()
+            }),
+            retries,
+            queued,
+            in_flight,
+            bytes,
+            store_healthy,
+            duration,
+            notifications: NOTIFICATION_RESULTS.map(|r| {
+                notifications
+                    .get_or_create(&ResultLabel { result: r.label() })
+                    .clone()
+            }),
+        }
+    }
+
+    fn attempt_failed(&self, reason: FailureReason) {
+        let index = FAILURE_REASONS
+            .iter()
+            .position(|&r| r == reason)
+            .expect("every reason is listed");
+        self.attempts_failed[index].inc();
+    }
+
+    fn notification(&self, result: NotificationResult) {
+        let index = NOTIFICATION_RESULTS
+            .iter()
+            .position(|&r| r == result)
+            .expect("every result is listed");
+        self.notifications[index].inc();
+    }
+}
+
+/// Submits jobs to the upload thread and stops it.
+pub struct UploaderHandle {
+    jobs: mpsc::Sender<UploadJob>,
+    queued: Gauge,
+    stop: Option<oneshot::Sender<Duration>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UploaderHandle {
+    /// Queues `job` without blocking (callable from any thread); a full queue (or a stopped
+    /// uploader) gives the job back, and the caller submits it again later.
+    // The job comes back by value (no allocation on the refusal path): the caller keeps it.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&self, job: UploadJob) -> Result<(), UploadJob> {
+        self.queued.inc();
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Closed(job)) => {
+                self.queued.dec();
+                Err(job)
+            }
+        }
+    }
+
+    /// Stops taking jobs, gives uploads in flight up to `grace` to finish, then abandons the rest
+    /// and joins the thread. Abandoned and queued jobs stay in the spill log for the next process.
+    /// (Dropping the handle stops the uploader the same way with no grace, without joining.)
+    pub fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the upload thread panicked");
+        }
+    }
+}
+
+/// Starts the upload thread. `secret` may be None only when no user's settings can select level
+/// `enhanced` (the server checks this at start); an `enhanced` batch without it is retried, never
+/// stored in the clear.
+pub fn start(
+    config: &Config,
+    store: Store,
+    secret: Option<EncryptionSecret>,
+    source: Arc<dyn BatchSource>,
+    metrics: UploadMetrics,
+    queue_capacity: usize,
+) -> Result<UploaderHandle, String> {
+    if queue_capacity == 0 || queue_capacity > QUEUE_CAPACITY_MAX {
+        return Err(format!(
+            "upload queue capacity {queue_capacity} is outside 1..={QUEUE_CAPACITY_MAX}"
+        ));
+    }
+    let concurrency = config.upload_concurrency.max(1);
+    let backoff = Backoff::new(config.upload_backoff_ms_min, config.upload_backoff_ms_max);
+    let (notifier, notifications) = match &config.chunk_notification_url {
+        Some(url) => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(config.chunk_notification_timeout_ms))
+                .build()
+                .map_err(|e| format!("chunk notification client: {e}"))?;
+            let (queue, receiver) = mpsc::channel(NOTIFICATION_QUEUE_CAPACITY);
+            let notifier = Notifier {
+                client,
+                url: url.clone(),
+                attempts_max: config.chunk_notification_attempts_max.max(1),
+                queue,
+            };
+            (Some(notifier), Some(receiver))
+        }
+        None => (None, None),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(concurrency + BLOCKING_THREADS_EXTRA)
+        .thread_name("pusher-upload-io")
+        .build()
+        .map_err(|e| format!("upload runtime: {e}"))?;
+    let (jobs, jobs_rx) = mpsc::channel(queue_capacity);
+    let (stop, stop_rx) = oneshot::channel();
+    let queued = metrics.queued.clone();
+    let context = Arc::new(Context {
+        store: store.objects,
+        content_type: store.keeps_attributes,
+        secret,
+        source,
+        health: StoreHealth::new(metrics.store_healthy.clone()),
+        metrics,
+        backoff,
+        attempt_timeout: Duration::from_millis(config.upload_timeout_ms),
+        notifier,
+    });
+    let thread = std::thread::Builder::new()
+        .name("pusher-upload".into())
+        .spawn(move || {
+            runtime.block_on(run(context, concurrency, jobs_rx, stop_rx, notifications));
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN_WAIT);
+        })
+        .map_err(|e| format!("upload thread: {e}"))?;
+    Ok(UploaderHandle {
+        jobs,
+        queued,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+struct Context {
+    store: Arc<dyn ObjectStore>,
+    /// Put with `Content-Type: application/octet-stream` (stores that keep attributes).
+    content_type: bool,
+    secret: Option<EncryptionSecret>,
+    source: Arc<dyn BatchSource>,
+    metrics: UploadMetrics,
+    health: StoreHealth,
+    backoff: Backoff,
+    attempt_timeout: Duration,
+    notifier: Option<Notifier>,
+}
+
+/// The dispatcher: one permit, then one job, then a task; until stopped.
+async fn run(
+    context: Arc<Context>,
+    concurrency: usize,
+    mut jobs: mpsc::Receiver<UploadJob>,
+    mut stop: oneshot::Receiver<Duration>,
+    notifications: Option<mpsc::Receiver<Notification>>,
+) {
+    if let Some(receiver) = notifications {
+        tokio::spawn(send_notifications(context.clone(), concurrency, receiver));
+    }
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let grace = loop {
+        let permit = tokio::select! {
+            biased;
+            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let job = tokio::select! {
+            biased;
+            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break Duration::ZERO,
+            },
+        };
+        context.metrics.queued.dec();
+        tokio::spawn(upload(context.clone(), job, permit));
+    };
+    let all = u32::try_from(concurrency).expect("upload_concurrency is at most 256");
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            in_flight = context.metrics.in_flight.get(),
+            "upload shutdown: abandoning uploads in flight; their batches stay in the spill log"
+        );
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    Read(std::io::Error),
+    /// An `enhanced` batch but no secret: the server refuses to start when settings can select
+    /// `enhanced` without a secret, so this is a bug; the batch is retried, never stored in the clear.
+    NoSecret,
+    TooLarge(PlaintextTooLarge),
+    Store(object_store::Error),
+    Timeout(Duration),
+}
+
+impl Failure {
+    fn reason(&self) -> FailureReason {
+        match self {
+            Failure::Read(_) => FailureReason::Read,
+            Failure::NoSecret | Failure::TooLarge(_) => FailureReason::Encrypt,
+            Failure::Store(_) => FailureReason::Store,
+            Failure::Timeout(_) => FailureReason::Timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Read(e) => write!(f, "reading the batch: {e}"),
+            Failure::NoSecret => write!(f, "an enhanced batch but no encryption secret"),
+            Failure::TooLarge(e) => write!(f, "{e}"),
+            Failure::Store(e) => write!(f, "{e}"),
+            Failure::Timeout(t) => write!(f, "no answer within {} ms", t.as_millis()),
+        }
+    }
+}
+
+/// The body of a batch, made once and reused by every attempt.
+struct Body {
+    payload: PutPayload,
+    audio_bytes: u64,
+}
+
+/// Uploads one job until the store confirms it; holds `permit` until then.
+async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePermit) {
+    let metrics = &context.metrics;
+    metrics.in_flight.inc();
+    let key = object_key(&job.uid, &job.conversation, job.timestamp, job.level);
+    let path = Path::parse(&key).expect("object keys are valid paths (object_key module doc)");
+    let mut body: Option<Body> = None;
+    let mut attempt: u32 = 0;
+    loop {
+        match attempt_upload(&context, &job, &path, &mut body).await {
+            Ok(()) => break,
+            Err(failure) => {
+                metrics.attempt_failed(failure.reason());
+                match &failure {
+                    Failure::NoSecret => tracing::error!(%key, "bug: {failure}; retrying"),
+                    // Store failures are reported by the health transitions, not per attempt.
+                    Failure::Store(_) | Failure::Timeout(_) => {
+                        tracing::debug!(%key, attempt, "upload failed: {failure}")
+                    }
+                    Failure::Read(_) | Failure::TooLarge(_) if attempt == 0 => {
+                        tracing::warn!(%key, "upload failed, retrying: {failure}")
+                    }
+                    Failure::Read(_) | Failure::TooLarge(_) => {
+                        tracing::debug!(%key, attempt, "upload failed: {failure}")
+                    }
+                }
+                tokio::time::sleep(context.backoff.delay(attempt, rand::random())).await;
+                attempt = attempt.saturating_add(1);
+                metrics.retries.inc();
+            }
+        }
+    }
+    let audio_bytes = body.as_ref().map_or(0, |b| b.audio_bytes);
+    drop(body);
+    let source = context.source.clone();
+    let confirmed = job.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || source.uploaded(&confirmed)).await {
+        tracing::error!(%key, "BatchSource::uploaded failed: {e}");
+    }
+    metrics.succeeded.inc();
+    metrics.in_flight.dec();
+    drop(permit);
+    if let Some(notifier) = &context.notifier {
+        let notification = Notification {
+            uid: job.uid,
+            conversation: job.conversation,
+            key,
+            timestamp: job.timestamp,
+            bytes: audio_bytes,
+            sample_rate_hz: job.sample_rate_hz,
+        };
+        if notifier.queue.try_send(notification).is_err() {
+            metrics.notification(NotificationResult::Dropped);
+        }
+    }
+}
+
+async fn attempt_upload(
+    context: &Context,
+    job: &UploadJob,
+    path: &Path,
+    body: &mut Option<Body>,
+) -> Result<(), Failure> {
+    let payload = match body {
+        Some(body) => body.payload.clone(),
+        None => body.insert(prepare(context, job).await?).payload.clone(),
+    };
+    let length = payload.content_length() as u64;
+    let mut attributes = Attributes::new();
+    if context.content_type {
+        attributes.insert(Attribute::ContentType, AttributeValue::from(CONTENT_TYPE));
+    }
+    let options = PutOptions {
+        attributes,
+        ..PutOptions::default()
+    };
+    let started = Instant::now();
+    let put = context.store.put_opts(path, payload, options);
+    let result = match tokio::time::timeout(context.attempt_timeout, put).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Store(e)),
+        Err(_) => Err(Failure::Timeout(context.attempt_timeout)),
+    };
+    match &result {
+        Ok(()) => {
+            context
+                .metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
+            context.metrics.bytes.inc_by(length);
+        }
+        Err(failure) => {
+            if context.health.record(false) {
+                tracing::warn!(
+                    store = %context.store,
+                    "object store failing; uploads are retried until it recovers: {failure}"
+                );
+            }
+            return result;
+        }
+    }
+    if context.health.record(true) {
+        tracing::info!(store = %context.store, "object store healthy again");
+    }
+    result
+}
+
+/// Reads (and, for `enhanced`, encrypts) the batch on the blocking pool.
+async fn prepare(context: &Context, job: &UploadJob) -> Result<Body, Failure> {
+    let source = context.source.clone();
+    let secret = context.secret.clone();
+    let job = job.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let reserve = usize::try_from(job.audio_bytes)
+            .unwrap_or(usize::MAX)
+            .min(AUDIO_RESERVE_BYTES_MAX);
+        let mut audio = Vec::with_capacity(reserve);
+        source.read_audio(&job, &mut audio).map_err(Failure::Read)?;
+        let audio_bytes = audio.len() as u64;
+        if audio_bytes != job.audio_bytes {
+            tracing::warn!(
+                uid = %job.uid,
+                conversation = %job.conversation,
+                declared = job.audio_bytes,
+                read = audio_bytes,
+                "batch audio length differs from its declared length; uploading what was read"
+            );
+        }
+        let object = if is_encrypted(job.level) {
+            let secret = secret.ok_or(Failure::NoSecret)?;
+            encrypt_blob(&secret, job.uid.as_str(), &audio).map_err(Failure::TooLarge)?
+        } else {
+            audio
+        };
+        Ok(Body {
+            payload: PutPayload::from(object),
+            audio_bytes,
+        })
+    })
+    .await;
+    match prepared {
+        Ok(result) => result,
+        Err(e) => Err(Failure::Read(std::io::Error::other(format!(
+            "reading the batch panicked: {e}"
+        )))),
+    }
+}
+
+/// Whether the store looks healthy, with the gauge that shows it.
+struct StoreHealth {
+    healthy: AtomicBool,
+    gauge: Gauge,
+}
+
+impl StoreHealth {
+    fn new(gauge: Gauge) -> StoreHealth {
+        gauge.set(1);
+        StoreHealth {
+            healthy: AtomicBool::new(true),
+            gauge,
+        }
+    }
+
+    /// Records an attempt's outcome; true when it changed the state (log it once).
+    fn record(&self, ok: bool) -> bool {
+        let changed = self.healthy.swap(ok, Ordering::AcqRel) != ok;
+        if changed {
+            self.gauge.set(i64::from(ok));
+        }
+        changed
+    }
+}
+
+struct Notifier {
+    client: reqwest::Client,
+    url: String,
+    attempts_max: u32,
+    queue: mpsc::Sender<Notification>,
+}
+
+/// A chunk notification waiting to be sent.
+#[derive(Debug, Clone, PartialEq)]
+struct Notification {
+    uid: Id,
+    conversation: Id,
+    key: String,
+    timestamp: f64,
+    /// Audio (PCM) bytes of the batch, before encryption.
+    bytes: u64,
+    sample_rate_hz: u32,
+}
+
+/// The JSON body of downstream.md §2.
+#[derive(Serialize)]
+struct NotificationBody<'a> {
+    uid: &'a str,
+    conversation_id: &'a str,
+    key: &'a str,
+    timestamp: f64,
+    bytes: u64,
+    sample_rate: u32,
+}
+
+impl Notification {
+    fn body(&self) -> NotificationBody<'_> {
+        NotificationBody {
+            uid: self.uid.as_str(),
+            conversation_id: self.conversation.as_str(),
+            key: &self.key,
+            timestamp: self.timestamp,
+            bytes: self.bytes,
+            sample_rate: self.sample_rate_hz,
+        }
+    }
+}
+
+/// Whether a notification answered with `status` is worth another attempt.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Sends queued notifications, at most `concurrency` at once.
+async fn send_notifications(
+    context: Arc<Context>,
+    concurrency: usize,
+    mut queue: mpsc::Receiver<Notification>,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    loop {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let Some(notification) = queue.recv().await else {
+            return;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            let result = notify(&context, &notification).await;
+            context.metrics.notification(result);
+            drop(permit);
+        });
+    }
+}
+
+async fn notify(context: &Context, notification: &Notification) -> NotificationResult {
+    let notifier = context
+        .notifier
+        .as_ref()
+        .expect("only sent when configured");
+    let body = notification.body();
+    for attempt in 0..notifier.attempts_max {
+        if attempt > 0 {
+            tokio::time::sleep(context.backoff.delay(attempt - 1, rand::random())).await;
+        }
+        match notifier.client.post(&notifier.url).json(&body).send().await {
+            Ok(response) if response.status().is_success() => return NotificationResult::Ok,
+            Ok(response) if !retryable(response.status()) => {
+                tracing::debug!(key = %notification.key, status = %response.status(), "chunk notification refused");
+                return NotificationResult::Failed;
+            }
+            Ok(response) => {
+                tracing::debug!(key = %notification.key, attempt, status = %response.status(), "chunk notification failed")
+            }
+            Err(e) => {
+                tracing::debug!(key = %notification.key, attempt, "chunk notification failed: {e}")
+            }
+        }
+    }
+    NotificationResult::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::crypto::decrypt_blob;
+    use async_trait::async_trait;
+    use futures_util::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutResult,
+    };
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Decrements `counter` if it is positive; true when it did.
+    fn take_one(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// InMemory with injected faults: the first puts fail or hang, puts can be held, and
+    /// concurrent puts are counted.
+    #[derive(Debug, Default)]
+    struct FakeStore {
+        inner: InMemory,
+        fail_first: AtomicUsize,
+        hang_first: AtomicUsize,
+        hold: AtomicBool,
+        delay: Duration,
+        attempts: Mutex<HashMap<String, usize>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    struct InFlight<'a>(&'a AtomicUsize);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    impl std::fmt::Display for FakeStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FakeStore")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for FakeStore {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            let _in_flight = InFlight(&self.in_flight);
+            self.max_in_flight.fetch_max(now, Ordering::AcqRel);
+            *self
+                .attempts
+                .lock()
+                .unwrap()
+                .entry(location.to_string())
+                .or_default() += 1;
+            while self.hold.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(self.delay).await;
+            if take_one(&self.hang_first) {
+                std::future::pending::<()>().await;
+            }
+            if take_one(&self.fail_first) {
+                return Err(object_store::Error::Generic {
+                    store: "FakeStore",
+                    source: "injected failure".into(),
+                });
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    impl FakeStore {
+        fn attempts_total(&self) -> usize {
+            self.attempts.lock().unwrap().values().sum()
+        }
+
+        /// The stored object and its content type.
+        fn object(&self, key: &str) -> (Vec<u8>, Option<String>) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let got = self
+                    .inner
+                    .get_opts(&Path::parse(key).unwrap(), GetOptions::default())
+                    .await
+                    .unwrap();
+                let content_type = got
+                    .attributes
+                    .get(&Attribute::ContentType)
+                    .map(|v| v.to_string());
+                (got.bytes().await.unwrap().to_vec(), content_type)
+            })
+        }
+    }
+
+    /// Audio made from the batch id; the first reads can fail.
+    #[derive(Default)]
+    struct FakeSource {
+        read_failures: AtomicUsize,
+        uploaded: Mutex<Vec<BatchKey>>,
+    }
+
+    fn audio_of(key: BatchKey) -> Vec<u8> {
+        (0..1000 + key.batch as usize)
+            .map(|i| (i as u64 * 31 + key.batch) as u8)
+            .collect()
+    }
+
+    impl BatchSource for FakeSource {
+        fn read_audio(&self, job: &UploadJob, out: &mut Vec<u8>) -> std::io::Result<()> {
+            if take_one(&self.read_failures) {
+                return Err(std::io::Error::other("injected read failure"));
+            }
+            out.extend_from_slice(&audio_of(job.key));
+            Ok(())
+        }
+
+        fn uploaded(&self, job: &UploadJob) {
+            self.uploaded.lock().unwrap().push(job.key);
+        }
+    }
+
+    impl FakeSource {
+        fn uploaded_count(&self) -> usize {
+            self.uploaded.lock().unwrap().len()
+        }
+    }
+
+    fn job(batch: u64, level: DataProtectionLevel) -> UploadJob {
+        let key = BatchKey { run: 7, batch };
+        UploadJob {
+            key,
+            uid: Id::parse(format!("user-{}", batch % 3).as_bytes()).unwrap(),
+            conversation: Id::parse(format!("conv-{batch}").as_bytes()).unwrap(),
+            timestamp: 1_700_000_000.25 + batch as f64,
+            sample_rate_hz: 16_000,
+            level,
+            audio_bytes: audio_of(key).len() as u64,
+        }
+    }
+
+    fn key_of(job: &UploadJob) -> String {
+        object_key(&job.uid, &job.conversation, job.timestamp, job.level)
+    }
+
+    fn test_config(concurrency: usize) -> Config {
+        let config = Config {
+            upload_concurrency: concurrency,
+            upload_backoff_ms_min: 1,
+            upload_backoff_ms_max: 20,
+            upload_timeout_ms: 5_000,
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        config
+    }
+
+    struct Running {
+        handle: UploaderHandle,
+        registry: Registry,
+        metrics: UploadMetrics,
+        store: Arc<FakeStore>,
+        source: Arc<FakeSource>,
+    }
+
+    fn start_fake(
+        config: &Config,
+        store: FakeStore,
+        source: FakeSource,
+        capacity: usize,
+    ) -> Running {
+        let mut registry = Registry::with_prefix("pusher");
+        let metrics = UploadMetrics::register(&mut registry);
+        let store = Arc::new(store);
+        let source = Arc::new(source);
+        let handle = start(
+            config,
+            Store {
+                objects: store.clone(),
+                keeps_attributes: true,
+            },
+            Some(EncryptionSecret::new(SECRET).unwrap()),
+            source.clone(),
+            metrics.clone(),
+            capacity,
+        )
+        .unwrap();
+        Running {
+            handle,
+            registry,
+            metrics,
+            store,
+            source,
+        }
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Every job's key was confirmed exactly once and its object holds its audio.
+    fn assert_uploaded_once(running: &Running, jobs: &[UploadJob]) {
+        let mut confirmed = running.source.uploaded.lock().unwrap().clone();
+        confirmed.sort();
+        let mut expected: Vec<BatchKey> = jobs.iter().map(|j| j.key).collect();
+        expected.sort();
+        assert_eq!(confirmed, expected);
+        let secret = EncryptionSecret::new(SECRET).unwrap();
+        for job in jobs {
+            let key = key_of(job);
+            let (object, content_type) = running.store.object(&key);
+            assert_eq!(content_type.as_deref(), Some(CONTENT_TYPE));
+            let audio = if is_encrypted(job.level) {
+                assert!(key.ends_with(".enc"), "{key}");
+                decrypt_blob(&secret, job.uid.as_str(), &object).unwrap()
+            } else {
+                assert!(key.ends_with(".bin"), "{key}");
+                object
+            };
+            assert_eq!(audio, audio_of(job.key), "{key}");
+        }
+    }
+
+    #[test]
+    fn uploads_each_job_once_and_encrypts_enhanced() {
+        let running = start_fake(
+            &test_config(4),
+            FakeStore::default(),
+            FakeSource::default(),
+            64,
+        );
+        let levels = [
+            DataProtectionLevel::Enhanced,
+            DataProtectionLevel::Standard,
+            DataProtectionLevel::E2ee,
+        ];
+        let jobs: Vec<UploadJob> = (0..30).map(|n| job(n, levels[n as usize % 3])).collect();
+        for job in &jobs {
+            running.handle.submit(job.clone()).unwrap();
+        }
+        wait_until("30 uploads", || running.source.uploaded_count() == 30);
+        assert_uploaded_once(&running, &jobs);
+        assert_eq!(running.store.attempts_total(), 30);
+        let m = &running.metrics;
+        assert_eq!(m.succeeded.get(), 30);
+        assert_eq!(m.retries.get(), 0);
+        assert_eq!(m.store_healthy.get(), 1);
+        let plain: u64 = jobs.iter().map(|j| j.audio_bytes).sum();
+        let overhead = 10 * crate::upload::crypto::BLOB_OVERHEAD_BYTES as u64;
+        assert_eq!(m.bytes.get(), plain + overhead);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &running.registry).unwrap();
+        assert!(
+            text.contains("pusher_upload_duration_seconds_count 30\n"),
+            "{text}"
+        );
+        running.handle.shutdown(Duration::from_secs(1));
+        assert_eq!(running.source.uploaded_count(), 30);
+    }
+
+    #[test]
+    fn failed_puts_are_retried_until_the_store_recovers() {
+        let store = FakeStore {
+            fail_first: AtomicUsize::new(7),
+            ..FakeStore::default()
+        };
+        let running = start_fake(&test_config(2), store, FakeSource::default(), 16);
+        let jobs: Vec<UploadJob> = (0..3)
+            .map(|n| job(n, DataProtectionLevel::Enhanced))
+            .collect();
+        for job in &jobs {
+            running.handle.submit(job.clone()).unwrap();
+        }
+        wait_until("3 uploads", || running.source.uploaded_count() == 3);
+        assert_uploaded_once(&running, &jobs);
+        assert_eq!(running.store.attempts_total(), 3 + 7);
+        let m = &running.metrics;
+        assert_eq!(m.attempts_failed[2].get(), 7, "store failures");
+        assert_eq!(m.retries.get(), 7);
+        assert_eq!(m.succeeded.get(), 3);
+        assert_eq!(m.store_healthy.get(), 1, "healthy again after a success");
+        running.handle.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn timed_out_attempts_and_read_failures_are_retried() {
+        let config = Config {
+            upload_timeout_ms: 100,
+            ..test_config(2)
+        };
+        let store = FakeStore {
+            hang_first: AtomicUsize::new(2),
+            ..FakeStore::default()
+        };
+        let source = FakeSource {
+            read_failures: AtomicUsize::new(3),
+            ..FakeSource::default()
+        };
+        let running = start_fake(&config, store, source, 16);
+        let jobs: Vec<UploadJob> = (0..4)
+            .map(|n| job(n, DataProtectionLevel::Standard))
+            .collect();
+        for job in &jobs {
+            running.handle.submit(job.clone()).unwrap();
+        }
+        wait_until("4 uploads", || running.source.uploaded_count() == 4);
+        assert_uploaded_once(&running, &jobs);
+        let m = &running.metrics;
+        assert_eq!(m.attempts_failed[0].get(), 3, "read failures");
+        assert_eq!(m.attempts_failed[3].get(), 2, "timeouts");
+        assert_eq!(m.retries.get(), 5);
+        running.handle.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn store_health_flips_once_per_transition() {
+        let gauge = Gauge::default();
+        let health = StoreHealth::new(gauge.clone());
+        assert_eq!(gauge.get(), 1);
+        assert!(!health.record(true));
+        assert!(health.record(false));
+        assert_eq!(gauge.get(), 0);
+        assert!(!health.record(false));
+        assert!(!health.record(false));
+        assert!(health.record(true));
+        assert_eq!(gauge.get(), 1);
+    }
+
+    #[test]
+    fn concurrency_is_bounded() {
+        let store = FakeStore {
+            delay: Duration::from_millis(30),
+            ..FakeStore::default()
+        };
+        let running = start_fake(&test_config(3), store, FakeSource::default(), 64);
+        let jobs: Vec<UploadJob> = (0..15)
+            .map(|n| job(n, DataProtectionLevel::Standard))
+            .collect();
+        for job in &jobs {
+            running.handle.submit(job.clone()).unwrap();
+        }
+        wait_until("15 uploads", || running.source.uploaded_count() == 15);
+        assert_uploaded_once(&running, &jobs);
+        assert_eq!(running.store.max_in_flight.load(Ordering::Acquire), 3);
+        running.handle.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_job_back() {
+        let store = FakeStore {
+            hold: AtomicBool::new(true),
+            ..FakeStore::default()
+        };
+        let running = start_fake(&test_config(1), store, FakeSource::default(), 2);
+        // The held store keeps one job in flight; the queue holds 2; so of 4 at least one is
+        // refused, and it comes back intact.
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for n in 0..4 {
+            match running.handle.submit(job(n, DataProtectionLevel::Standard)) {
+                Ok(()) => accepted.push(job(n, DataProtectionLevel::Standard)),
+                Err(back) => refused.push(back),
+            }
+        }
+        assert!(!refused.is_empty());
+        assert_eq!(
+            refused[0],
+            job(refused[0].key.batch, DataProtectionLevel::Standard)
+        );
+        running.store.hold.store(false, Ordering::Release);
+        wait_until("accepted uploads", || {
+            running.source.uploaded_count() == accepted.len()
+        });
+        assert_uploaded_once(&running, &accepted);
+        assert_eq!(running.metrics.queued.get(), 0);
+        running.handle.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shutdown_abandons_a_stuck_upload_after_the_grace() {
+        let store = FakeStore {
+            hang_first: AtomicUsize::new(usize::MAX),
+            ..FakeStore::default()
+        };
+        let running = start_fake(&test_config(2), store, FakeSource::default(), 4);
+        running
+            .handle
+            .submit(job(1, DataProtectionLevel::Standard))
+            .unwrap();
+        wait_until("the upload to start", || {
+            running.store.in_flight.load(Ordering::Acquire) == 1
+        });
+        let started = Instant::now();
+        running.handle.shutdown(Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(running.source.uploaded_count(), 0, "never confirmed");
+    }
+
+    #[test]
+    fn start_refuses_bad_capacities() {
+        let metrics = UploadMetrics::register(&mut Registry::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let source: Arc<dyn BatchSource> = Arc::new(FakeSource::default());
+        let config = test_config(1);
+        let secret = Some(EncryptionSecret::new(SECRET).unwrap());
+        for capacity in [0, QUEUE_CAPACITY_MAX + 1] {
+            let refused = start(
+                &config,
+                Store {
+                    objects: store.clone(),
+                    keeps_attributes: true,
+                },
+                secret.clone(),
+                source.clone(),
+                metrics.clone(),
+                capacity,
+            );
+            assert!(refused.is_err(), "{capacity}");
+        }
+    }
+
+    /// A one-thread HTTP server answering every request with `status`; records request bodies.
+    fn hook(status: u16) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/chunks?token=x", listener.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body_at = loop {
+                    let n = stream.read(&mut buf).unwrap();
+                    assert!(n > 0, "connection closed mid-request");
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..body_at]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < body_at + length {
+                    let n = stream.read(&mut buf).unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                }
+                assert!(head.starts_with("post /chunks?token=x "), "{head}");
+                assert!(head.contains("content-type: application/json"), "{head}");
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8(request[body_at..].to_vec()).unwrap());
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (url, bodies)
+    }
+
+    #[test]
+    fn chunk_notifications_are_posted_after_the_upload() {
+        let (url, bodies) = hook(200);
+        let config = Config {
+            chunk_notification_url: Some(url),
+            ..test_config(2)
+        };
+        let running = start_fake(&config, FakeStore::default(), FakeSource::default(), 16);
+        let jobs = [
+            job(1, DataProtectionLevel::Enhanced),
+            job(2, DataProtectionLevel::Standard),
+        ];
+        for job in &jobs {
+            running.handle.submit(job.clone()).unwrap();
+        }
+        wait_until("2 notifications", || {
+            running.metrics.notifications[0].get() == 2
+        });
+        assert_eq!(running.source.uploaded_count(), 2);
+        let mut got: Vec<serde_json::Value> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        got.sort_by_key(|v| v["conversation_id"].as_str().unwrap().to_string());
+        for (job, body) in jobs.iter().zip(&got) {
+            assert_eq!(
+                *body,
+                serde_json::json!({
+                    "uid": job.uid.as_str(),
+                    "conversation_id": job.conversation.as_str(),
+                    "key": key_of(job),
+                    "timestamp": job.timestamp,
+                    "bytes": job.audio_bytes,
+                    "sample_rate": 16_000,
+                })
+            );
+        }
+        running.handle.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn chunk_notification_failures_are_bounded_and_counted() {
+        for (status, requests) in [(503, 3), (404, 1)] {
+            let (url, bodies) = hook(status);
+            let config = Config {
+                chunk_notification_url: Some(url),
+                chunk_notification_attempts_max: 3,
+                ..test_config(1)
+            };
+            let running = start_fake(&config, FakeStore::default(), FakeSource::default(), 4);
+            running
+                .handle
+                .submit(job(1, DataProtectionLevel::Standard))
+                .unwrap();
+            wait_until("a failed notification", || {
+                running.metrics.notifications[1].get() == 1
+            });
+            assert_eq!(bodies.lock().unwrap().len(), requests, "status {status}");
+            assert_eq!(running.metrics.notifications[0].get(), 0);
+            assert_eq!(
+                running.source.uploaded_count(),
+                1,
+                "the upload itself stands"
+            );
+            running.handle.shutdown(Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        use reqwest::StatusCode;
+        for code in [500, 502, 503, 504, 408, 429] {
+            assert!(retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [200, 301, 400, 401, 403, 404, 422] {
+            assert!(!retryable(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_named_pusher_upload() {
+        let mut registry = Registry::with_prefix("pusher");
+        let metrics = UploadMetrics::register(&mut registry);
+        metrics.attempt_failed(FailureReason::Timeout);
+        metrics.notification(NotificationResult::Dropped);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "pusher_upload_succeeded_total 0",
+            "pusher_upload_attempts_failed_total{reason=\"timeout\"} 1",
+            "pusher_upload_attempts_failed_total{reason=\"store\"} 0",
+            "pusher_upload_retries_total 0",
+            "pusher_upload_queued 0",
+            "pusher_upload_in_flight 0",
+            "pusher_upload_bytes_total 0",
+            "pusher_upload_store_healthy 1",
+            "pusher_upload_duration_seconds_count 0",
+            "pusher_upload_chunk_notifications_total{result=\"dropped\"} 1",
+            "pusher_upload_chunk_notifications_total{result=\"ok\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+}
