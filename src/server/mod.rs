@@ -102,6 +102,18 @@ fn raise_open_files_limit() -> std::io::Result<u64> {
     Ok(hard)
 }
 
+/// A panic anywhere (a broken invariant) takes the whole process down rather than leaving a
+/// worker dead and its sessions stuck; the spill log keeps every written record for the next
+/// start.
+fn abort_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panic: {info}; aborting");
+        default_hook(info);
+        std::process::abort();
+    }));
+}
+
 /// State every worker shares (read-mostly; atomics for the few flags and counts).
 pub struct Shared {
     pub config: Config,
@@ -143,6 +155,7 @@ impl Shared {
 
 /// Runs the server until drained (SIGTERM) or killed.
 pub fn run(config: Config) -> Result<(), String> {
+    abort_on_panic();
     match raise_open_files_limit() {
         Ok(limit) => tracing::info!(
             open_files_limit = limit,

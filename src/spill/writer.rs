@@ -140,6 +140,8 @@ impl Writer {
         };
         writer.account_live_bytes();
         writer.release_durable(Location(u64::MAX));
+        // Recovered segments whose batches were all uploaded by the previous run go at once.
+        writer.delete_uploaded_segments();
         Ok(writer)
     }
 
