@@ -703,10 +703,17 @@ impl Connection {
         if self.core.closing() {
             self.start_close(close::GOING_AWAY, "server is shutting down");
         }
-        if self.stalled_since.is_some() && self.recv.is_some() {
-            self.process();
-            if self.filled == 0 {
-                self.recv = None;
+        if self.stalled_since.is_some() {
+            if self.recv.is_some() {
+                self.process();
+                if self.filled == 0 {
+                    self.recv = None;
+                }
+            } else {
+                // Stalled with nothing buffered: the room ran out right after the last complete
+                // message, and the empty buffer went back to the pool. Look at the room again,
+                // or the session would not be read until its idle timeout.
+                self.spill_ready();
             }
         }
         self.try_ack();
