@@ -13,8 +13,34 @@
 #   INGEST_CONNECTIONS  ingest: streaming sessions                   [16]
 #   INGEST_SECONDS      ingest: seconds of streaming                 [20]
 #   INGEST_FRAME_BYTES  ingest: PCM bytes per 101 frame              [16000]
+#   LOG_CONNECTIONS     log: streaming sessions                      [16]
+#   LOG_SECONDS         log: seconds of streaming                    [20]
+#   LOG_FRAME_BYTES     log: PCM bytes per 101 frame                 [16000]
+#   LOG_DD_MIB          log: MiB dd writes with conv=fdatasync, before and after the load [2048]
+#   LOG_DSYNC_MIB       log: MiB dd writes with oflag=dsync, before  [512]
+#   LOG_SPILL_MAX_BYTES log: the server's --spill-max-bytes          [10 GiB, less if the disk is short]
+#   LOG_QUIET_LOAD      log: wait for a 1-minute load average below  [0.8]
+#   LOG_QUIET_WAIT_S    log: ... for at most this long               [600]
+#   STREAM_SESSIONS     stream: sessions at real-time rate           [1000]
+#   STREAM_SECONDS      stream: seconds of streaming                 [300]
+#   STREAM_CONVERSATION_S  stream: conversation switch period, s     [120]
+#   STREAM_WARMUP_S     stream: seconds left out of the RSS slope    [120]
+#   STREAM_SOURCE_IPS   stream: client source IPs, comma-separated   [127.0.0.2 .. 127.0.0.5]
+#   STREAM_SINK_DELAY_MS   stream: the S3 sink's delay per PUT       [2000]
+#   STREAM_UPLOAD_CONCURRENCY  stream: the server's --upload-concurrency [64]
+#   STREAM_DRAIN_TIMEOUT_S stream: longest wait for the uploads     [300]
+#   STREAM_SERIES       stream: file for every RSS and /metrics reading (JSON)
+#                                          [bench/results/stream-series-<date>.json]
+#   SINK_PORT           stream: port of the S3 sink                  [PORT + 1]
+#   DEAD_PORT           log: closed port the S3 endpoint points at   [PORT + 2]
+#   BENCH_DIR           parent of the temporary data directories (the log scenario measures
+#                       the disk under it)                           [$TMPDIR or /tmp]
 #   RESULTS             file the JSON lines are appended to          [bench/results/results.json]
 #   CARGO               cargo command                                [cargo]
+#
+# The servers get PUSHER_ENCRYPTION_SECRET from the environment, or a fixed bench-only one (the
+# audio sent is silence). `ingest` runs with private-cloud sync off (a settings file), so it
+# measures the session path as before the spill log existed; `log` measures the spill log.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,6 +55,26 @@ IDLE_SOURCE_IPS=${IDLE_SOURCE_IPS:-}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
 INGEST_SECONDS=${INGEST_SECONDS:-20}
 INGEST_FRAME_BYTES=${INGEST_FRAME_BYTES:-16000}
+LOG_CONNECTIONS=${LOG_CONNECTIONS:-16}
+LOG_SECONDS=${LOG_SECONDS:-20}
+LOG_FRAME_BYTES=${LOG_FRAME_BYTES:-16000}
+LOG_DD_MIB=${LOG_DD_MIB:-2048}
+LOG_DSYNC_MIB=${LOG_DSYNC_MIB:-512}
+LOG_SPILL_MAX_BYTES=${LOG_SPILL_MAX_BYTES:-}
+LOG_QUIET_LOAD=${LOG_QUIET_LOAD:-0.8}
+LOG_QUIET_WAIT_S=${LOG_QUIET_WAIT_S:-600}
+STREAM_SESSIONS=${STREAM_SESSIONS:-1000}
+STREAM_SECONDS=${STREAM_SECONDS:-300}
+STREAM_CONVERSATION_S=${STREAM_CONVERSATION_S:-120}
+STREAM_WARMUP_S=${STREAM_WARMUP_S:-120}
+STREAM_SOURCE_IPS=${STREAM_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
+STREAM_SINK_DELAY_MS=${STREAM_SINK_DELAY_MS:-2000}
+STREAM_UPLOAD_CONCURRENCY=${STREAM_UPLOAD_CONCURRENCY:-64}
+STREAM_DRAIN_TIMEOUT_S=${STREAM_DRAIN_TIMEOUT_S:-300}
+STREAM_SERIES=${STREAM_SERIES:-}
+SINK_PORT=${SINK_PORT:-$((PORT + 1))}
+DEAD_PORT=${DEAD_PORT:-$((PORT + 2))}
+BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
 RESULTS=${RESULTS:-bench/results/results.json}
 CARGO=${CARGO:-cargo}
 
@@ -38,19 +84,26 @@ TARGET=127.0.0.1:$PORT
 
 for scenario in $SCENARIO; do
     case $scenario in
-        idle | ingest) ;;
-        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest)" >&2; exit 2 ;;
+        idle | ingest | log | stream) ;;
+        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream)" >&2; exit 2 ;;
     esac
 done
+
+# Bench audio is silence; a fixed secret lets the servers start (they refuse without one while
+# private-cloud audio may be stored at level `enhanced`, the default).
+export PUSHER_ENCRYPTION_SECRET=${PUSHER_ENCRYPTION_SECRET:-bench-only-insecure-secret-0123456789abcdef}
 
 $CARGO build --release -p pusher -p pusher-bench
 
 # Both the server and the client hold one descriptor per session.
 ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d -t pusher-bench.XXXXXX)
+work=$(mktemp -d "$BENCH_DIR/pusher-bench.XXXXXX")
 server_pid=
 server_log=
+# Extra environment of the next server started (NAME=VALUE words).
+server_env=()
+sink_pid=
 
 stop_server() {
     [[ -n $server_pid ]] || return 0
@@ -64,8 +117,16 @@ stop_server() {
     server_pid=
 }
 
+stop_sink() {
+    [[ -n $sink_pid ]] || return 0
+    kill -TERM "$sink_pid" 2>/dev/null || true
+    wait "$sink_pid" 2>/dev/null || true
+    sink_pid=
+}
+
 cleanup() {
     stop_server
+    stop_sink
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -84,7 +145,7 @@ start_server() {
         exit 1
     fi
     server_log=$work/server-$name.log
-    "$SERVER" serve --listen "$TARGET" --workers "$WORKERS" --driver "$DRIVER" \
+    env "${server_env[@]}" "$SERVER" serve --listen "$TARGET" --workers "$WORKERS" --driver "$DRIVER" \
         --data-dir "$work/data-$name" --drain-grace-ms 2000 "$@" >"$server_log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do
@@ -100,6 +161,56 @@ start_server() {
     done
     echo "run.sh: no answer from $TARGET/health after 10 s" >&2
     exit 1
+}
+
+# listening PORT: true when something accepts connections on 127.0.0.1:PORT.
+listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# start_sink: starts the slow S3 endpoint on $SINK_PORT and waits until it answers.
+start_sink() {
+    if listening "$SINK_PORT"; then
+        echo "run.sh: something already listens on 127.0.0.1:$SINK_PORT; set SINK_PORT" >&2
+        exit 1
+    fi
+    "$BENCH" s3-sink --listen "127.0.0.1:$SINK_PORT" --delay-ms "$STREAM_SINK_DELAY_MS" \
+        >"$work/sink.log" 2>&1 &
+    sink_pid=$!
+    for _ in $(seq 100); do
+        if curl -fsS --max-time 1 "http://127.0.0.1:$SINK_PORT/_sink/health" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "run.sh: the S3 sink did not start:" >&2
+    cat "$work/sink.log" >&2
+    exit 1
+}
+
+# The S3 client environment of a server whose store is s3://... at http://127.0.0.1:PORT.
+s3_env() {
+    server_env=(AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1
+        "AWS_ENDPOINT=http://127.0.0.1:$1" AWS_ALLOW_HTTP=true)
+}
+
+# wait_for_quiet: waits (at most LOG_QUIET_WAIT_S) until the 1-minute load average is below
+# LOG_QUIET_LOAD, so that a disk-rate comparison is not skewed by other work on the machine.
+wait_for_quiet() {
+    local waited=0 load
+    while :; do
+        load=$(cut -d ' ' -f 1 /proc/loadavg)
+        if awk -v load="$load" -v max="$LOG_QUIET_LOAD" 'BEGIN { exit !(load < max) }'; then
+            echo "run.sh: load average $load (< $LOG_QUIET_LOAD)" >&2
+            return 0
+        fi
+        if ((waited >= LOG_QUIET_WAIT_S)); then
+            echo "run.sh: load average still $load after ${waited}s; running anyway" >&2
+            return 0
+        fi
+        sleep 10
+        waited=$((waited + 10))
+    done
 }
 
 # The driver the server resolved (auto → uring or epoll), from its start log.
@@ -131,6 +242,7 @@ mkdir -p "$(dirname "$RESULTS")"
 
 for scenario in $SCENARIO; do
     echo "== $scenario (driver $DRIVER, $WORKERS workers)" >&2
+    server_env=()
     case $scenario in
         idle)
             start_server idle --max-sessions-per-core 9000
@@ -138,11 +250,64 @@ for scenario in $SCENARIO; do
                 ${IDLE_SOURCE_IPS:+--source-ips "$IDLE_SOURCE_IPS"}
             ;;
         ingest)
-            start_server ingest
+            # Private-cloud sync off: the session path alone, comparable with the core results.
+            printf '[default]\nprivate_cloud_sync_enabled = false\n' >"$work/no-cloud.toml"
+            start_server ingest --settings "$work/no-cloud.toml"
             bench ingest --connections "$INGEST_CONNECTIONS" --seconds "$INGEST_SECONDS" \
                 --frame-bytes "$INGEST_FRAME_BYTES"
             ;;
+        log)
+            wait_for_quiet
+            load=$(cut -d ' ' -f 1 /proc/loadavg)
+            avail=$(df -B1 --output=avail "$work" | tail -n 1 | tr -d ' ')
+            spill_max=$LOG_SPILL_MAX_BYTES
+            if [[ -z $spill_max ]]; then
+                spill_max=$((10 << 30))
+                room=$((avail - (LOG_DD_MIB << 20) - (4 << 30)))
+                ((room < spill_max)) && spill_max=$room
+            fi
+            if ((spill_max < (1 << 30))); then
+                echo "run.sh: only $avail bytes free under $work; the log scenario needs more" >&2
+                exit 1
+            fi
+            echo "run.sh: $avail bytes free under $work; --spill-max-bytes $spill_max" >&2
+            # Uploads go to an S3 endpoint on a closed port: they fail at once and back off, so
+            # the uploader neither frees log space nor competes for the CPU.
+            if listening "$DEAD_PORT"; then
+                echo "run.sh: something listens on 127.0.0.1:$DEAD_PORT; set DEAD_PORT" >&2
+                exit 1
+            fi
+            s3_env "$DEAD_PORT"
+            start_server log --store s3://bench/log --spill-max-bytes "$spill_max"
+            # The tool measures the disk with dd in $work (the filesystem of the data
+            # directory) before and after the load.
+            bench log --connections "$LOG_CONNECTIONS" --seconds "$LOG_SECONDS" \
+                --frame-bytes "$LOG_FRAME_BYTES" --disk-probe-dir "$work" \
+                --disk-probe-mib "$LOG_DD_MIB" --disk-probe-dsync-mib "$LOG_DSYNC_MIB" \
+                --label "loadavg_1m_before=$load" \
+                --label "filesystem=$(df --output=fstype "$work" | tail -n 1)" \
+                --label "spill_max_bytes=$spill_max"
+            ;;
+        stream)
+            start_sink
+            s3_env "$SINK_PORT"
+            # ~17 batches close per second for 1,000 streams (two per session per 120 s), each
+            # held 2 s by the sink: ~34 uploads in flight; 64 leaves room for bursts.
+            start_server stream --store s3://bench/audio \
+                --upload-concurrency "$STREAM_UPLOAD_CONCURRENCY"
+            bench stream --sessions "$STREAM_SESSIONS" --seconds "$STREAM_SECONDS" \
+                --conversation-s "$STREAM_CONVERSATION_S" --warmup-s "$STREAM_WARMUP_S" \
+                --source-ips "$STREAM_SOURCE_IPS" --sink "127.0.0.1:$SINK_PORT" \
+                --drain-timeout-s "$STREAM_DRAIN_TIMEOUT_S" \
+                --series "${STREAM_SERIES:-$(dirname "$RESULTS")/stream-series-$(date -u +%Y%m%dT%H%M%SZ).json}" \
+                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
+                --label "sink_delay_ms=$STREAM_SINK_DELAY_MS" \
+                --label "upload_concurrency=$STREAM_UPLOAD_CONCURRENCY"
+            ;;
     esac
     stop_server
+    stop_sink
+    # Free the disk at once (the log scenario writes gigabytes).
+    rm -rf "$work/data-$scenario"
 done
 echo "results appended to $RESULTS" >&2

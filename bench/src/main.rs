@@ -1,9 +1,16 @@
 //! `pusher-bench`: load scenarios against a running pusher server, measured from the outside
-//! (the server's /proc entry). See bench/README.md.
+//! (the server's /proc entry and its /metrics), and a slow S3 endpoint to upload to. See
+//! bench/README.md.
 
+mod disk;
 mod frames;
+mod http;
 mod load;
 mod proc_stats;
+mod prometheus;
+mod s3_sink;
+mod sampler;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -23,6 +30,12 @@ enum Scenario {
     Idle(load::idle::Args),
     /// Stream 101 audio as fast as possible and measure throughput and server CPU per byte.
     Ingest(load::ingest::Args),
+    /// The ingest load, measuring the spill log's append rate from /metrics (beside the disk's).
+    Log(load::log::Args),
+    /// Many sessions at real-time rate: server RSS slope, upload lag, bytes stored vs sent.
+    Stream(load::stream::Args),
+    /// Serve as a slow S3 endpoint that counts what is put and keeps no bodies.
+    S3Sink(s3_sink::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +59,9 @@ fn main() -> ExitCode {
         match cli.scenario {
             Scenario::Idle(args) => load::idle::run(args).await,
             Scenario::Ingest(args) => load::ingest::run(args).await,
+            Scenario::Log(args) => load::log::run(args).await,
+            Scenario::Stream(args) => load::stream::run(args).await,
+            Scenario::S3Sink(args) => s3_sink::run(args).await,
         }
     });
     match result {

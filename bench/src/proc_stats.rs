@@ -1,5 +1,6 @@
 //! What the tool measures of a process (normally the server): resident set from
-//! `/proc/PID/status` and CPU time (user + system) from `/proc/PID/stat`.
+//! `/proc/PID/status`, CPU time (user + system) from `/proc/PID/stat`, and the same per thread
+//! from `/proc/PID/task/TID/stat`.
 
 use std::io;
 
@@ -33,6 +34,37 @@ impl Process {
         Ok(ticks as f64 / clock_ticks_per_s() as f64)
     }
 
+    /// Every thread's name and CPU time so far (threads that end while being listed are
+    /// skipped).
+    pub fn threads(&self) -> io::Result<Vec<ThreadCpu>> {
+        let dir = format!("/proc/{}/task", self.pid);
+        let entries =
+            std::fs::read_dir(&dir).map_err(|e| io::Error::new(e.kind(), format!("{dir}: {e}")))?;
+        let mut threads = Vec::new();
+        for entry in entries {
+            let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
+                continue;
+            };
+            if let (Some(name), Some(ticks)) = (parse_comm(&stat), parse_cpu_ticks(&stat)) {
+                threads.push(ThreadCpu {
+                    name: name.to_owned(),
+                    cpu_s: ticks as f64 / clock_ticks_per_s() as f64,
+                });
+            }
+        }
+        Ok(threads)
+    }
+
+    /// Threads named `name`: how many, and their CPU time so far summed.
+    pub fn threads_named(&self, name: &str) -> io::Result<(usize, f64)> {
+        let named: Vec<ThreadCpu> = self
+            .threads()?
+            .into_iter()
+            .filter(|thread| thread.name == name)
+            .collect();
+        Ok((named.len(), named.iter().map(|thread| thread.cpu_s).sum()))
+    }
+
     fn read(&self, file: &str) -> io::Result<String> {
         let path = format!("/proc/{}/{file}", self.pid);
         std::fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
@@ -44,6 +76,20 @@ impl Process {
             format!("/proc/{}/{file}: {what}", self.pid),
         )
     }
+}
+
+/// One thread of a process: its name (`comm`, at most 15 bytes) and CPU time.
+#[derive(Debug, Clone)]
+pub struct ThreadCpu {
+    pub name: String,
+    pub cpu_s: f64,
+}
+
+/// The command name of a `/proc/PID/stat` text: between the first `(` and the last `)`.
+fn parse_comm(stat: &str) -> Option<&str> {
+    let start = stat.find('(')? + 1;
+    let end = stat.rfind(')')?;
+    (start <= end).then(|| &stat[start..end])
 }
 
 /// `VmRSS` of a `/proc/PID/status` text, in KiB (the kernel writes it as "VmRSS:   1234 kB").
@@ -118,9 +164,20 @@ mod tests {
     }
 
     #[test]
+    fn comm_is_between_the_first_and_last_parenthesis() {
+        assert_eq!(parse_comm("77 (a) b (c)) R 1 77"), Some("a) b (c)"));
+        assert_eq!(parse_comm("12 (pusher-spill) S 1"), Some("pusher-spill"));
+        assert_eq!(parse_comm("12 pusher S 1"), None);
+    }
+
+    #[test]
     fn this_process_can_be_measured() {
         let me = Process::current();
         assert!(me.rss_kib().unwrap() > 0);
         assert!(me.cpu_s().unwrap() >= 0.0);
+        let threads = me.threads().unwrap();
+        assert!(!threads.is_empty());
+        let (count, cpu_s) = me.threads_named(&threads[0].name).unwrap();
+        assert!(count >= 1 && cpu_s >= 0.0);
     }
 }

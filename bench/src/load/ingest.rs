@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
@@ -23,19 +23,19 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
     /// Sessions streaming audio at once
     #[arg(long, default_value_t = 16)]
-    connections: usize,
+    pub connections: usize,
     /// Seconds of streaming
     #[arg(long, default_value_t = 20, value_name = "S")]
-    seconds: u64,
+    pub seconds: u64,
     /// PCM bytes per 101 message (16000 = 0.5 s of 16 kHz audio); the message adds 12 bytes
     #[arg(long, default_value_t = 16_000, value_name = "BYTES")]
-    frame_bytes: usize,
+    pub frame_bytes: usize,
     /// Bytes handed to one write: as many whole frames as fit (at least one)
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    write_bytes: usize,
+    pub write_bytes: usize,
 }
 
 /// The wire bytes of one batch write and what they hold.
@@ -69,7 +69,95 @@ struct Sent {
     error: Option<String>,
 }
 
+/// What one ingest run measured.
+pub struct Outcome {
+    /// Sessions that streamed.
+    pub open: usize,
+    pub failures: Failures,
+    pub stream_errors: Failures,
+    /// Wire bytes and 101 frames sent.
+    pub bytes: u64,
+    pub frames: u64,
+    /// When the sessions started streaming, and when the last one's close was answered (the
+    /// server has handled every byte by then).
+    pub started: Instant,
+    pub ended: Instant,
+    pub server_cpu_s: f64,
+    pub client_cpu_s: f64,
+    pub server_rss_after_kib: u64,
+}
+
+impl Outcome {
+    /// Seconds from the start of streaming to the last close.
+    pub fn seconds(&self) -> f64 {
+        (self.ended - self.started).as_secs_f64()
+    }
+
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds()
+    }
+
+    /// The result fields of the `ingest` scenario.
+    pub fn fields(&self, args: &Args) -> Map<String, Value> {
+        let seconds = self.seconds();
+        let fields = json!({
+            "connections_requested": args.connections,
+            "connections": self.open,
+            "frame_pcm_bytes": args.frame_bytes,
+            "frame_wire_bytes": frames::frame_bytes(args.frame_bytes + 12),
+            "bytes_sent": self.bytes,
+            "frames_sent": self.frames,
+            "seconds": round(seconds, 3),
+            "mb_per_s": round(self.mb_per_s(), 1),
+            "frames_per_s": round(self.frames as f64 / seconds, 0),
+            "server_cpu_s": round(self.server_cpu_s, 2),
+            "gb_per_server_cpu_s": round(self.bytes as f64 / 1e9 / self.server_cpu_s, 3),
+            "client_cpu_s": round(self.client_cpu_s, 2),
+            "server_rss_after_kib": self.server_rss_after_kib,
+            "failures": self.failures.total(),
+            "failure_reasons": self.failures.to_json(),
+            "stream_errors": self.stream_errors.total(),
+            "stream_error_reasons": self.stream_errors.to_json(),
+        });
+        match fields {
+            Value::Object(fields) => fields,
+            _ => unreachable!("json! of an object literal"),
+        }
+    }
+
+    /// The one-line human summary.
+    pub fn human(&self) -> String {
+        let seconds = self.seconds();
+        format!(
+            "{} sessions, {:.1} MB in {seconds:.1}s = {:.1} MB/s, {:.0} frames/s; \
+             server CPU {:.2}s = {:.2} GB per CPU-second; client CPU {:.2}s; \
+             {} failed to open, {} stream errors",
+            self.open,
+            self.bytes as f64 / 1e6,
+            self.mb_per_s(),
+            self.frames as f64 / seconds,
+            self.server_cpu_s,
+            self.bytes as f64 / 1e9 / self.server_cpu_s,
+            self.client_cpu_s,
+            self.failures.total(),
+            self.stream_errors.total(),
+        )
+    }
+}
+
 pub async fn run(args: Args) -> Result<(), String> {
+    let outcome = measure(&args).await?;
+    print_result(
+        "ingest",
+        &args.target,
+        Value::Object(outcome.fields(&args)),
+        &format!("ingest: {}", outcome.human()),
+    );
+    Ok(())
+}
+
+/// Opens the sessions, streams for `--seconds`, closes them and measures.
+pub async fn measure(args: &Args) -> Result<Outcome, String> {
     if args.connections == 0 || args.seconds == 0 {
         return Err("--connections and --seconds must be at least 1".to_owned());
     }
@@ -110,47 +198,19 @@ pub async fn run(args: Args) -> Result<(), String> {
             stream_errors.add(error);
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let server_cpu_s = server.cpu_s().map_err(|e| e.to_string())? - server_cpu_before;
-    let client_cpu_s = client.cpu_s().map_err(|e| e.to_string())? - client_cpu_before;
-    let server_rss_kib = server.rss_kib().map_err(|e| e.to_string())?;
-
-    let mb_per_s = total.bytes as f64 / 1e6 / seconds;
-    let gb_per_server_cpu_s = total.bytes as f64 / 1e9 / server_cpu_s;
-    let frames_per_s = total.frames as f64 / seconds;
-    let human = format!(
-        "ingest: {open} sessions, {:.1} MB in {seconds:.1}s = {mb_per_s:.1} MB/s, \
-         {frames_per_s:.0} frames/s; server CPU {server_cpu_s:.2}s = {gb_per_server_cpu_s:.2} GB per CPU-second; \
-         client CPU {client_cpu_s:.2}s; {} failed to open, {} stream errors",
-        total.bytes as f64 / 1e6,
-        failures.total(),
-        stream_errors.total(),
-    );
-    print_result(
-        "ingest",
-        &args.target,
-        json!({
-            "connections_requested": args.connections,
-            "connections": open,
-            "frame_pcm_bytes": args.frame_bytes,
-            "frame_wire_bytes": frames::frame_bytes(args.frame_bytes + 12),
-            "bytes_sent": total.bytes,
-            "frames_sent": total.frames,
-            "seconds": round(seconds, 3),
-            "mb_per_s": round(mb_per_s, 1),
-            "frames_per_s": round(frames_per_s, 0),
-            "server_cpu_s": round(server_cpu_s, 2),
-            "gb_per_server_cpu_s": round(gb_per_server_cpu_s, 3),
-            "client_cpu_s": round(client_cpu_s, 2),
-            "server_rss_after_kib": server_rss_kib,
-            "failures": failures.total(),
-            "failure_reasons": failures.to_json(),
-            "stream_errors": stream_errors.total(),
-            "stream_error_reasons": stream_errors.to_json(),
-        }),
-        &human,
-    );
-    Ok(())
+    let ended = Instant::now();
+    Ok(Outcome {
+        open,
+        failures,
+        stream_errors,
+        bytes: total.bytes,
+        frames: total.frames,
+        started,
+        ended,
+        server_cpu_s: server.cpu_s().map_err(|e| e.to_string())? - server_cpu_before,
+        client_cpu_s: client.cpu_s().map_err(|e| e.to_string())? - client_cpu_before,
+        server_rss_after_kib: server.rss_kib().map_err(|e| e.to_string())?,
+    })
 }
 
 /// Writes batches until `deadline`, then closes: sends a Close and reads until the server has

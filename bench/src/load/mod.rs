@@ -6,6 +6,8 @@
 
 pub mod idle;
 pub mod ingest;
+pub mod log;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -55,6 +57,8 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 /// An open session: upgraded, its 103 sent.
 pub struct Session {
+    /// `i` of its uid `<uid_prefix>-<i>`.
+    pub index: usize,
     pub stream: TcpStream,
     pub opened_at: Instant,
 }
@@ -173,6 +177,7 @@ async fn open_session(
         .await
         .map_err(|e| format!("103 write: {e}"))?;
     Ok(Session {
+        index,
         stream,
         opened_at: Instant::now(),
     })

@@ -1,0 +1,814 @@
+//! `stream`: many sessions streaming private-cloud audio at real-time rate against a slow store:
+//! server memory stays flat, the upload lag stays bounded, and no byte is lost.
+//!
+//! Opens N sessions (`uid=stream-<i>`, a 103 each), then every session sends one 101 per
+//! `--frame-interval-ms` (the current time as its timestamp, `--frame-bytes` of PCM), session
+//! `i` offset by `i/N` of an interval so that the frames are spread evenly in time. Every
+//! `--conversation-s` a session switches conversation (a new 103, which closes its batch); the
+//! switches are spread evenly over the period too (session `i` first switches after `i/N` of it,
+//! at the latest after one period), as independent users would. After `--seconds` every session
+//! sends a Close and waits for the server's, which pusher sends only once the session's audio
+//! is durable in its spill log.
+//!
+//! Meanwhile the server's RSS is read every `--rss-every-ms` and its `/metrics` every
+//! `--metrics-every-ms` (spill log pending bytes and batches, oldest pending batch age, uploads
+//! in flight and queued). After the close the tool waits (at most `--drain-timeout-s`) until
+//! nothing is pending, then reads what the S3 sink (`pusher-bench s3-sink`) recorded and
+//! compares, per uid, the plaintext bytes stored with the PCM bytes sent.
+//!
+//! Results: the least-squares slope of RSS after `--warmup-s` until the end of streaming
+//! (MB/min), the lag figures, the drain time, and the reconciliation (bytes missing or extra).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use super::{Failures, Session, Target, open_sessions, print_result, round};
+use crate::frames;
+use crate::http;
+use crate::proc_stats::Process;
+use crate::prometheus::{self, Scrape};
+use crate::s3_sink;
+use crate::sampler::Sampler;
+use crate::stats;
+
+/// How long a session waits for the server's Close (and end of stream) after sending its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(60);
+/// Period of the progress lines on stderr.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// Period of the /metrics reads while waiting for the uploads to finish.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
+const UID_PREFIX: &str = "stream";
+const BYTES_PER_MB: f64 = 1e6;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Sessions streaming at once
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Seconds of streaming
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    seconds: u64,
+    /// PCM bytes per 101 message
+    #[arg(long, default_value_t = 16_000, value_name = "BYTES")]
+    frame_bytes: usize,
+    /// Time between one session's 101 messages
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    frame_interval_ms: u64,
+    /// Period of each session's conversation switches (a new 103); 0: never switch
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    conversation_s: u64,
+    /// Sessions being opened at once
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Period of the server RSS readings
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    rss_every_ms: u64,
+    /// Period of the /metrics readings (upload lag)
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    metrics_every_ms: u64,
+    /// Seconds of streaming left out of the RSS slope (start-up and the first batches)
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    warmup_s: u64,
+    /// The S3 sink the server uploads to (`pusher-bench s3-sink`), read for the bytes stored
+    #[arg(long, value_name = "ADDR:PORT")]
+    sink: Option<SocketAddr>,
+    /// Longest wait after the close for every batch to be uploaded
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    drain_timeout_s: u64,
+    /// Also write every reading to this file (JSON: `rss` as [s, KiB], `lag` as [s, pending
+    /// bytes, pending batches, oldest pending age s, uploads in flight, queued, uploaded], with s
+    /// counted from the start of streaming)
+    #[arg(long, value_name = "FILE")]
+    series: Option<PathBuf>,
+    /// Goal: largest RSS slope after the warm-up
+    #[arg(long, default_value_t = 1.0, value_name = "MB/MIN")]
+    goal_rss_slope_mb_per_min: f64,
+    /// Goal: largest age of the oldest pending batch while streaming
+    #[arg(long, default_value_t = 120, value_name = "S")]
+    goal_lag_s: u64,
+}
+
+/// The sending schedule every session follows.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    sessions: usize,
+    frame_bytes: usize,
+    interval: Duration,
+    /// Frames between conversation switches; 0: none.
+    switch_every_frames: u64,
+}
+
+impl Plan {
+    /// Offset of session `index`'s frames within an interval.
+    fn offset(&self, index: usize) -> Duration {
+        self.interval.mul_f64(index as f64 / self.sessions as f64)
+    }
+
+    /// Whether session `index` starts a new conversation before frame `frame` (0-based): first
+    /// after `index/sessions` of a period (at least one frame), then once per period.
+    fn switches_before(&self, index: usize, frame: u64) -> bool {
+        let period = self.switch_every_frames;
+        if period == 0 || frame == 0 {
+            return false;
+        }
+        let phase = (index as u64 * period / self.sessions as u64) % period;
+        frame % period == phase
+    }
+}
+
+/// What one session sent.
+#[derive(Debug, Default)]
+struct Sent {
+    index: usize,
+    pcm_bytes: u64,
+    frames: u64,
+    conversations: u64,
+    /// Largest delay of a frame behind its schedule (the client falling behind).
+    late_max: Duration,
+    /// Why the session stopped early or did not close cleanly.
+    error: Option<String>,
+}
+
+/// The upload-lag gauges of one /metrics reading.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lag {
+    pending_bytes: f64,
+    pending_batches: f64,
+    oldest_age_s: f64,
+    in_flight: f64,
+    queued: f64,
+    uploaded: f64,
+    failed_attempts: f64,
+    full: f64,
+}
+
+impl Lag {
+    fn of(scrape: &Scrape) -> Lag {
+        Lag {
+            pending_bytes: scrape.value("pusher_spill_pending_bytes"),
+            pending_batches: scrape.value("pusher_spill_pending_batches"),
+            oldest_age_s: scrape.value("pusher_spill_oldest_pending_batch_age_seconds"),
+            in_flight: scrape.value("pusher_upload_in_flight"),
+            queued: scrape.value("pusher_upload_queued"),
+            uploaded: scrape.value("pusher_upload_succeeded_total"),
+            failed_attempts: scrape.sum("pusher_upload_attempts_failed_total"),
+            full: scrape.value("pusher_spill_full"),
+        }
+    }
+
+    /// Nothing left in the log to upload.
+    fn drained(&self) -> bool {
+        self.pending_batches == 0.0 && self.in_flight == 0.0 && self.queued == 0.0
+    }
+}
+
+/// Bytes sent and stored, compared per uid.
+#[derive(Debug, Default, PartialEq)]
+struct Reconciliation {
+    uids: usize,
+    uids_exact: usize,
+    uids_short: usize,
+    uids_over: usize,
+    /// Stored objects whose uid is not one the tool sent as.
+    foreign_objects: usize,
+    bytes_sent: u64,
+    bytes_stored: u64,
+    /// Sum over uids of what is missing (sent − stored when positive): the bytes lost.
+    bytes_missing: u64,
+    /// Sum over uids of stored − sent when positive.
+    bytes_extra: u64,
+    objects: usize,
+    /// Puts beyond the first of a key (the same object uploaded again).
+    repeated_puts: u64,
+}
+
+/// One object the sink recorded.
+#[derive(Debug, Clone, PartialEq)]
+struct StoredObject {
+    key: String,
+    plaintext_bytes: u64,
+    puts: u64,
+}
+
+/// Compares PCM bytes sent per uid with plaintext bytes stored per uid.
+fn reconcile(sent: &BTreeMap<String, u64>, stored: &[StoredObject]) -> Reconciliation {
+    let mut by_uid: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut result = Reconciliation {
+        objects: stored.len(),
+        ..Reconciliation::default()
+    };
+    for object in stored {
+        result.repeated_puts += object.puts.saturating_sub(1);
+        match s3_sink::uid_of_key(&object.key).filter(|uid| sent.contains_key(*uid)) {
+            Some(uid) => *by_uid.entry(uid).or_default() += object.plaintext_bytes,
+            None => result.foreign_objects += 1,
+        }
+    }
+    for (uid, &sent_bytes) in sent {
+        let stored_bytes = by_uid.get(uid.as_str()).copied().unwrap_or(0);
+        result.uids += 1;
+        result.bytes_sent += sent_bytes;
+        result.bytes_stored += stored_bytes;
+        if stored_bytes == sent_bytes {
+            result.uids_exact += 1;
+        } else if stored_bytes < sent_bytes {
+            result.uids_short += 1;
+            result.bytes_missing += sent_bytes - stored_bytes;
+        } else {
+            result.uids_over += 1;
+            result.bytes_extra += stored_bytes - sent_bytes;
+        }
+    }
+    result
+}
+
+/// The objects of the sink's `/_sink/objects` answer.
+fn stored_objects(recorded: &Value) -> Result<Vec<StoredObject>, String> {
+    let objects = recorded["objects"]
+        .as_object()
+        .ok_or("the sink's answer has no \"objects\"")?;
+    objects
+        .iter()
+        .map(|(key, object)| {
+            let field = |name: &str| {
+                object[name]
+                    .as_u64()
+                    .ok_or_else(|| format!("sink object {key}: no {name}"))
+            };
+            Ok(StoredObject {
+                key: key.clone(),
+                plaintext_bytes: field("plaintext_bytes")?,
+                puts: field("puts")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn run(args: Args) -> Result<(), String> {
+    if args.sessions == 0 || args.seconds == 0 || args.frame_interval_ms == 0 {
+        return Err("--sessions, --seconds and --frame-interval-ms must be at least 1".to_owned());
+    }
+    let plan = Plan {
+        sessions: args.sessions,
+        frame_bytes: args.frame_bytes,
+        interval: Duration::from_millis(args.frame_interval_ms),
+        switch_every_frames: args.conversation_s * 1000 / args.frame_interval_ms,
+    };
+    let server = Process::new(args.target.pid);
+    let addr = args.target.addr;
+    let rss_before_kib = server.rss_kib().map_err(|e| e.to_string())?;
+    let first = prometheus::scrape(addr).await?;
+    if first.get("pusher_spill_pending_bytes").is_none() {
+        return Err("pusher_spill_pending_bytes is not in the server's /metrics".to_owned());
+    }
+    let uploaded_before = Lag::of(&first).uploaded;
+    if let Some(sink) = args.sink {
+        http::get_ok_text(sink, "/_sink/health", Duration::from_secs(5)).await?;
+    }
+
+    let rss = Sampler::start(
+        Duration::from_millis(args.rss_every_ms.max(10)),
+        move || async move { server.rss_kib().ok() },
+    );
+    let t0 = Instant::now();
+    let progress_every = (PROGRESS_EVERY.as_millis() as u64 / args.metrics_every_ms.max(1)).max(1);
+    let mut readings = 0u64;
+    let lag = Sampler::start(
+        Duration::from_millis(args.metrics_every_ms.max(10)),
+        move || {
+            let reading = readings;
+            readings += 1;
+            async move {
+                let lag = Lag::of(&prometheus::scrape(addr).await.ok()?);
+                if reading.is_multiple_of(progress_every) {
+                    print_progress(t0, &server, &lag);
+                }
+                Some(lag)
+            }
+        },
+    );
+
+    eprintln!(
+        "stream: opening {} sessions to {addr} ({} at a time)",
+        args.sessions, args.concurrency
+    );
+    let opened = open_sessions(&args.target, UID_PREFIX, args.sessions, args.concurrency).await;
+    let failures = opened.failures;
+    let open = opened.sessions.len();
+    if open == 0 {
+        rss.finish().await;
+        lag.finish().await;
+        return Err(format!(
+            "no session could be opened: {}",
+            failures.to_json()
+        ));
+    }
+    eprintln!(
+        "stream: {open} open, {} failed; streaming {} B every {} ms each for {}s, \
+         conversation switch every {}s",
+        failures.total(),
+        args.frame_bytes,
+        args.frame_interval_ms,
+        args.seconds,
+        args.conversation_s
+    );
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.seconds);
+    let mut streams = JoinSet::new();
+    for session in opened.sessions {
+        streams.spawn(stream(session, plan, start, deadline));
+    }
+    let mut sent_by_uid = BTreeMap::new();
+    let mut total = Sent::default();
+    let mut stream_errors = Failures::default();
+    while let Some(joined) = streams.join_next().await {
+        let sent = joined.map_err(|e| format!("streaming task: {e}"))?;
+        sent_by_uid.insert(format!("{UID_PREFIX}-{}", sent.index), sent.pcm_bytes);
+        total.pcm_bytes += sent.pcm_bytes;
+        total.frames += sent.frames;
+        total.conversations += sent.conversations;
+        total.late_max = total.late_max.max(sent.late_max);
+        if let Some(error) = sent.error {
+            stream_errors.add(error);
+        }
+    }
+    let closed = Instant::now();
+    eprintln!(
+        "stream: all sessions closed {:.1}s after the deadline; waiting for the uploads",
+        closed.saturating_duration_since(deadline).as_secs_f64()
+    );
+
+    let drain_deadline = closed + Duration::from_secs(args.drain_timeout_s);
+    let mut after_drain = None;
+    while Instant::now() < drain_deadline {
+        if let Ok(scrape) = prometheus::scrape(addr).await {
+            let lag = Lag::of(&scrape);
+            if lag.drained() {
+                after_drain = Some(lag);
+                break;
+            }
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let drained_at = Instant::now();
+    let rss_samples = rss.finish().await;
+    let lag_samples = lag.finish().await;
+    let rss_after_drain_kib = server.rss_kib().map_err(|e| e.to_string())?;
+    if let Some(path) = &args.series {
+        write_series(path, start, &rss_samples, &lag_samples)?;
+    }
+
+    let recorded = match args.sink {
+        Some(sink) => {
+            let text = http::get_ok_text(sink, "/_sink/objects", Duration::from_secs(30)).await?;
+            let recorded: Value =
+                serde_json::from_str(&text).map_err(|e| format!("sink answer: {e}"))?;
+            Some((
+                reconcile(&sent_by_uid, &stored_objects(&recorded)?),
+                recorded,
+            ))
+        }
+        None => None,
+    };
+
+    // RSS after the warm-up until the end of streaming, MB over minutes.
+    let warm = start + Duration::from_secs(args.warmup_s);
+    let minutes_since_start =
+        |at: Instant| at.saturating_duration_since(start).as_secs_f64() / 60.0;
+    let rss_mb = |kib: u64| kib as f64 * 1024.0 / BYTES_PER_MB;
+    let rss_window: Vec<(f64, f64)> = rss_samples
+        .iter()
+        .filter(|&&(at, _)| at >= warm && at < deadline)
+        .map(|&(at, kib)| (minutes_since_start(at), rss_mb(kib)))
+        .collect();
+    let rss_slope = stats::slope(&rss_window);
+    let rss_in = |from: Instant, to: Instant| {
+        rss_samples
+            .iter()
+            .filter(move |&&(at, _)| at >= from && at < to)
+            .map(|&(_, kib)| kib)
+    };
+    let rss_max_kib = rss_samples.iter().map(|&(_, kib)| kib).max().unwrap_or(0);
+    let rss_window_min_kib = rss_in(warm, deadline).min();
+    let rss_window_max_kib = rss_in(warm, deadline).max();
+    let rss_at_warmup_kib = rss_in(warm, deadline).next();
+    let rss_at_end_kib = rss_in(start, deadline).next_back();
+
+    // Upload lag while streaming, and over the whole run.
+    let streaming: Vec<Lag> = lag_samples
+        .iter()
+        .filter(|&&(at, _)| at >= start && at < deadline)
+        .map(|&(_, lag)| lag)
+        .collect();
+    let max_of = |values: &[Lag], f: fn(&Lag) -> f64| stats::max(values.iter().map(f));
+    let all: Vec<Lag> = lag_samples.iter().map(|&(_, lag)| lag).collect();
+    let oldest_age_max_s = max_of(&streaming, |l| l.oldest_age_s);
+    let pending_bytes_window: Vec<(f64, f64)> = lag_samples
+        .iter()
+        .filter(|&&(at, _)| at >= warm && at < deadline)
+        .map(|&(at, lag)| (minutes_since_start(at), lag.pending_bytes / BYTES_PER_MB))
+        .collect();
+    let drained = after_drain.is_some();
+    let drain_s = (drained_at - closed).as_secs_f64();
+    let uploads = after_drain.map(|lag| lag.uploaded - uploaded_before);
+
+    let rss_flat = rss_slope.map(|s| s < args.goal_rss_slope_mb_per_min);
+    let lag_bounded = oldest_age_max_s.map(|age| drained && age <= args.goal_lag_s as f64);
+    let no_loss = recorded.as_ref().map(|(r, _)| {
+        r.bytes_missing == 0
+            && r.uids_short == 0
+            && stream_errors.total() == 0
+            && failures.total() == 0
+    });
+    let sink_json = recorded.as_ref().map(|(r, recorded)| {
+        json!({
+            "uids": r.uids,
+            "uids_exact": r.uids_exact,
+            "uids_short": r.uids_short,
+            "uids_over": r.uids_over,
+            "objects": r.objects,
+            "foreign_objects": r.foreign_objects,
+            "repeated_puts": r.repeated_puts,
+            "puts": recorded["puts"],
+            "puts_in_flight_max": recorded["puts_in_flight_max"],
+            "delay_ms": recorded["delay_ms"],
+            "pcm_bytes_sent": r.bytes_sent,
+            "plaintext_bytes_stored": r.bytes_stored,
+            "bytes_missing": r.bytes_missing,
+            "bytes_extra": r.bytes_extra,
+        })
+    });
+    let kib_to_mib = |kib: u64| round(kib as f64 / 1024.0, 1);
+
+    let human = format!(
+        "stream: {open}/{} sessions ({} failed to open, {} stream errors), {:.1} MB of PCM in {} frames, \
+         {} conversations, client late by at most {} ms\n\
+         \x20 server RSS {:.1} MiB before, {:.1}..{:.1} MiB after the {}s warm-up, {:.1} MiB max, \
+         {:.1} MiB after the drain; slope after warm-up {} MB/min (goal < {})\n\
+         \x20 upload lag while streaming: pending max {:.1} MB in {} batches, oldest pending batch {}s max \
+         (goal ≤ {}s), uploads in flight max {}, queued max {}; drain {} in {drain_s:.1}s\n\
+         \x20 {}",
+        args.sessions,
+        failures.total(),
+        stream_errors.total(),
+        total.pcm_bytes as f64 / BYTES_PER_MB,
+        total.frames,
+        total.conversations,
+        total.late_max.as_millis(),
+        rss_before_kib as f64 / 1024.0,
+        rss_window_min_kib.unwrap_or(0) as f64 / 1024.0,
+        rss_window_max_kib.unwrap_or(0) as f64 / 1024.0,
+        args.warmup_s,
+        rss_max_kib as f64 / 1024.0,
+        rss_after_drain_kib as f64 / 1024.0,
+        rss_slope.map_or("n/a".to_owned(), |s| format!("{s:.3}")),
+        args.goal_rss_slope_mb_per_min,
+        max_of(&streaming, |l| l.pending_bytes).unwrap_or(0.0) / BYTES_PER_MB,
+        max_of(&streaming, |l| l.pending_batches).unwrap_or(0.0),
+        oldest_age_max_s.unwrap_or(0.0),
+        args.goal_lag_s,
+        max_of(&streaming, |l| l.in_flight).unwrap_or(0.0),
+        max_of(&streaming, |l| l.queued).unwrap_or(0.0),
+        if drained { "complete" } else { "NOT complete" },
+        match &recorded {
+            Some((r, _)) => format!(
+                "sink: {} objects, {} uids exact, {} short, {} over; {} B sent, {} B stored, {} B missing, {} B extra",
+                r.objects,
+                r.uids_exact,
+                r.uids_short,
+                r.uids_over,
+                r.bytes_sent,
+                r.bytes_stored,
+                r.bytes_missing,
+                r.bytes_extra
+            ),
+            None => "no --sink: bytes stored not checked".to_owned(),
+        },
+    );
+    let rss_json = json!({
+        "samples": rss_samples.len(),
+        "window_samples": rss_window.len(),
+        "before_kib": rss_before_kib,
+        "at_warmup_kib": rss_at_warmup_kib,
+        "at_end_kib": rss_at_end_kib,
+        "window_min_kib": rss_window_min_kib,
+        "window_max_kib": rss_window_max_kib,
+        "max_mib": kib_to_mib(rss_max_kib),
+        "after_drain_kib": rss_after_drain_kib,
+        "slope_mb_per_min": rss_slope.map(|s| round(s, 4)),
+    });
+    let lag_json = json!({
+        "samples": lag_samples.len(),
+        "pending_bytes_max": max_of(&streaming, |l| l.pending_bytes),
+        "pending_bytes_slope_mb_per_min": stats::slope(&pending_bytes_window).map(|s| round(s, 3)),
+        "pending_batches_max": max_of(&streaming, |l| l.pending_batches),
+        "oldest_pending_age_s_max": oldest_age_max_s,
+        "oldest_pending_age_s_max_with_drain": max_of(&all, |l| l.oldest_age_s),
+        "upload_in_flight_max": max_of(&streaming, |l| l.in_flight),
+        "upload_queued_max": max_of(&streaming, |l| l.queued),
+        "upload_failed_attempts": stats::max(all.iter().map(|l| l.failed_attempts)),
+        "spill_full_seen": all.iter().any(|l| l.full > 0.0),
+        "drained": drained,
+        "drain_s": round(drain_s, 1),
+        "uploads": uploads,
+    });
+    let goals_json = json!({
+        "rss_slope_mb_per_min_max": args.goal_rss_slope_mb_per_min,
+        "oldest_pending_age_s_max": args.goal_lag_s,
+        "rss_flat": rss_flat,
+        "lag_bounded": lag_bounded,
+        "no_loss": no_loss,
+    });
+    print_result(
+        "stream",
+        &args.target,
+        json!({
+            "sessions_requested": args.sessions,
+            "sessions": open,
+            "failures": failures.total(),
+            "failure_reasons": failures.to_json(),
+            "stream_errors": stream_errors.total(),
+            "stream_error_reasons": stream_errors.to_json(),
+            "seconds": args.seconds,
+            "frame_pcm_bytes": args.frame_bytes,
+            "frame_interval_ms": args.frame_interval_ms,
+            "conversation_s": args.conversation_s,
+            "pcm_bytes_sent": total.pcm_bytes,
+            "frames_sent": total.frames,
+            "conversations": total.conversations,
+            "client_late_max_ms": total.late_max.as_millis() as u64,
+            "close_s": round(closed.saturating_duration_since(deadline).as_secs_f64(), 2),
+            "warmup_s": args.warmup_s,
+            "rss": rss_json,
+            "lag": lag_json,
+            "sink": sink_json,
+            "goals": goals_json,
+        }),
+        &human,
+    );
+    Ok(())
+}
+
+/// Writes the readings (see `--series`).
+fn write_series(
+    path: &std::path::Path,
+    start: Instant,
+    rss: &[(Instant, u64)],
+    lag: &[(Instant, Lag)],
+) -> Result<(), String> {
+    // Seconds from the start of streaming (negative while the sessions were being opened).
+    let seconds = |at: Instant| {
+        if at >= start {
+            (at - start).as_secs_f64()
+        } else {
+            -(start - at).as_secs_f64()
+        }
+    };
+    let rss: Vec<Value> = rss
+        .iter()
+        .map(|&(at, kib)| json!([round(seconds(at), 2), kib]))
+        .collect();
+    let lag: Vec<Value> = lag
+        .iter()
+        .map(|&(at, l)| {
+            json!([
+                round(seconds(at), 2),
+                l.pending_bytes,
+                l.pending_batches,
+                l.oldest_age_s,
+                l.in_flight,
+                l.queued,
+                l.uploaded
+            ])
+        })
+        .collect();
+    let text = json!({ "rss": rss, "lag": lag }).to_string();
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn print_progress(t0: Instant, server: &Process, lag: &Lag) {
+    eprintln!(
+        "  {:>5.0}s: RSS {:.1} MiB; pending {:.1} MB in {} batches, oldest {}s; uploads in flight {}, \
+         queued {}, done {}",
+        t0.elapsed().as_secs_f64(),
+        server.rss_kib().unwrap_or(0) as f64 / 1024.0,
+        lag.pending_bytes / BYTES_PER_MB,
+        lag.pending_batches,
+        lag.oldest_age_s,
+        lag.in_flight,
+        lag.queued,
+        lag.uploaded,
+    );
+}
+
+/// Sends one 101 per interval on schedule until `deadline` (a 103 first when the plan switches
+/// conversation), then at the deadline closes: sends a Close and reads until the server has
+/// answered and ended the stream.
+async fn stream(mut session: Session, plan: Plan, start: Instant, deadline: Instant) -> Sent {
+    let index = session.index;
+    let mut sent = Sent {
+        index,
+        conversations: 1,
+        ..Sent::default()
+    };
+    let mut next = start + plan.offset(index);
+    let mut wire = Vec::with_capacity(frames::frame_bytes(plan.frame_bytes + 12) + 256);
+    while next < deadline {
+        tokio::time::sleep_until(next.into()).await;
+        sent.late_max = sent.late_max.max(next.elapsed());
+        wire.clear();
+        if plan.switches_before(index, sent.frames) {
+            let conversation = format!("{UID_PREFIX}-conv-{index}-{}", sent.conversations);
+            frames::push_binary_frame(
+                &frames::message(frames::CONVERSATION_ID, conversation.as_bytes()),
+                &mut wire,
+            );
+            sent.conversations += 1;
+        }
+        let timestamp_s = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        frames::push_binary_frame(
+            &frames::audio_message(timestamp_s, plan.frame_bytes),
+            &mut wire,
+        );
+        if let Err(e) = session.stream.write_all(&wire).await {
+            sent.error = Some(format!("write: {e}"));
+            return sent;
+        }
+        sent.pcm_bytes += plan.frame_bytes as u64;
+        sent.frames += 1;
+        next += plan.interval;
+    }
+    // Every session closes at the deadline (not after its last frame), so that the batches
+    // closed by the session ends fall after the measured window.
+    tokio::time::sleep_until(deadline.into()).await;
+    if let Err(e) = session.stream.write_all(&frames::close_frame()).await {
+        sent.error = Some(format!("close write: {e}"));
+        return sent;
+    }
+    let mut sink = [0u8; 256];
+    let drained = tokio::time::timeout(CLOSE_WAIT, async {
+        loop {
+            match session.stream.read(&mut sink).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    sent.error = match drained {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("close read: {e}")),
+        Err(_) => Some(format!(
+            "no close from server within {}s",
+            CLOSE_WAIT.as_secs()
+        )),
+    };
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(sessions: usize, switch_every_frames: u64) -> Plan {
+        Plan {
+            sessions,
+            frame_bytes: 16_000,
+            interval: Duration::from_secs(1),
+            switch_every_frames,
+        }
+    }
+
+    #[test]
+    fn frames_are_spread_over_the_interval() {
+        let plan = plan(1000, 120);
+        assert_eq!(plan.offset(0), Duration::ZERO);
+        assert_eq!(plan.offset(500), Duration::from_millis(500));
+        assert_eq!(plan.offset(999), Duration::from_millis(999));
+    }
+
+    #[test]
+    fn every_session_switches_once_per_period_at_its_own_phase() {
+        let plan = plan(1000, 120);
+        let mut first_switch = vec![0u64; 120 + 1];
+        for index in 0..1000 {
+            let switches: Vec<u64> = (0..=600)
+                .filter(|&frame| plan.switches_before(index, frame))
+                .collect();
+            // One switch per period; the first within the first period.
+            assert_eq!(switches.len(), 5, "session {index}: {switches:?}");
+            assert!((1..=120).contains(&switches[0]), "session {index}");
+            assert!(switches.windows(2).all(|w| w[1] - w[0] == 120));
+            first_switch[switches[0] as usize] += 1;
+        }
+        // Spread evenly: every second of the period has 8 or 9 first switches.
+        assert!(
+            first_switch[1..].iter().all(|&n| (8..=9).contains(&n)),
+            "{first_switch:?}"
+        );
+    }
+
+    #[test]
+    fn no_switch_before_the_first_frame_or_without_a_period() {
+        let plan_with = plan(10, 5);
+        assert!((0..10).all(|index| !plan_with.switches_before(index, 0)));
+        let plan_without = plan(10, 0);
+        assert!((0..10).all(|index| (0..100).all(|f| !plan_without.switches_before(index, f))));
+        let one_session = plan(1, 3);
+        let switches: Vec<u64> = (0..10)
+            .filter(|&f| one_session.switches_before(0, f))
+            .collect();
+        assert_eq!(switches, [3, 6, 9]);
+    }
+
+    fn object(key: &str, plaintext_bytes: u64, puts: u64) -> StoredObject {
+        StoredObject {
+            key: key.to_owned(),
+            plaintext_bytes,
+            puts,
+        }
+    }
+
+    #[test]
+    fn reconciliation_counts_missing_and_extra_bytes_per_uid() {
+        let sent: BTreeMap<String, u64> = [
+            ("stream-0".to_owned(), 3000),
+            ("stream-1".to_owned(), 2000),
+            ("stream-2".to_owned(), 1000),
+            ("stream-3".to_owned(), 0),
+        ]
+        .into();
+        let stored = [
+            object("audio/chunks/stream-0/c-0/1.000.enc", 1000, 1),
+            object("audio/chunks/stream-0/c-0-1/2.000.enc", 2000, 2),
+            object("audio/chunks/stream-1/c-1/1.000.enc", 1500, 1),
+            object("audio/chunks/stream-2/c-2/1.000.enc", 1200, 1),
+            object("audio/chunks/other/c/1.000.enc", 10, 1),
+            object("not-a-chunk", 10, 1),
+        ];
+        assert_eq!(
+            reconcile(&sent, &stored),
+            Reconciliation {
+                uids: 4,
+                uids_exact: 2,
+                uids_short: 1,
+                uids_over: 1,
+                foreign_objects: 2,
+                bytes_sent: 6000,
+                bytes_stored: 5700,
+                bytes_missing: 500,
+                bytes_extra: 200,
+                objects: 6,
+                repeated_puts: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn stored_objects_come_from_the_sink_answer() {
+        let answer = json!({
+            "puts": 2,
+            "objects": {
+                "chunks/u/c/1.000.enc": {"bytes": 1032, "plaintext_bytes": 1000, "puts": 1},
+                "chunks/u/c/2.000.enc": {"bytes": 32, "plaintext_bytes": 0, "puts": 1},
+            }
+        });
+        let objects = stored_objects(&answer).unwrap();
+        assert_eq!(
+            objects,
+            [
+                object("chunks/u/c/1.000.enc", 1000, 1),
+                object("chunks/u/c/2.000.enc", 0, 1)
+            ]
+        );
+        assert!(stored_objects(&json!({"puts": 0})).is_err());
+        assert!(stored_objects(&json!({"objects": {"k": {"bytes": 1}}})).is_err());
+    }
+
+    #[test]
+    fn lag_is_drained_when_nothing_is_pending_queued_or_in_flight() {
+        let scrape = Scrape::parse(
+            "pusher_spill_pending_bytes 0\npusher_spill_pending_batches 0\n\
+             pusher_upload_in_flight 0\npusher_upload_queued 0\npusher_upload_succeeded_total 12\n\
+             pusher_upload_attempts_failed_total{reason=\"store\"} 2\n",
+        );
+        let lag = Lag::of(&scrape);
+        assert!(lag.drained());
+        assert_eq!(lag.uploaded, 12.0);
+        assert_eq!(lag.failed_attempts, 2.0);
+        let busy = Lag::of(&Scrape::parse("pusher_upload_in_flight 1\n"));
+        assert!(!busy.drained());
+    }
+}
