@@ -120,32 +120,44 @@ impl Handoff {
     /// consumer's until [`Handoff::release`] passes its position.
     #[allow(clippy::mut_from_ref)]
     pub fn peek(&self) -> Option<(&mut [u8], u64)> {
+        self.peek_from(self.tail.load(Ordering::Relaxed))
+    }
+
+    /// Consumer: the record at `position` (a record boundary at or after the released tail, as
+    /// returned by an earlier peek), skipping pads. Slices from successive calls are disjoint,
+    /// so the consumer may hold several (for one vectored write) until it releases them.
+    #[allow(clippy::mut_from_ref)]
+    pub fn peek_from(&self, mut position: u64) -> Option<(&mut [u8], u64)> {
         let capacity = self.capacity_bytes();
         let head = self.head.load(Ordering::Acquire);
-        let mut tail = self.tail.load(Ordering::Relaxed);
+        debug_assert!(position >= self.tail.load(Ordering::Relaxed));
         loop {
-            if tail == head {
+            if position == head {
                 return None;
             }
-            let offset = (tail % capacity as u64) as usize;
+            let offset = (position % capacity as u64) as usize;
             // SAFETY: `[tail, head)` is published by the producer and owned by the consumer.
             let head_bytes =
                 unsafe { self.bytes_mut(offset, RECORD_HEADER_BYTES.min(capacity - offset)) };
             let first = u32::from_le_bytes(head_bytes[..4].try_into().expect("4 bytes"));
             if first == PAD_MARKER {
                 let pad = u32::from_le_bytes(head_bytes[4..8].try_into().expect("4 bytes"));
-                tail += u64::from(pad);
-                self.tail.store(tail, Ordering::Release);
+                position += u64::from(pad);
                 continue;
             }
             let payload =
                 u32::from_le_bytes(head_bytes[4..8].try_into().expect("4 bytes")) as usize;
             let len = RECORD_HEADER_BYTES + payload;
-            let after = tail + len.next_multiple_of(ALIGN_BYTES) as u64;
+            let after = position + len.next_multiple_of(ALIGN_BYTES) as u64;
             debug_assert!(after <= head, "a published record is whole");
             // SAFETY: as above; the record lies within `[tail, head)` and does not wrap.
             return Some((unsafe { self.bytes_mut(offset, len) }, after));
         }
+    }
+
+    /// Consumer: the released position (everything before it is given back).
+    pub fn released(&self) -> u64 {
+        self.tail.load(Ordering::Relaxed)
     }
 
     /// Consumer: gives back every byte before `position`.

@@ -16,14 +16,14 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::handoff::Handoff;
-use super::index::{BatchEntry, BatchKey, Index};
+use super::index::{BatchEntry, BatchKey, Index, IndexError};
 use super::metrics::SpillMetrics;
 use super::record::{
     Location, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_header, encode_segment_header,
@@ -31,8 +31,21 @@ use super::record::{
 };
 use super::scan::segment_file_name;
 
+/// What became of one record offered to the index.
+enum Applied {
+    Yes,
+    /// Malformed or inconsistent (a bug, counted); not written.
+    Skipped,
+    /// The index holds `spill_batches_max` batches: the record waits in its ring.
+    IndexFull,
+}
+
 /// Bytes taken from one ring per pass before the writer visits the next ring (fairness).
 const RING_BYTES_PER_PASS_MAX: usize = 4 << 20;
+/// Records gathered into one vectored write (below the kernel's IOV_MAX of 1024).
+const WRITE_RECORDS_MAX: usize = 256;
+/// Bytes gathered into one vectored write.
+const WRITE_BYTES_MAX: u64 = 2 << 20;
 /// Park time when there is nothing to write and nothing to sync.
 const IDLE_PARK: Duration = Duration::from_millis(100);
 /// Pause after a failed write or sync before trying again (the records stay in their rings).
@@ -165,47 +178,97 @@ impl Writer {
     fn drain_rings(&mut self) -> bool {
         let mut moved = false;
         for ring_index in 0..self.rings.len() {
-            let ring = Arc::clone(&self.rings[ring_index]);
             let mut taken = 0;
             while taken < RING_BYTES_PER_PASS_MAX {
-                let Some((record, after)) = ring.peek() else {
-                    break;
-                };
-                if self.append(record).is_err() {
-                    std::thread::sleep(IO_ERROR_PAUSE);
-                    return moved;
+                match self.write_batch(ring_index) {
+                    0 => break,
+                    bytes => {
+                        taken += bytes;
+                        moved = true;
+                    }
                 }
-                taken += record.len();
-                ring.release(after);
-                self.consumed[ring_index] = after;
-                moved = true;
             }
         }
         moved
     }
 
-    /// Writes one record (fills in `prev` and the CRC first); on error nothing is applied.
-    fn append(&mut self, record: &mut [u8]) -> std::io::Result<()> {
+    /// Takes up to [`WRITE_RECORDS_MAX`] records from one ring, fills in their `prev` and CRC,
+    /// applies them to the index and writes them with one vectored write; returns the ring bytes
+    /// consumed (0 when there was nothing to do or the index is full).
+    fn write_batch(&mut self, ring_index: usize) -> usize {
+        let ring = Arc::clone(&self.rings[ring_index]);
+        let start = ring.released();
+        let mut cursor = start;
+        let mut records: Vec<&[u8]> = Vec::with_capacity(WRITE_RECORDS_MAX);
+        let mut bytes = 0u64;
+        let mut rotate = false;
+        {
+            let mut index = self.shared.index.lock().expect("index lock");
+            while records.len() < WRITE_RECORDS_MAX && bytes < WRITE_BYTES_MAX {
+                let Some((record, after)) = ring.peek_from(cursor) else {
+                    break;
+                };
+                let offset = self.active_offset + bytes;
+                if offset + record.len() as u64 > self.limits.segment_bytes_max
+                    && offset > SEGMENT_HEADER_BYTES as u64
+                {
+                    rotate = true;
+                    break;
+                }
+                let at = Location::new(self.active_sequence(), offset as u32);
+                match self.apply(&mut index, record, at) {
+                    Applied::Yes => {
+                        bytes += record.len() as u64;
+                        records.push(record);
+                    }
+                    Applied::Skipped => {}
+                    Applied::IndexFull => break,
+                }
+                cursor = after;
+            }
+        }
+        if !records.is_empty() {
+            self.write_all(&records);
+            self.active_offset += bytes;
+            self.unsynced_bytes += bytes;
+            self.segments.back_mut().expect("an active segment").1 = self.active_offset;
+            self.shared.live_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.shared
+                .metrics
+                .appended_records
+                .inc_by(records.len() as u64);
+            self.shared.metrics.appended_bytes.inc_by(bytes);
+        }
+        drop(records);
+        if cursor > start {
+            ring.release(cursor);
+            self.consumed[ring_index] = cursor;
+        }
+        if rotate {
+            self.rotate();
+        }
+        (cursor - start) as usize + usize::from(rotate)
+    }
+
+    /// Fills in the record's `prev` and CRC and applies it to the index at `at`.
+    fn apply(&self, index: &mut Index, record: &mut [u8], at: Location) -> Applied {
         let header = match decode_header(record) {
             Ok(header) => header,
             Err(err) => {
                 tracing::error!(?err, "a core handed over a malformed spill record; skipped");
                 self.shared.metrics.records_rejected.inc();
-                return Ok(());
+                return Applied::Skipped;
             }
         };
-        if self.active_offset + record.len() as u64 > self.limits.segment_bytes_max
-            && self.active_offset > SEGMENT_HEADER_BYTES as u64
-        {
-            self.rotate()?;
-        }
-        let at = Location::new(self.active_sequence(), self.active_offset as u32);
-        let prev = {
-            let index = self.shared.index.lock().expect("index lock");
-            index.prev_for(self.shared.run_id, &header)
-        };
-        let prev = match prev {
-            Ok(prev) => prev,
+        let payload = &record[RECORD_HEADER_BYTES..];
+        match index.apply(self.shared.run_id, &header, payload, at, unix_ms()) {
+            Ok(prev) => {
+                set_prev(record, prev);
+                seal(record);
+                Applied::Yes
+            }
+            // Not skipped: the record waits in its ring until uploads free index entries.
+            Err(IndexError::Full) => Applied::IndexFull,
             Err(err) => {
                 tracing::error!(
                     ?err,
@@ -213,37 +276,44 @@ impl Writer {
                     "spill record does not fit the index; skipped"
                 );
                 self.shared.metrics.records_rejected.inc();
-                return Ok(());
+                Applied::Skipped
             }
-        };
-        set_prev(record, prev);
-        seal(record);
-        if let Err(err) = self.active.write_all(record) {
-            self.on_io_error("write", &err);
-            // Cut a partial record off so the retry starts at a record boundary.
-            self.active.set_len(self.active_offset)?;
-            return Err(err);
         }
-        self.on_io_ok();
-        let payload = &record[RECORD_HEADER_BYTES..];
-        self.shared
-            .index
-            .lock()
-            .expect("index lock")
-            .apply(self.shared.run_id, &header, payload, at, unix_ms())
-            .expect("checked by prev_for under the same single writer");
-        self.active_offset += record.len() as u64;
-        self.unsynced_bytes += record.len() as u64;
-        self.segments.back_mut().expect("an active segment").1 = self.active_offset;
-        self.shared
-            .live_bytes
-            .fetch_add(record.len() as u64, Ordering::Relaxed);
-        self.shared.metrics.appended_records.inc();
-        self.shared
-            .metrics
-            .appended_bytes
-            .inc_by(record.len() as u64);
-        Ok(())
+    }
+
+    /// Writes `records` at the end of the active segment, retrying until the disk takes them:
+    /// a failed or partial write is cut back to the segment's end and written again, so the
+    /// records land exactly where the index placed them. Meanwhile the rings fill and the cores
+    /// stop reading the sessions that write (backpressure); nothing is dropped.
+    fn write_all(&mut self, records: &[&[u8]]) {
+        loop {
+            let mut slices: Vec<IoSlice<'_>> = records.iter().map(|r| IoSlice::new(r)).collect();
+            let mut remaining: &mut [IoSlice<'_>] = &mut slices;
+            let result = loop {
+                if remaining.is_empty() {
+                    break Ok(());
+                }
+                match self.active.write_vectored(remaining) {
+                    Ok(0) => break Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                    Ok(n) => IoSlice::advance_slices(&mut remaining, n),
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(err) => break Err(err),
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.on_io_ok();
+                    return;
+                }
+                Err(err) => {
+                    self.on_io_error("write", &err);
+                    if let Err(err) = self.active.set_len(self.active_offset) {
+                        self.on_io_error("truncate", &err);
+                    }
+                    std::thread::sleep(IO_ERROR_PAUSE);
+                }
+            }
+        }
     }
 
     fn active_sequence(&self) -> u64 {
@@ -296,25 +366,30 @@ impl Writer {
         }
     }
 
-    /// Closes the active segment (synced) and starts the next one.
-    fn rotate(&mut self) -> std::io::Result<()> {
-        if self.unsynced_bytes > 0 {
+    /// Closes the active segment (synced) and starts the next one, retrying until both work.
+    fn rotate(&mut self) {
+        while self.unsynced_bytes > 0 {
             self.sync();
-            if self.unsynced_bytes > 0 {
-                return Err(std::io::Error::other("sync before rotation failed"));
-            }
         }
         let next = self.active_sequence() + 1;
-        self.active =
-            create_segment(&self.shared.dir, next, self.shared.run_id).inspect_err(|err| {
-                self.on_io_error("create segment", err);
-            })?;
+        loop {
+            match create_segment(&self.shared.dir, next, self.shared.run_id) {
+                Ok(file) => {
+                    self.on_io_ok();
+                    self.active = file;
+                    break;
+                }
+                Err(err) => {
+                    self.on_io_error("create segment", &err);
+                    std::thread::sleep(IO_ERROR_PAUSE);
+                }
+            }
+        }
         self.segments.push_back((next, SEGMENT_HEADER_BYTES as u64));
         self.active_offset = SEGMENT_HEADER_BYTES as u64;
         self.shared
             .live_bytes
             .fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Deletes the segments older than the oldest segment any indexed batch may use.

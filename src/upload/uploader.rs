@@ -13,8 +13,9 @@
 //! - uploads at once: `upload_concurrency` (a semaphore; a job takes a permit before it leaves the
 //!   queue, so a slow store backs up into the queue, not into memory). Memory: each upload holds
 //!   its audio and, for `enhanced`, its blob (+32 bytes) while it runs;
-//! - blocking threads: `upload_concurrency` + [`BLOCKING_THREADS_EXTRA`] (audio reads, local-store
-//!   writes, DNS lookups);
+//! - blocking threads: [`BLOCKING_THREADS`] (audio reads and encryption, local-store writes, DNS
+//!   lookups): that work is CPU- or disk-bound, so more threads than cores only add stacks and
+//!   per-thread allocator caches (measured: RSS grew with the number of blocking threads);
 //! - chunk notifications: [`NOTIFICATION_QUEUE_CAPACITY`] waiting (beyond: dropped, counted) and
 //!   `upload_concurrency` in flight, `chunk_notification_attempts_max` attempts of
 //!   `chunk_notification_timeout_ms` each.
@@ -52,8 +53,8 @@ use crate::settings::DataProtectionLevel;
 pub const QUEUE_CAPACITY_MAX: usize = 1 << 20;
 /// Chunk notifications waiting for a sender (each ~700 bytes); beyond it they are dropped.
 pub const NOTIFICATION_QUEUE_CAPACITY: usize = 4096;
-/// Blocking threads beyond `upload_concurrency` (DNS lookups of the store and the notifier).
-pub const BLOCKING_THREADS_EXTRA: usize = 4;
+/// Threads of the uploader's blocking pool.
+pub const BLOCKING_THREADS: usize = 4;
 /// Most bytes reserved up front for a batch's audio (its declared size is only a hint).
 pub const AUDIO_RESERVE_BYTES_MAX: usize = 64 << 20;
 /// After the loop stops, how long the runtime waits for blocking work (a read in progress).
@@ -335,7 +336,7 @@ pub fn start(
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(concurrency + BLOCKING_THREADS_EXTRA)
+        .max_blocking_threads(BLOCKING_THREADS)
         .thread_name("pusher-upload-io")
         .build()
         .map_err(|e| format!("upload runtime: {e}"))?;
