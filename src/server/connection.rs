@@ -413,7 +413,12 @@ impl Connection {
     /// True while the session must not be read: its messages wait for hand-off room, or its
     /// close waits for durability.
     fn waits_for_spill(&self) -> bool {
-        self.stalled_since.is_some() || matches!(self.phase, Phase::Acking { .. })
+        match self.phase {
+            Phase::Open => self.stalled_since.is_some(),
+            Phase::Acking { .. } => true,
+            // A stall no longer matters once the session has ended: the peer's Close is read.
+            Phase::Closing { .. } | Phase::Done => false,
+        }
     }
 
     async fn on_readable(&mut self) {
