@@ -640,6 +640,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_lists_exactly_the_defaults() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pusher.sample.toml");
+        let config = Config::load(Some(Path::new(sample)), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn bad_values_and_unknown_keys_are_refused() {
         let dir = std::env::temp_dir().join(format!("pusher-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
