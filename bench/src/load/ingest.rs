@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::{Failures, Session, Target, open_sessions, print_result, round};
+use super::{Failures, Session, Target, close_session, open_sessions, print_result, round};
 use crate::frames;
 use crate::proc_stats::Process;
 
@@ -225,29 +225,7 @@ async fn stream(mut session: Session, batch: Arc<Batch>, deadline: Instant) -> S
         sent.bytes += batch.bytes.len() as u64;
         sent.frames += batch.frames;
     }
-    if let Err(e) = session.stream.write_all(&frames::close_frame()).await {
-        sent.error = Some(format!("close write: {e}"));
-        return sent;
-    }
-    let mut sink = [0u8; 256];
-    let drained = tokio::time::timeout(CLOSE_WAIT, async {
-        loop {
-            match session.stream.read(&mut sink).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await;
-    sent.error = match drained {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("close read: {e}")),
-        Err(_) => Some(format!(
-            "no close from server within {}s",
-            CLOSE_WAIT.as_secs()
-        )),
-    };
+    sent.error = close_session(&mut session.stream, CLOSE_WAIT).await.err();
     sent
 }
 

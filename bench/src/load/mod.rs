@@ -248,6 +248,31 @@ async fn read_upgrade_response(stream: &mut TcpStream) -> Result<(), String> {
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (one session = one descriptor).
+/// Sends a Close 1000 and reads until the server closes the stream, within `wait`; the error
+/// names the step that failed.
+pub async fn close_session(stream: &mut TcpStream, wait: Duration) -> Result<(), String> {
+    stream
+        .write_all(&frames::close_frame())
+        .await
+        .map_err(|e| format!("close write: {e}"))?;
+    let mut sink = [0u8; 256];
+    let drained = tokio::time::timeout(wait, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match drained {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("close read: {e}")),
+        Err(_) => Err(format!("no close from server within {}s", wait.as_secs())),
+    }
+}
+
 pub fn raise_open_files_limit() -> io::Result<()> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -25,10 +25,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::{Failures, Session, Target, open_sessions, print_result, round};
+use super::{Failures, Session, Target, close_session, open_sessions, print_result, round};
 use crate::frames;
 use crate::http;
 use crate::proc_stats::Process;
@@ -652,29 +652,7 @@ async fn stream(mut session: Session, plan: Plan, start: Instant, deadline: Inst
     // Every session closes at the deadline (not after its last frame), so that the batches
     // closed by the session ends fall after the measured window.
     tokio::time::sleep_until(deadline.into()).await;
-    if let Err(e) = session.stream.write_all(&frames::close_frame()).await {
-        sent.error = Some(format!("close write: {e}"));
-        return sent;
-    }
-    let mut sink = [0u8; 256];
-    let drained = tokio::time::timeout(CLOSE_WAIT, async {
-        loop {
-            match session.stream.read(&mut sink).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await;
-    sent.error = match drained {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("close read: {e}")),
-        Err(_) => Some(format!(
-            "no close from server within {}s",
-            CLOSE_WAIT.as_secs()
-        )),
-    };
+    sent.error = close_session(&mut session.stream, CLOSE_WAIT).await.err();
     sent
 }
 
