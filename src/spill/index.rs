@@ -68,6 +68,8 @@ pub struct Index {
     /// Closed batches in close order, waiting for their close to be durable.
     closed: VecDeque<BatchKey>,
     batches_max: usize,
+    /// Sum of `audio_bytes` over every entry.
+    pending_audio_bytes: u64,
 }
 
 impl Index {
@@ -77,6 +79,7 @@ impl Index {
             batches: HashMap::with_capacity(batches_max),
             closed: VecDeque::with_capacity(batches_max),
             batches_max,
+            pending_audio_bytes: 0,
         }
     }
 
@@ -138,6 +141,7 @@ impl Index {
                 entry.last = at;
                 entry.audio_bytes += payload.len() as u64;
                 entry.audio_records += 1;
+                self.pending_audio_bytes += payload.len() as u64;
                 Ok(prev)
             }
             Kind::BatchClose => {
@@ -244,6 +248,7 @@ impl Index {
     /// The store confirmed the batch: it leaves the index.
     pub fn uploaded(&mut self, key: &BatchKey) -> Option<BatchEntry> {
         let entry = self.batches.remove(key)?;
+        self.pending_audio_bytes -= entry.audio_bytes;
         debug_assert_eq!(entry.state, BatchState::Uploading);
         Some(entry)
     }
@@ -254,11 +259,18 @@ impl Index {
         self.batches.values().map(|e| e.first_segment).min()
     }
 
-    /// (batches, audio bytes) not yet uploaded, and the oldest one's open time.
-    pub fn pending(&self) -> (usize, u64, Option<u64>) {
-        let bytes = self.batches.values().map(|e| e.audio_bytes).sum();
-        let oldest = self.batches.values().map(|e| e.opened_at_unix_ms).min();
-        (self.batches.len(), bytes, oldest)
+    /// (batches, audio bytes) not yet uploaded; kept as the index changes, so reading it is O(1).
+    pub fn pending(&self) -> (usize, u64) {
+        debug_assert_eq!(
+            self.pending_audio_bytes,
+            self.batches.values().map(|e| e.audio_bytes).sum::<u64>()
+        );
+        (self.batches.len(), self.pending_audio_bytes)
+    }
+
+    /// When the oldest batch not yet uploaded opened (scans every entry).
+    pub fn oldest_opened_unix_ms(&self) -> Option<u64> {
+        self.batches.values().map(|e| e.opened_at_unix_ms).min()
     }
 }
 

@@ -83,7 +83,7 @@ fn print_batches(recovered: &Recovered, out: &mut impl Write) -> io::Result<()> 
 }
 
 fn print_totals(recovered: &Recovered, out: &mut impl Write) -> io::Result<()> {
-    let (batches, bytes, _) = recovered.index.pending();
+    let (batches, bytes) = recovered.index.pending();
     let open = recovered
         .index
         .entries()

@@ -54,7 +54,7 @@ pub fn recover(dir: &Path, batches_max: usize, now_unix_ms: u64) -> io::Result<R
     fs::create_dir_all(dir)?;
     let mut recovered = rebuild(dir, batches_max, now_unix_ms)?;
     recovered.closed_at_recovery = recovered.index.close_open();
-    let (batches, bytes, _) = recovered.index.pending();
+    let (batches, bytes) = recovered.index.pending();
     tracing::info!(
         dir = %dir.display(),
         segments = recovered.segments.len(),

@@ -42,6 +42,8 @@ enum Applied {
 
 /// Bytes taken from one ring per pass before the writer visits the next ring (fairness).
 const RING_BYTES_PER_PASS_MAX: usize = 4 << 20;
+/// Longest time between refreshes of the oldest-pending-batch age (each scans the index).
+const OLDEST_AGE_INTERVAL: Duration = Duration::from_millis(100);
 /// Records gathered into one vectored write (below the kernel's IOV_MAX of 1024).
 const WRITE_RECORDS_MAX: usize = 256;
 /// Bytes gathered into one vectored write.
@@ -115,6 +117,8 @@ pub struct Writer {
     active_offset: u64,
     unsynced_bytes: u64,
     last_sync: Instant,
+    /// When the oldest-pending-batch age was last refreshed.
+    oldest_published: Option<Instant>,
     /// Per ring: the position consumed before the latest write.
     consumed: Vec<u64>,
     submit: Submit,
@@ -146,6 +150,7 @@ impl Writer {
             active_offset: SEGMENT_HEADER_BYTES as u64,
             unsynced_bytes: 0,
             last_sync: Instant::now(),
+            oldest_published: None,
             consumed,
             submit,
             ready: Vec::new(),
@@ -422,7 +427,10 @@ impl Writer {
         self.shared.live_bytes.store(live, Ordering::Relaxed);
     }
 
-    fn publish_gauges(&self) {
+    /// Raises or lowers the disk-budget flag (every pass: the cores act on it) and refreshes the
+    /// gauges. The oldest pending batch's age scans the whole index under its lock, so it is
+    /// refreshed at most every [`OLDEST_AGE_INTERVAL`] (the gauge is in whole seconds).
+    fn publish_gauges(&mut self) {
         let live = self.shared.live_bytes.load(Ordering::Relaxed);
         let full = live >= self.limits.max_bytes;
         if full != self.shared.full.swap(full, Ordering::Relaxed) {
@@ -439,9 +447,19 @@ impl Writer {
         metrics.full.set(i64::from(full));
         metrics.live_bytes.set(live as i64);
         metrics.segments_live.set(self.segments.len() as i64);
-        let (batches, bytes, oldest) = self.shared.index.lock().expect("index lock").pending();
+        let index = self.shared.index.lock().expect("index lock");
+        let (batches, bytes) = index.pending();
         metrics.pending_batches.set(batches as i64);
         metrics.pending_bytes.set(bytes as i64);
+        if self
+            .oldest_published
+            .is_some_and(|at| at.elapsed() < OLDEST_AGE_INTERVAL)
+        {
+            return;
+        }
+        self.oldest_published = Some(Instant::now());
+        let oldest = index.oldest_opened_unix_ms();
+        drop(index);
         let age_s = oldest.map_or(0, |opened| unix_ms().saturating_sub(opened) / 1000);
         metrics.oldest_pending_age_seconds.set(age_s as i64);
     }
