@@ -130,6 +130,8 @@ pub struct Shared {
     pub sessions_open: AtomicUsize,
     /// The durable audio log: one hand-off ring per worker, the writer, the index.
     pub spill: SpillLog,
+    /// The uploader's metrics (uploads in flight feed /debug/memory).
+    pub uploads: UploadMetrics,
 }
 
 impl Shared {
@@ -142,10 +144,10 @@ impl Shared {
             >= self.sessions_per_core * self.metrics_workers()
     }
 
-    /// Background tasks in flight (process-conversation calls, uploads, webhook deliveries):
-    /// none exist while the audio log and egress are the counting placeholders.
+    /// Background tasks in flight (`asyncio_tasks` of /debug/memory): uploads; egress calls
+    /// will add theirs once egress exists (its placeholder runs none).
     pub fn background_tasks(&self) -> u64 {
-        0
+        self.uploads.in_flight().max(0) as u64
     }
 
     fn metrics_workers(&self) -> usize {
@@ -207,7 +209,7 @@ pub fn run(config: Config) -> Result<(), String> {
             store,
             secret,
             source,
-            upload_metrics,
+            upload_metrics.clone(),
             config.spill_batches_max,
         )
     })?;
@@ -222,6 +224,7 @@ pub fn run(config: Config) -> Result<(), String> {
         closing: AtomicBool::new(false),
         sessions_open: AtomicUsize::new(0),
         spill,
+        uploads: upload_metrics,
     });
     let listeners = worker::bind_listeners(&shared, plan.workers)?;
     tracing::info!(listen = %shared.config.listen, "listening");

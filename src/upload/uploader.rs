@@ -163,6 +163,11 @@ pub struct UploadMetrics {
 }
 
 impl UploadMetrics {
+    /// Uploads running now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
     /// Registers under `upload_*` in `registry`, which is expected to carry the `pusher` prefix
     /// (as `crate::metrics::Metrics`' registry does), giving `pusher_upload_*`.
     pub fn register(registry: &mut Registry) -> UploadMetrics {
