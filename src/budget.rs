@@ -30,6 +30,25 @@ pub struct ItemSizes {
     pub spill_index_entry_bytes: u64,
     /// One queued upload job.
     pub upload_job_bytes: u64,
+    /// One egress job record (queue slot and boxed work).
+    pub egress_job_bytes: u64,
+    /// One entry of a speaker-sample delay queue.
+    pub delay_entry_bytes: u64,
+}
+
+/// What one HTTP request in flight costs the client beyond its body (connection buffers, the
+/// request task, TLS state): an estimate, measured well below this on loopback.
+pub const EGRESS_REQUEST_OVERHEAD_BYTES_ESTIMATE: u64 = 64 * 1024;
+
+/// Largest droppable item: an audio item of the longest accumulation at 48 kHz, plus the frame
+/// that crossed the threshold and its tag byte.
+pub fn egress_item_bytes_max(config: &Config) -> u64 {
+    let seconds = u64::from(
+        config
+            .webhook_audio_delay_s_max
+            .max(crate::session::APP_AUDIO_SECONDS),
+    );
+    seconds * 48_000 * 2 + config.max_message_bytes as u64 + 1
 }
 
 /// Largest batch: 60 s of audio at the highest sample rate (48 kHz, 16-bit), plus the frame that
@@ -68,9 +87,9 @@ impl Budget {
     ) -> Budget {
         let w = workers as u64;
         let sessions = w * sessions_per_core as u64;
-        let ring_entries_per_session = (config.transcript_ring_capacity
-            + config.audio_bytes_ring_capacity
-            + config.speaker_sample_ring_capacity) as u64;
+        let ring_entries_per_session =
+            (config.transcript_ring_capacity + config.audio_bytes_ring_capacity) as u64;
+        let shares = crate::egress::job::CoreShares::of(config, workers);
         let line = |name, count, item_bytes| BudgetLine {
             name,
             count,
@@ -133,6 +152,42 @@ impl Budget {
                 "uploads in flight (2 copies)",
                 config.upload_concurrency as u64,
                 2 * batch_bytes_max(config.max_message_bytes),
+            ),
+            line(
+                "egress job records",
+                w * shares.jobs() as u64,
+                sizes.egress_job_bytes,
+            ),
+            line(
+                "egress requests (client, est.)",
+                w * shares.jobs() as u64,
+                EGRESS_REQUEST_OVERHEAD_BYTES_ESTIMATE,
+            ),
+            line(
+                "egress payloads (item+3 bodies)",
+                4,
+                config.egress_in_flight_bytes_max as u64 + w * egress_item_bytes_max(config),
+            ),
+            line(
+                "webhook answers read",
+                w * shares.deliveries as u64,
+                config.egress_response_bytes_max as u64,
+            ),
+            line(
+                "process calls (104, answer, 201)",
+                w * shares.processes as u64,
+                config.process_payload_bytes_max as u64
+                    + 2 * config.processor_response_bytes_max as u64,
+            ),
+            line(
+                "speaker-sample delay queues",
+                w * config.speaker_sample_queue_per_core as u64,
+                sizes.delay_entry_bytes,
+            ),
+            line(
+                "settings cache (http source)",
+                u64::from(config.settings_url.is_some()),
+                2 * config.settings_cache_bytes_max,
             ),
         ];
         Budget {
@@ -201,6 +256,8 @@ mod tests {
         arena_block_meta_bytes: 32,
         spill_index_entry_bytes: 400,
         upload_job_bytes: 300,
+        egress_job_bytes: 200,
+        delay_entry_bytes: 40,
     };
 
     #[test]
@@ -214,13 +271,19 @@ mod tests {
             + 2 * 256 * 8192
             + 2 * (32 << 20)
             + 2 * 65_536 * 32
-            + sessions * 170 * 24
+            + sessions * 70 * 24
             + 2 * (64 << 20)
             + 2 * (8 << 20)
             + 2 * (16 << 20)
             + 100_000 * 400
             + 100_000 * 300
-            + 8 * 2 * (5_760_000 + (1 << 20));
+            + 8 * 2 * (5_760_000 + (1 << 20))
+            + 2 * (256 + 512 + 256) * 200
+            + 2 * (256 + 512 + 256) * 65_536
+            + 4 * ((64 << 20) + 2 * (30 * 96_000 + (1 << 20) + 1))
+            + 2 * 256 * 65_536
+            + 2 * 512 * (65_536 + 2 * 32_768)
+            + 2 * 4096 * 40;
         assert_eq!(budget.total_bytes(), expected);
         let text = budget.to_string();
         assert!(text.contains("receive buffers"), "{text}");

@@ -12,6 +12,11 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Most global transcript hooks (each transcript item is sent to every one).
+pub const TRANSCRIPT_HOOKS_MAX: usize = 16;
+/// Bytes a 201 adds around the processor's answer (frame and JSON headers, the conversation id).
+const REPLY_OVERHEAD_BYTES: usize = 512;
+
 /// Which monoio driver the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +50,58 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Per-user settings file (downstream.md §5); none = every user gets the defaults.
     pub settings: Option<PathBuf>,
+    /// `http` settings source (downstream.md §5): `GET {settings_url}/{uid}` → one user's settings
+    /// as JSON. Exclusive with `settings`.
+    pub settings_url: Option<String>,
+    /// How long a fetched user's settings are reused.
+    pub settings_cache_ttl_ms: u64,
+    /// Users whose settings the `http` source keeps cached.
+    pub settings_cache_entries_max: usize,
+    /// Bytes of settings the `http` source keeps cached (each entry weighs its JSON plus 512).
+    pub settings_cache_bytes_max: u64,
+    /// Time allowed for one settings fetch; past it the upgrade gets 503.
+    pub settings_timeout_ms: u64,
+    /// Conversation processor for 104s; none = every 104 gets 201 `processor_not_configured`.
+    pub processor_url: Option<String>,
+    /// Time allowed for one process-conversation call; past it the 201 says `timeout`.
+    pub processor_timeout_ms: u64,
+    /// Process-conversation calls in flight over all cores; beyond → 201 `busy`.
+    pub processor_in_flight_max: usize,
+    /// Largest processor answer read (it is merged into the 201); larger → 201 error.
+    pub processor_response_bytes_max: usize,
+    /// Largest 104 payload sent to the processor; larger → 201 error `payload_too_large`.
+    pub process_payload_bytes_max: usize,
+    /// Where due speaker-sample requests go; none = 105s are counted and dropped.
+    pub speaker_sample_url: Option<String>,
+    /// Delay from a 105's arrival to its request.
+    pub speaker_sample_delay_s: u64,
+    /// Per-worker delay queue of speaker-sample requests; full → oldest dropped (counted).
+    pub speaker_sample_queue_per_core: usize,
+    /// Time allowed for one speaker-sample request.
+    pub speaker_sample_timeout_ms: u64,
+    /// Global transcript hooks: every transcript item of every session is POSTed to each.
+    pub transcript_hooks: Vec<String>,
+    /// If set, a webhook's `200 {"message": …}` (longer than 5 characters) is POSTed here.
+    pub response_relay_url: Option<String>,
+    /// Time allowed for a transcript item to an app.
+    pub app_webhook_timeout_ms: u64,
+    /// Time allowed for a transcript item to the user's realtime-transcript webhook.
+    pub transcript_webhook_timeout_ms: u64,
+    /// Time allowed for a transcript item to a global hook.
+    pub transcript_hook_timeout_ms: u64,
+    /// Time allowed for an audio item to an app or the user's audio webhook.
+    pub audio_webhook_timeout_ms: u64,
+    /// Extra attempts of a delivery after a 5xx or a connection error (not after a timeout).
+    pub webhook_retries: u32,
+    /// Threads of the egress runtime (tokio, one shared HTTP client).
+    pub egress_threads: usize,
+    /// Deliveries in flight over all cores (transcripts, audio items, speaker samples); items
+    /// beyond wait in their session's ring (drop-oldest).
+    pub egress_in_flight_max: usize,
+    /// Payload bytes those deliveries may hold, all cores (each core may pass its share by one item).
+    pub egress_in_flight_bytes_max: usize,
+    /// Largest webhook answer read (for the response relay); the rest is ignored.
+    pub egress_response_bytes_max: usize,
     /// Session slots per worker, allocated at start; further upgrades get 503.
     pub max_sessions_per_core: usize,
     /// Receive buffers per worker, each `Decoder::buffer_bytes_required` bytes.
@@ -132,6 +189,31 @@ impl Default for Config {
             driver: DriverChoice::Auto,
             log_format: LogFormat::Text,
             settings: None,
+            settings_url: None,
+            settings_cache_ttl_ms: 60_000,
+            settings_cache_entries_max: 100_000,
+            settings_cache_bytes_max: 16 << 20,
+            settings_timeout_ms: 2_000,
+            processor_url: None,
+            processor_timeout_ms: 300_000,
+            processor_in_flight_max: 1024,
+            processor_response_bytes_max: 32 * 1024,
+            process_payload_bytes_max: 64 * 1024,
+            speaker_sample_url: None,
+            speaker_sample_delay_s: 120,
+            speaker_sample_queue_per_core: 4096,
+            speaker_sample_timeout_ms: 30_000,
+            transcript_hooks: Vec::new(),
+            response_relay_url: None,
+            app_webhook_timeout_ms: 10_000,
+            transcript_webhook_timeout_ms: 15_000,
+            transcript_hook_timeout_ms: 10_000,
+            audio_webhook_timeout_ms: 15_000,
+            webhook_retries: 1,
+            egress_threads: 1,
+            egress_in_flight_max: 512,
+            egress_in_flight_bytes_max: 64 << 20,
+            egress_response_bytes_max: 64 * 1024,
             max_sessions_per_core: 12_288,
             recv_buffers_per_core: 64,
             handshake_buffers_per_core: 256,
@@ -199,6 +281,116 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_SETTINGS", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settings: Option<PathBuf>,
+    /// Per-user settings over HTTP: GET {URL}/{uid} → JSON; exclusive with --settings [default: none]
+    #[arg(long, env = "PUSHER_SETTINGS_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_url: Option<String>,
+    /// How long fetched settings are reused [default: 60000]
+    #[arg(long, env = "PUSHER_SETTINGS_CACHE_TTL_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_cache_ttl_ms: Option<u64>,
+    /// Users whose fetched settings are cached [default: 100000]
+    #[arg(long, env = "PUSHER_SETTINGS_CACHE_ENTRIES_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_cache_entries_max: Option<usize>,
+    /// Bytes of settings the http source keeps cached [default: 16777216]
+    #[arg(long, env = "PUSHER_SETTINGS_CACHE_BYTES_MAX", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_cache_bytes_max: Option<u64>,
+    /// Time allowed for one settings fetch; past it the upgrade gets 503 [default: 2000]
+    #[arg(long, env = "PUSHER_SETTINGS_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings_timeout_ms: Option<u64>,
+    /// Conversation processor for 104s [default: none, 104s get 201 processor_not_configured]
+    #[arg(long, env = "PUSHER_PROCESSOR_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processor_url: Option<String>,
+    /// Time allowed for one process-conversation call [default: 300000]
+    #[arg(long, env = "PUSHER_PROCESSOR_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processor_timeout_ms: Option<u64>,
+    /// Process-conversation calls in flight, all cores; beyond → 201 busy [default: 1024]
+    #[arg(long, env = "PUSHER_PROCESSOR_IN_FLIGHT_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processor_in_flight_max: Option<usize>,
+    /// Largest processor answer merged into a 201 [default: 32768]
+    #[arg(
+        long,
+        env = "PUSHER_PROCESSOR_RESPONSE_BYTES_MAX",
+        value_name = "BYTES"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processor_response_bytes_max: Option<usize>,
+    /// Largest 104 payload sent on; larger → 201 error payload_too_large [default: 65536]
+    #[arg(long, env = "PUSHER_PROCESS_PAYLOAD_BYTES_MAX", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_payload_bytes_max: Option<usize>,
+    /// Where due speaker-sample requests go [default: none, 105s are dropped]
+    #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaker_sample_url: Option<String>,
+    /// Seconds from a 105 to its speaker-sample request [default: 120]
+    #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_DELAY_S", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaker_sample_delay_s: Option<u64>,
+    /// Per-worker delay queue of speaker-sample requests, oldest dropped [default: 4096]
+    #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_QUEUE_PER_CORE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaker_sample_queue_per_core: Option<usize>,
+    /// Time allowed for one speaker-sample request [default: 30000]
+    #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speaker_sample_timeout_ms: Option<u64>,
+    /// Global transcript hook; repeat the flag for several (the variable takes a comma-separated
+    /// list) [default: none]
+    #[arg(
+        long = "transcript-hook",
+        env = "PUSHER_TRANSCRIPT_HOOKS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "transcript_hooks", skip_serializing_if = "Option::is_none")]
+    pub transcript_hooks: Option<Vec<String>>,
+    /// Where webhook answers with a message are relayed [default: none]
+    #[arg(long, env = "PUSHER_RESPONSE_RELAY_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_relay_url: Option<String>,
+    /// Time allowed for a transcript item to an app [default: 10000]
+    #[arg(long, env = "PUSHER_APP_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_webhook_timeout_ms: Option<u64>,
+    /// Time allowed for a transcript item to the user's realtime webhook [default: 15000]
+    #[arg(long, env = "PUSHER_TRANSCRIPT_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_webhook_timeout_ms: Option<u64>,
+    /// Time allowed for a transcript item to a global hook [default: 10000]
+    #[arg(long, env = "PUSHER_TRANSCRIPT_HOOK_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript_hook_timeout_ms: Option<u64>,
+    /// Time allowed for an audio item to an app or audio webhook [default: 15000]
+    #[arg(long, env = "PUSHER_AUDIO_WEBHOOK_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_webhook_timeout_ms: Option<u64>,
+    /// Extra attempts of a delivery after a 5xx or connection error [default: 1]
+    #[arg(long, env = "PUSHER_WEBHOOK_RETRIES", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_retries: Option<u32>,
+    /// Threads of the egress runtime [default: 1]
+    #[arg(long, env = "PUSHER_EGRESS_THREADS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_threads: Option<usize>,
+    /// Deliveries in flight, all cores [default: 512]
+    #[arg(long, env = "PUSHER_EGRESS_IN_FLIGHT_MAX", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_in_flight_max: Option<usize>,
+    /// Payload bytes deliveries in flight may hold, all cores [default: 67108864]
+    #[arg(long, env = "PUSHER_EGRESS_IN_FLIGHT_BYTES_MAX", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_in_flight_bytes_max: Option<usize>,
+    /// Largest webhook answer read for the response relay [default: 65536]
+    #[arg(long, env = "PUSHER_EGRESS_RESPONSE_BYTES_MAX", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_response_bytes_max: Option<usize>,
     /// Session slots per worker, allocated at start [default: 12288]
     #[arg(long, env = "PUSHER_MAX_SESSIONS_PER_CORE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -535,16 +727,7 @@ impl Config {
         if let Some(store) = &self.store {
             crate::upload::store::StoreLocation::parse(store)?;
         }
-        if let Some(raw) = &self.chunk_notification_url {
-            match url::Url::parse(raw) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                _ => {
-                    return Err(format!(
-                        "chunk_notification_url {raw:?} is not an http(s) URL"
-                    ));
-                }
-            }
-        }
+        self.validate_egress()?;
         self.validate_spill()?;
         for (name, token) in [
             ("auth_token", &self.auth_token),
@@ -552,6 +735,143 @@ impl Config {
         ] {
             if token.as_deref().is_some_and(str::is_empty) {
                 return Err(format!("{name} is set but empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The egress bounds and URLs.
+    fn validate_egress(&self) -> Result<(), String> {
+        for (name, value, min, max) in [
+            (
+                "settings_cache_ttl_ms",
+                self.settings_cache_ttl_ms,
+                0,
+                86_400_000,
+            ),
+            ("settings_timeout_ms", self.settings_timeout_ms, 10, 60_000),
+            (
+                "processor_timeout_ms",
+                self.processor_timeout_ms,
+                10,
+                3_600_000,
+            ),
+            (
+                "speaker_sample_delay_s",
+                self.speaker_sample_delay_s,
+                0,
+                86_400,
+            ),
+            (
+                "speaker_sample_timeout_ms",
+                self.speaker_sample_timeout_ms,
+                10,
+                600_000,
+            ),
+            (
+                "app_webhook_timeout_ms",
+                self.app_webhook_timeout_ms,
+                10,
+                600_000,
+            ),
+            (
+                "transcript_webhook_timeout_ms",
+                self.transcript_webhook_timeout_ms,
+                10,
+                600_000,
+            ),
+            (
+                "transcript_hook_timeout_ms",
+                self.transcript_hook_timeout_ms,
+                10,
+                600_000,
+            ),
+            (
+                "audio_webhook_timeout_ms",
+                self.audio_webhook_timeout_ms,
+                10,
+                600_000,
+            ),
+            ("webhook_retries", u64::from(self.webhook_retries), 0, 10),
+        ] {
+            check_range(name, value as usize, min, max)?;
+        }
+        check_range(
+            "settings_cache_entries_max",
+            self.settings_cache_entries_max,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "processor_in_flight_max",
+            self.processor_in_flight_max,
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "processor_response_bytes_max",
+            self.processor_response_bytes_max,
+            1024,
+            self.outbound_pending_bytes_max
+                .saturating_sub(REPLY_OVERHEAD_BYTES),
+        )?;
+        check_range(
+            "process_payload_bytes_max",
+            self.process_payload_bytes_max,
+            1024,
+            64 << 20,
+        )?;
+        check_range(
+            "speaker_sample_queue_per_core",
+            self.speaker_sample_queue_per_core,
+            1,
+            1 << 20,
+        )?;
+        check_range("egress_threads", self.egress_threads, 1, 64)?;
+        check_range(
+            "egress_in_flight_max",
+            self.egress_in_flight_max,
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "egress_in_flight_bytes_max",
+            self.egress_in_flight_bytes_max,
+            64 * 1024,
+            16 << 30,
+        )?;
+        check_range(
+            "egress_response_bytes_max",
+            self.egress_response_bytes_max,
+            1024,
+            16 << 20,
+        )?;
+        check_range(
+            "transcript_hooks",
+            self.transcript_hooks.len(),
+            0,
+            TRANSCRIPT_HOOKS_MAX,
+        )?;
+        if self.settings.is_some() && self.settings_url.is_some() {
+            return Err("settings and settings_url are exclusive: give one source".into());
+        }
+        let urls = [
+            ("settings_url", self.settings_url.as_ref()),
+            ("processor_url", self.processor_url.as_ref()),
+            ("speaker_sample_url", self.speaker_sample_url.as_ref()),
+            ("response_relay_url", self.response_relay_url.as_ref()),
+            (
+                "chunk_notification_url",
+                self.chunk_notification_url.as_ref(),
+            ),
+        ];
+        let hooks = self
+            .transcript_hooks
+            .iter()
+            .map(|h| ("transcript_hooks", Some(h)));
+        for (name, raw) in urls.into_iter().chain(hooks) {
+            if let Some(raw) = raw {
+                check_http_url(name, raw)?;
             }
         }
         Ok(())
@@ -607,6 +927,13 @@ impl Config {
     }
 }
 
+fn check_http_url(name: &str, raw: &str) -> Result<(), String> {
+    match url::Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+        _ => Err(format!("{name}: {raw:?} is not an http(s) URL")),
+    }
+}
+
 fn check_range(name: &str, value: usize, min: usize, max: usize) -> Result<(), String> {
     if value < min || value > max {
         return Err(format!("{name} = {value} is outside {min}..={max}"));
@@ -644,6 +971,13 @@ mod tests {
         let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pusher.sample.toml");
         let config = Config::load(Some(Path::new(sample)), &Overrides::default()).unwrap();
         assert_eq!(config, Config::default());
+        let text = std::fs::read_to_string(sample).unwrap();
+        let fields = serde_json::to_value(Config::default()).unwrap();
+        for key in fields.as_object().unwrap().keys() {
+            let listed =
+                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = "));
+            assert!(listed, "config/pusher.sample.toml does not list `{key}`");
+        }
     }
 
     #[test]
@@ -661,6 +995,81 @@ mod tests {
         assert!(err.contains("recv_buffers_per_core"), "{err}");
         assert!(Config::load(Some(&dir.join("missing.toml")), &Overrides::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+
+    #[test]
+    fn egress_options_keep_their_names_and_are_checked() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "pusher",
+            "--processor-url",
+            "http://127.0.0.1:9/process",
+            "--speaker-sample-url",
+            "http://127.0.0.1:9/speaker",
+            "--speaker-sample-delay-s",
+            "5",
+            "--transcript-hook",
+            "http://127.0.0.1:9/a?x=1",
+            "--transcript-hook",
+            "http://127.0.0.1:9/b",
+            "--settings-url",
+            "http://127.0.0.1:9/settings",
+        ])
+        .unwrap();
+        let config = Config::load(None, &cli.overrides).unwrap();
+        assert_eq!(
+            config.processor_url.as_deref(),
+            Some("http://127.0.0.1:9/process")
+        );
+        assert_eq!(config.speaker_sample_delay_s, 5);
+        assert_eq!(
+            config.transcript_hooks,
+            ["http://127.0.0.1:9/a?x=1", "http://127.0.0.1:9/b"]
+        );
+        assert_eq!(
+            config.settings_url.as_deref(),
+            Some("http://127.0.0.1:9/settings")
+        );
+        for (overrides, field) in [
+            (
+                Overrides {
+                    processor_url: Some("processor".into()),
+                    ..Overrides::default()
+                },
+                "processor_url",
+            ),
+            (
+                Overrides {
+                    transcript_hooks: Some(vec!["ftp://h/x".into()]),
+                    ..Overrides::default()
+                },
+                "transcript_hooks",
+            ),
+            (
+                Overrides {
+                    settings: Some("s.toml".into()),
+                    settings_url: Some("http://h/s".into()),
+                    ..Overrides::default()
+                },
+                "exclusive",
+            ),
+            (
+                Overrides {
+                    processor_response_bytes_max: Some(1 << 20),
+                    ..Overrides::default()
+                },
+                "processor_response_bytes_max",
+            ),
+        ] {
+            let err = Config::load(None, &overrides).unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

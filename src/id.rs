@@ -28,11 +28,18 @@ impl fmt::Display for IdError {
     }
 }
 
-/// A validated id, stored inline.
+/// A validated id, stored inline; bytes past `len` are always zero (equality and hashing may
+/// look at the whole array).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Id {
     len: u8,
     bytes: [u8; ID_BYTES_MAX],
+}
+
+impl std::hash::Hash for Id {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
 }
 
 impl Id {

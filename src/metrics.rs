@@ -157,8 +157,6 @@ pub struct Metrics {
     pub ring_arena_evictions: Counter,
     pub results_sent: Counter,
     pub peers_dropped_slow: Counter,
-    egress_discarded: Vec<Counter>,
-    pub egress_discarded_process: Counter,
     pub accumulators_refused: Counter,
     pub http_requests: Counter,
     pub draining: Gauge,
@@ -287,25 +285,6 @@ impl Metrics {
             "peers_dropped_slow",
             "connections dropped because their unsent outbound bytes passed the bound",
         );
-        let egress_family = Family::<StreamLabel, Counter>::default();
-        registry.register(
-            "egress_discarded_items",
-            "PLACEHOLDER: egress is not built yet; droppable items are counted and discarded",
-            egress_family.clone(),
-        );
-        let egress_discarded = STREAMS
-            .iter()
-            .map(|s| {
-                egress_family
-                    .get_or_create(&StreamLabel { stream: s.label() })
-                    .clone()
-            })
-            .collect();
-        let egress_discarded_process = counter(
-            &mut registry,
-            "egress_discarded_process_requests",
-            "PLACEHOLDER: egress is not built yet; 104 requests are answered with error processor_not_configured",
-        );
         let accumulators_refused = counter(
             &mut registry,
             "audio_accumulators_refused",
@@ -336,8 +315,6 @@ impl Metrics {
             ring_arena_evictions,
             results_sent,
             peers_dropped_slow,
-            egress_discarded,
-            egress_discarded_process,
             accumulators_refused,
             http_requests,
             draining,
@@ -388,10 +365,6 @@ impl Metrics {
         }
     }
 
-    pub fn egress_discarded(&self, stream: Stream) -> &Counter {
-        &self.egress_discarded[stream_index(stream)]
-    }
-
     pub fn core(&self, core: usize) -> &CoreGauges {
         &self.cores[core]
     }
@@ -417,13 +390,13 @@ impl Metrics {
     }
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+pub fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
     let counter = Counter::default();
     registry.register(name, help, counter.clone());
     counter
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+pub fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
     let gauge = Gauge::default();
     registry.register(name, help, gauge.clone());
     gauge

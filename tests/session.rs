@@ -80,14 +80,9 @@ async fn every_frame_kind_is_accepted_and_counted(driver: &str) {
         server.metric("pusher_upload_bytes_total").await,
         4 + 12 + 320 + 16
     );
-    assert_eq!(
-        metrics.value("pusher_egress_discarded_items_total{stream=\"speaker_sample\"}"),
-        1
-    );
-    assert_eq!(
-        metrics.value("pusher_egress_discarded_process_requests_total"),
-        1
-    );
+    // No speaker-sample URL: the 105 is counted and dropped. No processor: no call is made.
+    assert_eq!(metrics.value("pusher_speaker_samples_dropped_total"), 1);
+    assert_eq!(metrics.value("pusher_process_calls_created_total"), 0);
     assert_eq!(metrics.value("pusher_results_sent_total"), 1);
     assert_eq!(close_with(&mut ws, 1000).await, 1000);
 }

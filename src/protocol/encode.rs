@@ -64,7 +64,7 @@ pub fn encode_result(
         ResultOutcome::Success { merged_fields } => {
             put(&mut writer, b",\"success\":true")?;
             if let Some(fields) = merged_fields {
-                merge_fields(&mut writer, fields)?;
+                copy_fields(&mut writer, fields, &RESERVED_KEYS)?;
             }
         }
         ResultOutcome::Error(reason) => {
@@ -76,20 +76,24 @@ pub fn encode_result(
     Ok(writer.position() as usize)
 }
 
-type Writer<'b> = Cursor<&'b mut [u8]>;
-
-fn put(writer: &mut Writer<'_>, bytes: &[u8]) -> Result<(), EncodeError> {
+fn put(writer: &mut impl Write, bytes: &[u8]) -> Result<(), EncodeError> {
     writer
         .write_all(bytes)
         .map_err(|_| EncodeError::BufferTooSmall)
 }
 
-/// Copies the fields of the JSON object `fields` as `,"key":value` pairs.
-fn merge_fields(writer: &mut Writer<'_>, fields: &str) -> Result<(), EncodeError> {
+/// Copies the fields of the JSON object `fields`, in order, as `,"key":value` pairs, leaving out
+/// the keys in `skip`. Values are copied as written; keys are re-escaped.
+pub fn copy_fields(
+    writer: &mut impl Write,
+    fields: &str,
+    skip: &[&str],
+) -> Result<(), EncodeError> {
     let mut overflowed = false;
     let mut deserializer = serde_json::Deserializer::from_str(fields);
     let visitor = MergeVisitor {
         writer,
+        skip,
         overflowed: &mut overflowed,
     };
     let merged = deserializer
@@ -103,12 +107,13 @@ fn merge_fields(writer: &mut Writer<'_>, fields: &str) -> Result<(), EncodeError
 }
 
 /// Walks the object's entries, writing kept keys (re-escaped) and their raw values.
-struct MergeVisitor<'w, 'b> {
-    writer: &'w mut Writer<'b>,
+struct MergeVisitor<'w, W> {
+    writer: &'w mut W,
+    skip: &'w [&'w str],
     overflowed: &'w mut bool,
 }
 
-impl<'de> Visitor<'de> for MergeVisitor<'_, '_> {
+impl<'de, W: Write> Visitor<'de> for MergeVisitor<'_, W> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,6 +124,7 @@ impl<'de> Visitor<'de> for MergeVisitor<'_, '_> {
         loop {
             let key = KeySeed {
                 writer: &mut *self.writer,
+                skip: self.skip,
                 overflowed: &mut *self.overflowed,
             };
             match map.next_key_seed(key)? {
@@ -138,13 +144,14 @@ impl<'de> Visitor<'de> for MergeVisitor<'_, '_> {
     }
 }
 
-/// Reads one key; unless it is reserved, writes `,"key":` and yields `true`.
-struct KeySeed<'w, 'b> {
-    writer: &'w mut Writer<'b>,
+/// Reads one key; unless it is skipped, writes `,"key":` and yields `true`.
+struct KeySeed<'w, W> {
+    writer: &'w mut W,
+    skip: &'w [&'w str],
     overflowed: &'w mut bool,
 }
 
-impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
+impl<'de, W: Write> DeserializeSeed<'de> for KeySeed<'_, W> {
     type Value = bool;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
@@ -152,7 +159,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_, '_> {
     }
 }
 
-impl Visitor<'_> for KeySeed<'_, '_> {
+impl<W: Write> Visitor<'_> for KeySeed<'_, W> {
     type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -160,7 +167,7 @@ impl Visitor<'_> for KeySeed<'_, '_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
-        if RESERVED_KEYS.contains(&key) {
+        if self.skip.contains(&key) {
             return Ok(false);
         }
         let written = put(self.writer, b",")

@@ -12,7 +12,7 @@ mod decode;
 mod encode;
 
 pub use decode::decode;
-pub use encode::{EncodeError, ResultOutcome, encode_result};
+pub use encode::{EncodeError, ResultOutcome, copy_fields, encode_result};
 
 use std::fmt;
 

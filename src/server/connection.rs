@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -18,12 +19,16 @@ use super::outbound::{self, Outbound, SendError};
 use super::outputs;
 use super::pool::PooledBuf;
 use super::slots::Slot;
+use crate::egress::Ticket;
+use crate::egress::job::{Job, Work};
 use crate::http::admission::{self, ListenParams, Route};
 use crate::http::request::{self, Parsed, Request};
 use crate::http::response::{write_response, write_switching_protocols};
+use crate::id::Id;
 use crate::metrics::Refusal;
 use crate::protocol;
 use crate::session::Millis;
+use crate::settings::UserSettings;
 use crate::websocket::close;
 use crate::websocket::frame::{self, Opcode};
 use crate::websocket::handshake::accept_key;
@@ -40,6 +45,8 @@ const READS_PER_WAKEUP_MAX: usize = 4;
 const SPILL_RETRY: Duration = Duration::from_millis(10);
 /// Wait before trying again when every receive buffer of the core is lent out.
 const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
+/// How long a handshake waits for a settings fetch beyond the fetch's own timeout.
+const SETTINGS_WAIT_MARGIN: Duration = Duration::from_secs(1);
 /// A `Retry-After` for 503 refusals, in seconds.
 const RETRY_AFTER_S: &str = "5";
 /// After a refusal sent before the whole request was read, how long pusher keeps reading and
@@ -194,42 +201,66 @@ async fn answer(
         write_all(stream, fd, &out, deadline).await;
         return None;
     }
-    match admit(core, route, request, early) {
-        Ok((upgraded, key)) => {
-            let mut response = [0u8; 160];
-            let len = write_switching_protocols(&mut response, &accept_key(key));
-            if !write_all(stream, fd, &response[..len], deadline).await {
-                close_slot(core, upgraded.key, close::GOING_AWAY);
+    let admitted = match admit(core, route, request) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            refuse(core, stream, fd, refused, deadline).await;
+            return None;
+        }
+    };
+    let settings = match &admitted.params {
+        Some(params) => match settings_for(core, &params.uid, deadline).await {
+            Ok(settings) => Some(settings),
+            Err(refused) => {
+                refuse(core, stream, fd, refused, deadline).await;
                 return None;
             }
-            Some(upgraded)
+        },
+        None => None,
+    };
+    let upgraded = match open(core, &admitted, settings, early) {
+        Ok(upgraded) => upgraded,
+        Err(refused) => {
+            refuse(core, stream, fd, refused, deadline).await;
+            return None;
         }
-        Err((refusal, status, reason)) => {
-            shared.metrics.refused(refusal).inc();
-            let retry: &[(&str, &str)] = if status == 503 {
-                &[("Retry-After", RETRY_AFTER_S)]
-            } else {
-                &[]
-            };
-            let mut body = reason.as_bytes().to_vec();
-            body.push(b'\n');
-            write_response(&mut out, status, "text/plain; charset=utf-8", retry, &body);
-            write_all(stream, fd, &out, deadline).await;
-            None
-        }
+    };
+    let mut response = [0u8; 160];
+    let len = write_switching_protocols(&mut response, &accept_key(admitted.key));
+    if !write_all(stream, fd, &response[..len], deadline).await {
+        close_slot(core, upgraded.key, close::GOING_AWAY);
+        return None;
     }
+    Some(upgraded)
+}
+
+/// Answers a refused upgrade with its status and one-line reason.
+async fn refuse(core: &Core, stream: &TcpStream, fd: RawFd, refused: Refused, deadline: Instant) {
+    let (refusal, status, reason) = refused;
+    core.shared.metrics.refused(refusal).inc();
+    let retry: &[(&str, &str)] = if status == 503 {
+        &[("Retry-After", RETRY_AFTER_S)]
+    } else {
+        &[]
+    };
+    let mut body = reason.as_bytes().to_vec();
+    body.push(b'\n');
+    let mut out = Vec::new();
+    write_response(&mut out, status, "text/plain; charset=utf-8", retry, &body);
+    write_all(stream, fd, &out, deadline).await;
 }
 
 type Refused = (Refusal, u16, &'static str);
 
+/// An upgrade that passed the rules: its WebSocket key and, for the listen route, its query.
+struct Admitted<'b> {
+    key: &'b [u8],
+    params: Option<ListenParams>,
+}
+
 /// The upgrade rules in order: token (401), query (400), handshake headers (400/405/426), drain
-/// and capacity (503), settings (503). On success the slot is taken and the session opened.
-fn admit<'b>(
-    core: &Core,
-    route: Route,
-    request: &Request<'b>,
-    early: &[u8],
-) -> Result<(Upgraded, &'b [u8]), Refused> {
+/// and capacity (503). Settings (503) and the slot come next ([`settings_for`], [`open`]).
+fn admit<'b>(core: &Core, route: Route, request: &Request<'b>) -> Result<Admitted<'b>, Refused> {
     let shared = &core.shared;
     let as_refused = |r: admission::Refusal, kind| (kind, r.status, r.reason);
     admission::check_bearer(request, shared.config.auth_token.as_deref())
@@ -243,7 +274,12 @@ fn admit<'b>(
     };
     let key =
         admission::check_websocket(request).map_err(|r| as_refused(r, Refusal::BadRequest))?;
-    if shared.is_draining() {
+    check_capacity(core)?;
+    Ok(Admitted { key, params })
+}
+
+fn check_capacity(core: &Core) -> Result<(), Refused> {
+    if core.shared.is_draining() {
         return Err((Refusal::Draining, 503, "draining: try another instance"));
     }
     if core.slots.is_full() {
@@ -252,6 +288,66 @@ fn admit<'b>(
     if core.recv_pool.available() == 0 {
         return Err((Refusal::Capacity, 503, "no free receive buffer"));
     }
+    Ok(())
+}
+
+/// The user's settings: from the file or a fresh cache entry at once, else fetched through
+/// egress within the settings timeout (and the handshake deadline). Failure → 503.
+async fn settings_for(
+    core: &Core,
+    uid: &Id,
+    deadline: Instant,
+) -> Result<Arc<UserSettings>, Refused> {
+    let shared = &core.shared;
+    if let Some(settings) = shared.settings.cached(uid) {
+        if shared.settings.http().is_some() {
+            shared.egress_metrics.settings_cache_hits.inc();
+        }
+        return Ok(settings);
+    }
+    shared.egress_metrics.settings_cache_misses.inc();
+    const UNAVAILABLE: Refused = (Refusal::Settings, 503, "cannot load the user's settings");
+    if !core.egress.start_settings_fetch() {
+        return Err((
+            Refusal::Settings,
+            503,
+            "too many settings fetches in flight",
+        ));
+    }
+    let (reply, answer) = futures_channel::oneshot::channel();
+    let job = Job {
+        ticket: Ticket {
+            key: usize::MAX,
+            generation: 0,
+        },
+        session: None,
+        work: Box::new(Work::Settings { uid: *uid, reply }),
+        bytes: 0,
+    };
+    if core.egress.link.submit(job).is_err() {
+        core.egress.settings_fetched();
+        return Err(UNAVAILABLE);
+    }
+    // Egress applies the settings timeout to the request; this bound only backs it up.
+    let wait = Duration::from_millis(shared.config.settings_timeout_ms) + SETTINGS_WAIT_MARGIN;
+    let until = deadline.min(Instant::now() + wait);
+    let answer = monoio::time::timeout_at(until.into(), answer).await;
+    core.egress.settings_fetched();
+    match answer {
+        Ok(Ok(Ok(settings))) => Ok(settings),
+        _ => Err(UNAVAILABLE),
+    }
+}
+
+/// Takes the slot and opens the session (capacity is checked again: the settings fetch may
+/// have waited).
+fn open(
+    core: &Core,
+    admitted: &Admitted<'_>,
+    settings: Option<Arc<UserSettings>>,
+    early: &[u8],
+) -> Result<Upgraded, Refused> {
+    check_capacity(core)?;
     let early = if early.is_empty() {
         None
     } else {
@@ -259,21 +355,17 @@ fn admit<'b>(
         buf[..early.len()].copy_from_slice(early);
         Some((buf, early.len()))
     };
-    let slot = match params {
-        Some(params) => outputs::open_session(core, params)
-            .map_err(|reason| (Refusal::Settings, 503, reason))?,
-        None => Slot::new(None, outputs::Streams::none()),
+    let slot = match (admitted.params, settings) {
+        (Some(params), Some(settings)) => outputs::open_session(core, params, settings),
+        _ => Slot::new(None, outputs::Streams::none()),
     };
     let slot_key = core.slots.insert(slot).expect("checked not full above");
     core.session_opened();
-    Ok((
-        Upgraded {
-            key: slot_key,
-            echo: params.is_none(),
-            early,
-        },
-        key,
-    ))
+    Ok(Upgraded {
+        key: slot_key,
+        echo: admitted.params.is_none(),
+        early,
+    })
 }
 
 /// Writes all of `bytes` before `deadline`; false if the peer is gone or too slow.
@@ -721,8 +813,29 @@ impl Connection {
                 self.spill_ready();
             }
         }
+        self.send_egress_replies();
         self.try_ack();
         self.on_timer();
+    }
+
+    /// Sends the 201s egress answered for this session.
+    fn send_egress_replies(&mut self) {
+        if self.echo {
+            return;
+        }
+        let replies = outputs::take_replies(&self.core, self.key);
+        for reply in replies {
+            if self.phase != Phase::Open {
+                self.core
+                    .shared
+                    .egress_metrics
+                    .process_replies_dropped
+                    .inc();
+                continue;
+            }
+            self.send_frame(Opcode::Binary, &reply);
+            self.core.shared.metrics.results_sent.inc();
+        }
     }
 
     fn on_timer(&mut self) {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use super::Shared;
+use super::delivery::{self, CoreEgress};
 use super::outbound::OutboundBudget;
 use super::pool::BufferPool;
 use super::slots::Slots;
@@ -22,8 +23,9 @@ use crate::spill::handoff::Handoff;
 use crate::spill::writer::SpillShared;
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
-/// How often a worker fires due session deadlines, refreshes its gauges and looks for the
-/// drain's close signal: the resolution of every session timer (idle, close handshake, batch age).
+/// How often a worker fires due session deadlines and speaker-sample requests, refreshes its
+/// gauges and looks for the drain's close signal: the resolution of every session timer (idle,
+/// close handshake, batch age, speaker-sample delay).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(10);
 
 /// This core's end of the spill log.
@@ -68,6 +70,7 @@ pub struct Core {
     pub accumulator_bytes_free: Cell<usize>,
     pub limits: DecoderLimits,
     pub spill: SpillCore,
+    pub egress: CoreEgress,
     /// Replies (201 frames) produced by one session step; capacity fixed at start.
     pub replies: RefCell<Vec<u8>>,
     gauges: CoreGauges,
@@ -116,6 +119,7 @@ impl Core {
             accumulator_bytes_free: Cell::new(config.audio_accumulator_bytes_per_core),
             limits,
             spill: SpillCore::new(index, &shared),
+            egress: CoreEgress::new(index, &shared, shared.sessions_per_core),
             replies: RefCell::new(Vec::with_capacity(super::outputs::REPLY_BYTES_MAX)),
             gauges,
             epoch: Instant::now(),
@@ -149,7 +153,9 @@ impl Core {
     pub async fn housekeeping(self: Rc<Self>) {
         loop {
             monoio::time::sleep(HOUSEKEEPING_INTERVAL).await;
-            self.slots.fire_due(self.now_ms());
+            let now = self.now_ms();
+            self.slots.fire_due(now);
+            delivery::send_due_speaker_samples(&self, now);
             let arena = self.arena.borrow();
             self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
             drop(arena);

@@ -9,6 +9,7 @@
 
 mod connection;
 mod core;
+mod delivery;
 pub mod driver;
 mod endpoints;
 mod outbound;
@@ -23,8 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::budget::{Budget, ItemSizes};
 use crate::config::Config;
+use crate::egress::{self, EgressMetrics, Link};
 use crate::metrics::Metrics;
-use crate::settings::SettingsFile;
+use crate::settings::{HttpSettings, SettingsFile, SettingsSource};
 use crate::spill::log::SpillLog;
 use crate::spill::metrics::SpillMetrics;
 use crate::upload::crypto::{EncryptionSecret, SECRET_ENV};
@@ -72,6 +74,8 @@ fn item_sizes(config: &Config) -> ItemSizes {
         arena_block_meta_bytes: outputs::ARENA_BLOCK_META_BYTES as u64,
         spill_index_entry_bytes: crate::spill::index::ENTRY_BYTES as u64,
         upload_job_bytes: std::mem::size_of::<crate::upload::UploadJob>() as u64,
+        egress_job_bytes: crate::egress::job::JOB_BYTES as u64,
+        delay_entry_bytes: crate::egress::delay::entry_bytes::<crate::payload::Handle>() as u64,
     }
 }
 
@@ -118,7 +122,7 @@ fn abort_on_panic() {
 pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
-    pub settings: SettingsFile,
+    pub settings: SettingsSource,
     pub driver: driver::Driver,
     pub sessions_per_core: usize,
     pub budget: Budget,
@@ -132,6 +136,9 @@ pub struct Shared {
     pub spill: SpillLog,
     /// The uploader's metrics (uploads in flight feed /debug/memory).
     pub uploads: UploadMetrics,
+    /// One link per worker to the egress thread.
+    pub egress_links: Vec<Arc<Link>>,
+    pub egress_metrics: EgressMetrics,
 }
 
 impl Shared {
@@ -144,10 +151,10 @@ impl Shared {
             >= self.sessions_per_core * self.metrics_workers()
     }
 
-    /// Background tasks in flight (`asyncio_tasks` of /debug/memory): uploads; egress calls
-    /// will add theirs once egress exists (its placeholder runs none).
+    /// Background tasks in flight (`asyncio_tasks` of /debug/memory): uploads and egress HTTP
+    /// attempts (process calls, deliveries, settings fetches).
     pub fn background_tasks(&self) -> u64 {
-        self.uploads.in_flight().max(0) as u64
+        (self.uploads.in_flight().max(0) + self.egress_metrics.attempts_in_flight().max(0)) as u64
     }
 
     fn metrics_workers(&self) -> usize {
@@ -172,9 +179,15 @@ pub fn run(config: Config) -> Result<(), String> {
         "io driver: {}: {why}",
         driver.label()
     );
-    let settings = match &config.settings {
-        Some(path) => SettingsFile::load(path)?,
-        None => SettingsFile::defaults_only(),
+    let settings = match (&config.settings, &config.settings_url) {
+        (_, Some(url)) => SettingsSource::Http(Arc::new(HttpSettings::new(
+            url,
+            std::time::Duration::from_millis(config.settings_cache_ttl_ms),
+            config.settings_cache_entries_max,
+            config.settings_cache_bytes_max,
+        ))),
+        (Some(path), None) => SettingsSource::File(SettingsFile::load(path)?),
+        (None, None) => SettingsSource::File(SettingsFile::defaults_only()),
     };
     tracing::info!(
         workers = plan.workers,
@@ -202,6 +215,16 @@ pub fn run(config: Config) -> Result<(), String> {
     metrics.budget_bytes.set(plan.budget.total_bytes() as i64);
     let spill_metrics = SpillMetrics::register(metrics.registry_mut());
     let upload_metrics = UploadMetrics::register(metrics.registry_mut());
+    let egress_metrics = EgressMetrics::register(metrics.registry_mut());
+    let egress_links: Vec<_> = (0..plan.workers)
+        .map(|_| delivery::new_link(&config, plan.workers))
+        .collect();
+    let _egress = egress::runtime::start(
+        &config,
+        egress_links.clone(),
+        egress_metrics.clone(),
+        settings.http().cloned(),
+    )?;
     let store = upload::store::open_configured(&config)?;
     let spill = SpillLog::start(&config, plan.workers, spill_metrics, |source| {
         upload::start(
@@ -225,6 +248,8 @@ pub fn run(config: Config) -> Result<(), String> {
         sessions_open: AtomicUsize::new(0),
         spill,
         uploads: upload_metrics,
+        egress_links,
+        egress_metrics,
     });
     let listeners = worker::bind_listeners(&shared, plan.workers)?;
     tracing::info!(listen = %shared.config.listen, "listening");

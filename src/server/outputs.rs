@@ -1,11 +1,7 @@
 //! Where a session's effects go on this core: private-cloud audio to the spill log (through
-//! the core's hand-off ring), droppable items to the rings between the session and egress, 201
-//! replies to the connection.
-//!
-//! Until egress exists, its default implementation here **counts and discards**: droppable
-//! items pass through the arena and rings and are then counted and freed
-//! (`pusher_egress_discarded_items_total`), and a 104 is answered at once with the 201 error
-//! `processor_not_configured`.
+//! the core's hand-off ring), droppable items to the rings between the session and egress
+//! (started by `delivery`), speaker-sample requests to the core's delay queue, 104s to egress as
+//! process calls, immediate 201 replies to the connection.
 //!
 //! Invariants: a session that writes audio is only fed a message when the hand-off ring has room
 //! for every record that message can produce ([`spill_ready`]), so a record is never refused;
@@ -15,20 +11,39 @@
 
 use std::ops::Range;
 
+use std::sync::Arc;
+
 use super::core::Core;
+use super::delivery::{self, AUDIO_FOR_APPS, AUDIO_FOR_WEBHOOK, SessionEgress};
 use super::slots::Slot;
+use crate::egress::Ticket;
+use crate::egress::delay::Owner;
+use crate::egress::job::{Job, Work};
 use crate::http::admission::ListenParams;
 use crate::id::Id;
 use crate::metrics::{FrameKind, Stream};
 use crate::payload::{DropOldestRing, Handle, PayloadArena, RingItem};
 use crate::protocol::{self, Inbound, ResultOutcome};
-use crate::session::{BatchCloseReason, Millis, Outputs, Session, SessionConfig};
-use crate::settings::DataProtectionLevel;
+use crate::session::{BUSY, BatchCloseReason, Millis, Outputs, Session, SessionConfig};
+use crate::settings::{DataProtectionLevel, UserSettings};
 use crate::spill::record::{
     BATCH_OPEN_PAYLOAD_BYTES_MAX, BatchOpen, Kind, Location, RECORD_HEADER_BYTES,
     close_reason_byte, encode_batch_open, encode_header,
 };
 use crate::websocket::frame::{self, Opcode};
+
+/// Copies `parts` into one new arena block; `None` when the arena refuses it.
+fn alloc_parts(arena: &mut PayloadArena, parts: &[&[u8]]) -> Option<Handle> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let handle = arena.alloc(len)?;
+    let block = arena.get_mut(handle).expect("just allocated");
+    let mut at = 0;
+    for part in parts {
+        block[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    Some(handle)
+}
 
 /// Bytes one ring entry takes: the item plus crossbeam's per-slot stamp.
 pub const RING_ENTRY_BYTES: usize = std::mem::size_of::<Item>() + std::mem::size_of::<usize>();
@@ -36,8 +51,10 @@ pub use crate::payload::BLOCK_META_BYTES as ARENA_BLOCK_META_BYTES;
 /// Capacity of a core's reply buffer: one 201 error frame (an id of at most 128 bytes and a
 /// short reason) with room to spare.
 pub const REPLY_BYTES_MAX: usize = 1024;
-/// The 201 error the placeholder egress answers every 104 with.
+/// The 201 error for every 104 when no processor URL is configured.
 const PROCESSOR_NOT_CONFIGURED: &str = "processor_not_configured";
+/// The 201 error for a 104 larger than `process_payload_bytes_max`.
+const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 
 /// A droppable item: a handle to its arena block.
 #[derive(Debug, Clone, Copy)]
@@ -51,15 +68,15 @@ impl RingItem for Item {
     }
 }
 
-/// A session's streams: droppable-stream rings, its share of the core's accumulator budget, and
-/// its spill log state. Rings are boxed: a ring's queue is cache-padded (hundreds of bytes), and
-/// most sessions have none, so a slot holds only pointers.
+/// A session's streams: droppable-stream rings, its share of the core's accumulator budget, its
+/// spill log state and its egress state. Rings are boxed: a ring's queue is cache-padded
+/// (hundreds of bytes), and most sessions have none, so a slot holds only pointers.
 pub struct Streams {
     transcript: Option<Box<DropOldestRing<Item>>>,
     audio_bytes: Option<Box<DropOldestRing<Item>>>,
-    speaker_sample: Option<Box<DropOldestRing<Item>>>,
     accumulator_bytes: usize,
     spill: SpillState,
+    pub egress: SessionEgress,
 }
 
 /// A session's place in the spill log.
@@ -79,7 +96,6 @@ impl Streams {
         Streams {
             transcript: None,
             audio_bytes: None,
-            speaker_sample: None,
             accumulator_bytes: 0,
             spill: SpillState {
                 writes: false,
@@ -87,6 +103,16 @@ impl Streams {
                 batch: 0,
                 last_position: 0,
             },
+            egress: SessionEgress::new(None),
+        }
+    }
+
+    /// The ring of an ordered stream, if the session has its consumer.
+    pub fn ring_mut(&mut self, stream: Stream) -> Option<&mut DropOldestRing<Item>> {
+        match stream {
+            Stream::Transcript => self.transcript.as_deref_mut(),
+            Stream::AudioBytes => self.audio_bytes.as_deref_mut(),
+            Stream::SpeakerSample => None,
         }
     }
 }
@@ -117,10 +143,10 @@ pub fn spill_durable(core: &Core, key: usize) -> bool {
 
 /// Opens a session for `params` with the user's settings; its accumulators come out of the
 /// core's accumulator budget (a session that cannot get one runs without it, counted).
-pub fn open_session(core: &Core, params: ListenParams) -> Result<Slot, &'static str> {
+pub fn open_session(core: &Core, params: ListenParams, settings: Arc<UserSettings>) -> Slot {
     let config = &core.shared.config;
-    let settings = core.shared.settings.lookup(params.uid.as_str());
-    let mut session_config = SessionConfig::from_settings(&settings, false);
+    let mut session_config =
+        SessionConfig::from_settings(&settings, !config.transcript_hooks.is_empty());
     session_config.process_in_flight_max = config.process_in_flight_per_session_max;
     session_config.message_bytes_max = config.max_message_bytes;
     let bytes_per_second = params.sample_rate_hz as usize * 2;
@@ -150,7 +176,6 @@ pub fn open_session(core: &Core, params: ListenParams) -> Result<Slot, &'static 
             .then(|| Box::new(DropOldestRing::new(config.transcript_ring_capacity))),
         audio_bytes: audio_consumer
             .then(|| Box::new(DropOldestRing::new(config.audio_bytes_ring_capacity))),
-        speaker_sample: None,
         accumulator_bytes,
         spill: SpillState {
             writes: session_config.private_cloud_enabled,
@@ -158,9 +183,14 @@ pub fn open_session(core: &Core, params: ListenParams) -> Result<Slot, &'static 
             batch: 0,
             last_position: 0,
         },
+        egress: SessionEgress::new(Some(settings)),
     };
+    core.shared
+        .egress_metrics
+        .accumulator_bytes
+        .inc_by(accumulator_bytes as i64);
     let session = Session::new(params.uid, params.sample_rate_hz, session_config);
-    Ok(Slot::new(Some(session), streams))
+    Slot::new(Some(session), streams)
 }
 
 /// Replies produced by one step, as a range of the core's reply buffer.
@@ -208,30 +238,34 @@ pub fn end_session(core: &Core, key: usize, now: Millis) -> bool {
         return false;
     }
     step(core, key, |session, out| session.end(now, out));
+    core.slots.with(key, |slot| slot.streams.egress.cancel());
     true
 }
 
-/// Frees what a closed slot held: ring items and its accumulator share.
+/// Frees what a closed slot held: ring items, its accumulator share, unsent 201s (counted).
 pub fn release(core: &Core, mut slot: Slot) {
     let mut arena = core.arena.borrow_mut();
-    for ring in slot.streams.all_mut() {
-        ring.clear(&mut arena);
+    let metrics = &core.shared.egress_metrics;
+    for ring in [&mut slot.streams.transcript, &mut slot.streams.audio_bytes]
+        .into_iter()
+        .flatten()
+    {
+        let discarded = ring.clear(&mut arena);
+        metrics.items_discarded_at_end.inc_by(discarded as u64);
     }
     core.accumulator_bytes_free
         .set(core.accumulator_bytes_free.get() + slot.streams.accumulator_bytes);
+    metrics
+        .accumulator_bytes
+        .dec_by(slot.streams.accumulator_bytes as i64);
+    let unsent = slot.streams.egress.replies.len() as u64;
+    metrics.process_replies_dropped.inc_by(unsent);
 }
 
-impl Streams {
-    fn all_mut(&mut self) -> impl Iterator<Item = &mut DropOldestRing<Item>> {
-        [
-            &mut self.transcript,
-            &mut self.audio_bytes,
-            &mut self.speaker_sample,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|ring| &mut **ring)
-    }
+/// Takes the 201 payloads egress answered for the slot's session (the connection sends them).
+pub fn take_replies(core: &Core, key: usize) -> Vec<Vec<u8>> {
+    core.slots
+        .with(key, |slot| std::mem::take(&mut slot.streams.egress.replies))
 }
 
 fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'_>)) -> Replies {
@@ -240,11 +274,19 @@ fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'
     let mut arena = core.arena.borrow_mut();
     let evicted_before = arena.evicted_blocks();
     core.slots.with(key, |slot| {
+        let ticket = Ticket {
+            key,
+            generation: slot.generation(),
+        };
         let Some(session) = slot.session.as_mut() else {
             return;
         };
+        let duplicates_before = session.counters().process_duplicates;
         let mut out = CoreOutputs {
             core,
+            ticket,
+            uid: *session.uid(),
+            sample_rate_hz: session.sample_rate_hz(),
             streams: &mut slot.streams,
             arena: &mut arena,
             replies: &mut replies,
@@ -258,7 +300,14 @@ fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'
         if out.wrote_spill {
             core.spill.ring.wake(&core.spill.writer);
         }
-        discard_delivered(core, &mut slot.streams, &mut arena);
+        let duplicates = session.counters().process_duplicates - duplicates_before;
+        core.shared
+            .egress_metrics
+            .process_duplicates
+            .inc_by(u64::from(duplicates));
+        if !session.is_ended() {
+            delivery::dispatch(core, ticket, session, &mut slot.streams, &mut arena);
+        }
     });
     let evicted = arena.evicted_blocks() - evicted_before;
     if evicted > 0 {
@@ -266,27 +315,6 @@ fn step(core: &Core, key: usize, f: impl FnOnce(&mut Session, &mut CoreOutputs<'
     }
     Replies {
         range: 0..replies.len(),
-    }
-}
-
-/// The placeholder egress: takes every item off the rings, counts it and frees it.
-fn discard_delivered(core: &Core, rings: &mut Streams, arena: &mut PayloadArena) {
-    let streams = [
-        (Stream::Transcript, &mut rings.transcript),
-        (Stream::AudioBytes, &mut rings.audio_bytes),
-        (Stream::SpeakerSample, &mut rings.speaker_sample),
-    ];
-    for (stream, ring) in streams {
-        let Some(ring) = ring else { continue };
-        let dropped_before = ring.dropped();
-        while let Some(item) = ring.pop(arena) {
-            arena.free(item.handle);
-            core.shared.metrics.egress_discarded(stream).inc();
-        }
-        let dropped = ring.dropped() - dropped_before;
-        if dropped > 0 {
-            core.shared.metrics.ring_dropped(stream, dropped);
-        }
     }
 }
 
@@ -305,6 +333,9 @@ fn frame_kind(frame: &Inbound<'_>) -> FrameKind {
 /// The session's effects on this core.
 struct CoreOutputs<'a> {
     core: &'a Core,
+    ticket: Ticket,
+    uid: Id,
+    sample_rate_hz: u32,
     streams: &'a mut Streams,
     arena: &'a mut PayloadArena,
     replies: &'a mut Vec<u8>,
@@ -338,25 +369,13 @@ impl CoreOutputs<'_> {
 
     /// Copies `parts` into one arena block and queues it on `stream`'s ring.
     fn push(&mut self, stream: Stream, parts: &[&[u8]]) {
-        let ring = match stream {
-            Stream::Transcript => &mut self.streams.transcript,
-            Stream::AudioBytes => &mut self.streams.audio_bytes,
-            Stream::SpeakerSample => &mut self.streams.speaker_sample,
-        };
-        let Some(ring) = ring.as_mut() else {
+        let Some(ring) = self.streams.ring_mut(stream) else {
             return;
         };
-        let len = parts.iter().map(|p| p.len()).sum();
-        let Some(handle) = self.arena.alloc(len) else {
+        let Some(handle) = alloc_parts(self.arena, parts) else {
             self.core.shared.metrics.ring_dropped(stream, 1);
             return;
         };
-        let block = self.arena.get_mut(handle).expect("just allocated");
-        let mut at = 0;
-        for part in parts {
-            block[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
         let dropped_before = ring.dropped();
         ring.push(Item { handle }, self.arena);
         self.core.shared.metrics.ring_len_seen(stream, ring.len());
@@ -426,39 +445,85 @@ impl Outputs for CoreOutputs<'_> {
     }
 
     fn app_audio(&mut self, pcm: &[u8]) {
-        self.push(Stream::AudioBytes, &[pcm]);
+        self.push(Stream::AudioBytes, &[&[AUDIO_FOR_APPS], pcm]);
     }
 
     fn webhook_audio(&mut self, pcm: &[u8]) {
-        self.push(Stream::AudioBytes, &[pcm]);
+        self.push(Stream::AudioBytes, &[&[AUDIO_FOR_WEBHOOK], pcm]);
     }
 
-    fn process_conversation(&mut self, conversation: &Id, _payload_json: &str) {
-        self.core.shared.metrics.egress_discarded_process.inc();
-        self.reply_error(conversation, PROCESSOR_NOT_CONFIGURED);
-        self.done = Some(*conversation);
+    fn process_conversation(&mut self, conversation: &Id, payload_json: &str) {
+        let core = self.core;
+        if core.shared.config.processor_url.is_none() {
+            self.reply_error(conversation, PROCESSOR_NOT_CONFIGURED);
+            self.done = Some(*conversation);
+            return;
+        }
+        if payload_json.len() > core.shared.config.process_payload_bytes_max {
+            self.reply_error(conversation, PAYLOAD_TOO_LARGE);
+            self.done = Some(*conversation);
+            return;
+        }
+        if !core.egress.start_process() {
+            core.shared.egress_metrics.process_busy.inc();
+            self.reply_error(conversation, BUSY);
+            self.done = Some(*conversation);
+            return;
+        }
+        let context = self.streams.egress.context(&self.uid, self.sample_rate_hz);
+        let metrics = &core.shared.egress_metrics;
+        metrics.process_created.inc();
+        metrics.process_in_flight.inc();
+        core.egress.submit(Job {
+            ticket: self.ticket,
+            session: Some(context),
+            work: Box::new(Work::Process {
+                conversation: *conversation,
+                payload: payload_json.to_owned(),
+            }),
+            bytes: 0,
+        });
     }
 
     fn speaker_sample(&mut self, person_id: &Id, conversation: &Id, segment_ids_json: &str) {
-        if self.streams.speaker_sample.is_none() {
-            let capacity = self.core.shared.config.speaker_sample_ring_capacity;
-            self.streams.speaker_sample = Some(Box::new(DropOldestRing::new(capacity)));
+        if self.core.shared.config.speaker_sample_url.is_none() {
+            self.core
+                .shared
+                .egress_metrics
+                .speaker_samples_dropped
+                .inc();
+            return;
         }
-        let person = person_id.as_str().as_bytes();
-        let conversation = conversation.as_str().as_bytes();
-        self.push(
-            Stream::SpeakerSample,
-            &[
-                &[person.len() as u8],
-                person,
-                &[conversation.len() as u8],
-                conversation,
-                segment_ids_json.as_bytes(),
-            ],
+        let body = crate::egress::body::speaker_sample(
+            &self.uid,
+            person_id,
+            conversation,
+            segment_ids_json,
+            self.sample_rate_hz,
         );
+        let Some(handle) = alloc_parts(self.arena, &[&body]) else {
+            self.core
+                .shared
+                .egress_metrics
+                .speaker_samples_dropped
+                .inc();
+            self.core
+                .shared
+                .metrics
+                .ring_dropped(Stream::SpeakerSample, 1);
+            return;
+        };
+        let owner = Owner {
+            key: self.ticket.key,
+            generation: self.ticket.generation,
+        };
+        delivery::queue_speaker_sample(self.core, owner, handle, self.arena);
     }
 
     fn result_error(&mut self, conversation: &Id, error: &str) {
+        if error == BUSY {
+            self.core.shared.egress_metrics.process_busy.inc();
+        }
         self.reply_error(conversation, error);
     }
 

@@ -48,6 +48,11 @@ impl Slot {
         }
     }
 
+    /// Tells this slot's session apart from earlier and later ones in the same key.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
     fn signal(&mut self) {
         self.signalled = true;
         if let Some(waker) = self.waker.take() {
@@ -107,6 +112,32 @@ impl Slots {
     /// Runs `f` on the slot; the slab stays borrowed for the call, so `f` must not await.
     pub fn with<R>(&self, key: usize, f: impl FnOnce(&mut Slot) -> R) -> R {
         f(&mut self.slab.borrow_mut()[key])
+    }
+
+    /// Runs `f` on the slot if it still holds the session of `generation`; the slab stays
+    /// borrowed for the call.
+    pub fn with_live<R>(
+        &self,
+        key: usize,
+        generation: u32,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Option<R> {
+        let mut slab = self.slab.borrow_mut();
+        let slot = slab.get_mut(key).filter(|s| s.generation == generation)?;
+        Some(f(slot))
+    }
+
+    /// True while `key` holds the session of `generation`.
+    pub fn is_live(&self, key: usize, generation: u32) -> bool {
+        self.slab
+            .borrow()
+            .get(key)
+            .is_some_and(|s| s.generation == generation)
+    }
+
+    /// Wakes the slot's connection (a reply is ready).
+    pub fn signal(&self, key: usize) {
+        self.slab.borrow_mut()[key].signal();
     }
 
     /// Makes sure the slot is signalled at `deadline` or earlier. A later deadline than the armed

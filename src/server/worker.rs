@@ -98,6 +98,7 @@ async fn serve(index: usize, shared: Arc<Shared>, listener: StdListener) {
         monoio::net::TcpListener::from_std(listener).expect("listener registers with the driver");
     let core = Rc::new(Core::new(index, shared));
     monoio::spawn(Rc::clone(&core).housekeeping());
+    monoio::spawn(super::delivery::pump(Rc::clone(&core)));
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => core.spawn_connection(stream),

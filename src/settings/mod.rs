@@ -1,8 +1,15 @@
-//! Per-user settings (downstream.md §5), loaded once per session before the upgrade completes.
+//! Per-user settings (downstream.md §5), loaded once per session before the upgrade completes,
+//! from one of two sources ([`SettingsSource`]): a TOML file ([`SettingsFile`], the default) or
+//! an HTTP endpoint ([`source::HttpSettings`], fetched by egress and cached with a TTL).
 //!
-//! Invariant: every user's settings are resolved (the `[default]` table merged under the user's
-//! overrides) when the file is loaded, so a lookup on the connection path is one hash probe and an
-//! `Arc` clone: no parsing, no I/O.
+//! Invariant: every user's settings from the file are resolved (the `[default]` table merged
+//! under the user's overrides) when the file is loaded, so a lookup on the connection path is one
+//! hash probe and an `Arc` clone: no parsing, no I/O. Every accepted `UserSettings` has at most
+//! [`APPS_MAX`] apps.
+
+pub mod source;
+
+pub use source::{HttpSettings, SettingsSource};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -77,7 +84,28 @@ impl Default for UserSettings {
     }
 }
 
+/// Most enabled apps one user's settings may list (each transcript or audio item is sent to
+/// every one).
+pub const APPS_MAX: usize = 32;
+
 impl UserSettings {
+    /// Parses one user's settings as the `http` source serves them (JSON).
+    pub fn from_json(body: &[u8]) -> Result<UserSettings, String> {
+        let settings: UserSettings = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.apps.len() > APPS_MAX {
+            return Err(format!(
+                "{} apps listed; at most {APPS_MAX} are accepted",
+                self.apps.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// True when some app wants transcripts or the user has a realtime-transcript webhook.
     pub fn has_transcript_target(&self) -> bool {
         self.realtime_transcript_webhook.is_some()
@@ -176,9 +204,11 @@ fn resolve(default: &toml::Table, overrides: &toml::Table) -> Result<UserSetting
     for (key, value) in overrides {
         merged.insert(key.clone(), value.clone());
     }
-    toml::Value::Table(merged)
+    let settings: UserSettings = toml::Value::Table(merged)
         .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    settings.check()?;
+    Ok(settings)
 }
 
 #[cfg(test)]
@@ -213,6 +243,23 @@ mod tests {
         assert_eq!(other.data_protection_level, DataProtectionLevel::Enhanced);
         assert!(!other.has_audio_app());
         assert!(!other.has_transcript_target());
+    }
+
+    #[test]
+    fn json_settings_parse_and_are_bounded() {
+        let settings = UserSettings::from_json(
+            br#"{"private_cloud_sync_enabled": false, "apps": [{"id": "a", "webhook_url": "http://h/x", "triggers": ["audio_bytes", "memory_created"]}]}"#,
+        )
+        .unwrap();
+        assert!(!settings.private_cloud_sync_enabled);
+        assert!(settings.has_audio_app() && !settings.has_transcript_target());
+        assert!(UserSettings::from_json(b"{\"private_cloud\": true}").is_err());
+        let apps: Vec<_> = (0..=APPS_MAX)
+            .map(|i| format!(r#"{{"id":"a{i}","webhook_url":"http://h/{i}"}}"#))
+            .collect();
+        let err = UserSettings::from_json(format!(r#"{{"apps":[{}]}}"#, apps.join(",")).as_bytes())
+            .unwrap_err();
+        assert!(err.contains("apps"), "{err}");
     }
 
     #[test]
