@@ -136,6 +136,8 @@ pub struct Config {
     pub webhook_audio_delay_s_max: u32,
     pub transcript_ring_capacity: usize,
     pub audio_bytes_ring_capacity: usize,
+    /// Speaker-sample requests one session may have in its core's delay queue; beyond, its
+    /// oldest is dropped (counted).
     pub speaker_sample_ring_capacity: usize,
     /// Process-conversation requests in flight per session; beyond → 201 "busy".
     pub process_in_flight_per_session_max: usize,
@@ -471,7 +473,7 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_AUDIO_BYTES_RING_CAPACITY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio_bytes_ring_capacity: Option<usize>,
-    /// Speaker-sample requests held per session, oldest dropped [default: 100]
+    /// Speaker-sample requests one session may have waiting, oldest dropped [default: 100]
     #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_RING_CAPACITY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speaker_sample_ring_capacity: Option<usize>,
