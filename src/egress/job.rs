@@ -71,7 +71,8 @@ pub struct SessionContext {
     pub uid: Id,
     pub sample_rate_hz: u32,
     pub settings: Arc<UserSettings>,
-    /// Cancelled when the session ends: its calls in flight are dropped.
+    /// Cancelled when the session ends: its process calls in flight are dropped. (Deliveries
+    /// in flight finish within their timeouts; items still queued are discarded.)
     pub cancel: CancellationToken,
 }
 

@@ -2,11 +2,11 @@
 //! connections). One dispatcher task per core takes jobs off that core's [`Link`] and spawns a
 //! task per job; the task reports its [`Completion`] back through the same link.
 //!
-//! Invariants: tokio futures run only here, never on a worker thread; every job runs under the
-//! per-target timeout of its attempts (and, if it belongs to a session, under the session's
-//! cancellation token), so no job outlives `timeout × (1 + retries)` or its session; the number
-//! of jobs is bounded by the cores' counts (see `server::delivery`); an answer body is read up
-//! to a configured size, never more.
+//! Invariants: tokio futures run only here, never on a worker thread; every attempt runs under
+//! its target's timeout, so no delivery outlives `timeout × (1 + retries)` (plus one relay); a
+//! process call also runs under its session's cancellation token and is dropped when the
+//! session ends; the number of jobs is bounded by the cores' counts (see `server::delivery`); an
+//! answer body is read up to a configured size, never more.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,13 +135,13 @@ async fn run(context: Arc<Context>, link: Arc<Link>, job: Job) {
         } => {
             let session = session.expect("a transcript job carries its session");
             let deliveries = transcript_deliveries(&context, &session, conversation, &segments);
-            until_cancelled(&session.cancel, deliver_all(&context, deliveries)).await;
+            deliver_all(&context, deliveries).await;
             Done::Delivered(Stream::Transcript)
         }
         Work::Audio { target, pcm } => {
             let session = session.expect("an audio job carries its session");
             let deliveries = audio_deliveries(&session, target, pcm);
-            until_cancelled(&session.cancel, deliver_all(&context, deliveries)).await;
+            deliver_all(&context, deliveries).await;
             Done::Delivered(Stream::AudioBytes)
         }
         Work::Process {

@@ -40,7 +40,8 @@ pub const AUDIO_FOR_WEBHOOK: u8 = 1;
 /// A session's egress state (lives in its slot).
 pub struct SessionEgress {
     pub settings: Option<Arc<UserSettings>>,
-    /// Shared with its jobs; made on the session's first job.
+    /// Shared with its jobs; made on the session's first job. Its token cancels the session's
+    /// process calls when the session ends.
     context: Option<Arc<SessionContext>>,
     busy: [bool; ORDERED_STREAMS.len()],
     waiting: [bool; ORDERED_STREAMS.len()],
@@ -73,7 +74,7 @@ impl SessionEgress {
         }))
     }
 
-    /// Cancels every job of the session still in flight (its calls are dropped).
+    /// Cancels the session's process calls still in flight (their requests are dropped).
     pub fn cancel(&self) {
         if let Some(context) = &self.context {
             context.cancel.cancel();
