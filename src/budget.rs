@@ -149,9 +149,12 @@ impl Budget {
                 sizes.upload_job_bytes,
             ),
             line(
-                "uploads in flight (2 copies)",
+                "upload body buffers",
                 config.upload_concurrency as u64,
-                2 * batch_bytes_max(config.max_message_bytes),
+                (config.upload_buffer_bytes as u64).max(
+                    batch_bytes_max(config.max_message_bytes)
+                        + crate::upload::crypto::BLOB_OVERHEAD_BYTES as u64,
+                ),
             ),
             line(
                 "egress job records",
@@ -277,7 +280,7 @@ mod tests {
             + 2 * (16 << 20)
             + 100_000 * 400
             + 100_000 * 300
-            + 8 * 2 * (5_760_000 + (1 << 20))
+            + 8 * (5_760_000 + (1 << 20) + 32)
             + 2 * (256 + 512 + 256) * 200
             + 2 * (256 + 512 + 256) * 65_536
             + 4 * ((64 << 20) + 2 * (30 * 96_000 + (1 << 20) + 1))

@@ -166,8 +166,11 @@ pub struct Config {
     /// `gs://bucket/prefix` or `az://container/prefix` (credentials from the environment);
     /// none = `file://<data_dir>/cloud`.
     pub store: Option<String>,
-    /// Uploads in flight at once (each holds one batch in memory, twice while encrypting).
+    /// Uploads in flight at once (each holds one body buffer).
     pub upload_concurrency: usize,
+    /// Body buffer of one upload slot, allocated at start (a larger batch grows it for its
+    /// upload); the default holds a 60 s batch at 16 kHz plus one message.
+    pub upload_buffer_bytes: usize,
     /// First retry delay of a failed upload; doubles up to `upload_backoff_ms_max` (with jitter).
     pub upload_backoff_ms_min: u64,
     /// Longest retry delay of a failed upload; uploads are retried forever.
@@ -246,6 +249,7 @@ impl Default for Config {
             spill_batches_max: 100_000,
             store: None,
             upload_concurrency: 8,
+            upload_buffer_bytes: 3 << 20,
             upload_backoff_ms_min: 1_000,
             upload_backoff_ms_max: 60_000,
             upload_timeout_ms: 60_000,
@@ -544,6 +548,10 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_UPLOAD_CONCURRENCY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_concurrency: Option<usize>,
+    /// Body buffer per upload slot, allocated at start [default: 3145728]
+    #[arg(long, env = "PUSHER_UPLOAD_BUFFER_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_buffer_bytes: Option<usize>,
     /// First retry delay of a failed upload [default: 1000]
     #[arg(long, env = "PUSHER_UPLOAD_BACKOFF_MS_MIN", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -696,6 +704,12 @@ impl Config {
             64,
         )?;
         check_range("upload_concurrency", self.upload_concurrency, 1, 256)?;
+        check_range(
+            "upload_buffer_bytes",
+            self.upload_buffer_bytes,
+            64 * 1024,
+            1 << 30,
+        )?;
         check_range(
             "upload_backoff_ms_min",
             self.upload_backoff_ms_min as usize,

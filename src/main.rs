@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use pusher::config::{Config, LogFormat, Overrides};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: pusher::memory::CountingAllocator<mimalloc::MiMalloc> =
+    pusher::memory::CountingAllocator(mimalloc::MiMalloc);
 
 /// WebSocket fan-out server for the Omi transcription service: thread-per-core, io_uring,
 /// bounded memory. Every option can be set in the config file, by a PUSHER_* variable or by a

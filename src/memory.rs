@@ -1,5 +1,76 @@
 //! Process memory figures for `/debug/memory` and the budget check: resident set from
-//! `/proc/self/statm`, heap commit from mimalloc's process info.
+//! `/proc/self/statm`, heap bytes in use (now and at peak) from [`CountingAllocator`], heap
+//! commit from mimalloc's process info.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static HEAP_IN_USE_BYTES: AtomicU64 = AtomicU64::new(0);
+static HEAP_PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A global allocator that counts the bytes its inner allocator has handed out and not yet
+/// taken back. Two relaxed atomics per allocation; the receive path allocates nothing, so the
+/// cost stays off the hot path.
+pub struct CountingAllocator<A>(pub A);
+
+// SAFETY: every call is forwarded unchanged to the inner allocator; the counters only observe.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let ptr = unsafe { self.0.alloc(layout) };
+        if !ptr.is_null() {
+            grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let ptr = unsafe { self.0.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.0.dealloc(ptr, layout) };
+        HEAP_IN_USE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let new = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            HEAP_IN_USE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+            grew(new_size);
+        }
+        new
+    }
+}
+
+fn grew(bytes: usize) {
+    let now = HEAP_IN_USE_BYTES.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+    if now > HEAP_PEAK_BYTES.load(Ordering::Relaxed) {
+        HEAP_PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Heap bytes in use now and at peak, as [`CountingAllocator`] counted them (0 when the
+/// process runs another global allocator, as unit tests do).
+#[derive(Debug, Clone, Copy)]
+pub struct HeapInUse {
+    pub current_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+pub fn heap_in_use() -> HeapInUse {
+    HeapInUse {
+        current_bytes: HEAP_IN_USE_BYTES.load(Ordering::Relaxed),
+        peak_bytes: HEAP_PEAK_BYTES.load(Ordering::Relaxed),
+    }
+}
 
 /// Resident set size in bytes (0 if /proc cannot be read).
 pub fn rss_bytes() -> u64 {

@@ -140,6 +140,13 @@ async fn plain_routes_answer(driver: &str) {
     ] {
         assert!(memory[field].is_number(), "{field} in {memory}");
     }
+    // Heap in use, counted by the binary's allocator: some, and never above its peak.
+    let current = memory["traced_current_mb"].as_f64().unwrap();
+    assert!(current > 0.0, "{memory}");
+    assert!(
+        current <= memory["traced_peak_mb"].as_f64().unwrap(),
+        "{memory}"
+    );
     assert!(memory["pusher_debug"].is_object(), "{memory}");
     // A listen path without the upgrade headers is not a session.
     let plain = server.get(&format!("{LISTEN}?uid=u")).await;

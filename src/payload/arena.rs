@@ -67,8 +67,12 @@ impl PayloadArena {
     pub fn new(capacity_bytes: usize, blocks_max: usize) -> PayloadArena {
         assert!(capacity_bytes > 0, "arena capacity must be positive");
         assert!(blocks_max > 0, "arena must hold at least one block");
+        // Resident from the start: a FIFO ring allocator walks its whole capacity under steady
+        // load anyway (see `crate::mapped`).
+        let mut bytes = vec![0u8; capacity_bytes].into_boxed_slice();
+        crate::mapped::prefault(&mut bytes);
         PayloadArena {
-            bytes: vec![0u8; capacity_bytes].into_boxed_slice(),
+            bytes,
             blocks: vec![BLOCK_EMPTY; blocks_max].into_boxed_slice(),
             blocks_head: 0,
             blocks_len: 0,

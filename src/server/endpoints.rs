@@ -81,7 +81,8 @@ fn metrics(shared: &Shared, request: &Request<'_>, out: &mut Vec<u8>) -> u16 {
 
 /// The JSON the chaos-test tooling polls (protocol.md §1).
 fn debug_memory(shared: &Shared) -> String {
-    let heap = memory::heap_commit();
+    let heap = memory::heap_in_use();
+    let commit = memory::heap_commit();
     let mut drops = String::new();
     let mut high = String::new();
     for (i, (stream, dropped, high_water)) in shared.metrics.ring_drops_by_stream().enumerate() {
@@ -93,7 +94,8 @@ fn debug_memory(shared: &Shared) -> String {
         concat!(
             "{{\"rss_mb\":{:.1},\"asyncio_tasks\":{},\"traced_current_mb\":{:.1},",
             "\"traced_peak_mb\":{:.1},\"pusher_debug\":{{\"queue_drops\":{{{}}},",
-            "\"queue_max_len\":{{{}}},\"sessions\":{},\"budget_mb\":{:.1}}}}}"
+            "\"queue_max_len\":{{{}}},\"sessions\":{},\"budget_mb\":{:.1},",
+            "\"heap_committed_mb\":{:.1}}}}}"
         ),
         memory::rss_bytes() as f64 / MIB,
         shared.background_tasks(),
@@ -105,5 +107,6 @@ fn debug_memory(shared: &Shared) -> String {
             .sessions_open
             .load(std::sync::atomic::Ordering::Relaxed),
         shared.budget.total_bytes() as f64 / MIB,
+        commit.current_bytes as f64 / MIB,
     )
 }

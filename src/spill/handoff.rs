@@ -49,7 +49,7 @@ impl Handoff {
             capacity_bytes.is_multiple_of(ALIGN_BYTES) && capacity_bytes >= 2 * RECORD_HEADER_BYTES
         );
         Handoff {
-            region: MappedRegion::new(capacity_bytes),
+            region: MappedRegion::new_resident(capacity_bytes),
             head: CachePadded::new(AtomicU64::new(0)),
             tail: CachePadded::new(AtomicU64::new(0)),
             durable: CachePadded::new(AtomicU64::new(0)),

@@ -100,43 +100,63 @@ pub fn derive_key(secret: &EncryptionSecret, uid: &str) -> [u8; KEY_BYTES] {
     key
 }
 
+/// Bytes a blob has before its ciphertext: the length prefix and the nonce.
+pub const BLOB_HEADER_BYTES: usize = LENGTH_PREFIX_BYTES + NONCE_BYTES;
+
 /// Encrypts `plaintext` for `uid` into the backend's blob format, with a fresh random nonce.
 pub fn encrypt_blob(
     secret: &EncryptionSecret,
     uid: &str,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, PlaintextTooLarge> {
+    let mut blob = Vec::with_capacity(BLOB_OVERHEAD_BYTES + plaintext.len());
+    blob.resize(BLOB_HEADER_BYTES, 0);
+    blob.extend_from_slice(plaintext);
+    seal_in_place(secret, uid, &mut blob)?;
+    Ok(blob)
+}
+
+/// Turns `buf` — [`BLOB_HEADER_BYTES`] reserved bytes, then the plaintext — into the blob, in
+/// place (no second copy of the batch), with a fresh random nonce.
+pub fn seal_in_place(
+    secret: &EncryptionSecret,
+    uid: &str,
+    buf: &mut Vec<u8>,
+) -> Result<(), PlaintextTooLarge> {
     let mut nonce = [0u8; NONCE_BYTES];
     // ThreadRng is a CSPRNG seeded from the OS; GCM needs nonces that never repeat per key, and
     // 96 random bits make a repeat negligible at any number of batches a user can produce.
     rand::fill(&mut nonce);
-    seal(&derive_key(secret, uid), &nonce, plaintext)
+    seal(&derive_key(secret, uid), &nonce, buf)
 }
 
-/// The blob for a given key and nonce (the deterministic core of [`encrypt_blob`]).
+/// Seals `buf` in place for a given key and nonce (the deterministic core of [`seal_in_place`]).
 fn seal(
     key: &[u8; KEY_BYTES],
     nonce: &[u8; NONCE_BYTES],
-    plaintext: &[u8],
-) -> Result<Vec<u8>, PlaintextTooLarge> {
-    if plaintext.len() > PLAINTEXT_BYTES_MAX {
+    buf: &mut Vec<u8>,
+) -> Result<(), PlaintextTooLarge> {
+    assert!(buf.len() >= BLOB_HEADER_BYTES, "room for the blob header");
+    let plaintext_bytes = buf.len() - BLOB_HEADER_BYTES;
+    if plaintext_bytes > PLAINTEXT_BYTES_MAX {
         return Err(PlaintextTooLarge {
-            bytes: plaintext.len(),
+            bytes: plaintext_bytes,
         });
     }
-    let length = u32::try_from(NONCE_BYTES + plaintext.len() + TAG_BYTES)
+    let length = u32::try_from(NONCE_BYTES + plaintext_bytes + TAG_BYTES)
         .expect("bounded by PLAINTEXT_BYTES_MAX");
-    let mut blob = Vec::with_capacity(BLOB_OVERHEAD_BYTES + plaintext.len());
-    blob.extend_from_slice(&length.to_be_bytes());
-    blob.extend_from_slice(nonce);
-    blob.extend_from_slice(plaintext);
+    buf[..LENGTH_PREFIX_BYTES].copy_from_slice(&length.to_be_bytes());
+    buf[LENGTH_PREFIX_BYTES..BLOB_HEADER_BYTES].copy_from_slice(nonce);
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
-    let start = LENGTH_PREFIX_BYTES + NONCE_BYTES;
     let tag = cipher
-        .encrypt_inout_detached(&Nonce::from(*nonce), b"", (&mut blob[start..]).into())
+        .encrypt_inout_detached(
+            &Nonce::from(*nonce),
+            b"",
+            (&mut buf[BLOB_HEADER_BYTES..]).into(),
+        )
         .expect("the plaintext is within AES-GCM's length limit");
-    blob.extend_from_slice(&tag);
-    Ok(blob)
+    buf.extend_from_slice(&tag);
+    Ok(())
 }
 
 /// Test-only inverse of [`encrypt_blob`] (the backend decrypts in production).
@@ -192,7 +212,9 @@ mod tests {
         let plaintext = b"sixteen bytes!!!and more";
         let key = derive_key(&secret(), "user-1");
         let nonce = [9u8; NONCE_BYTES];
-        let blob = seal(&key, &nonce, plaintext).unwrap();
+        let mut blob = vec![0u8; BLOB_HEADER_BYTES];
+        blob.extend_from_slice(plaintext);
+        seal(&key, &nonce, &mut blob).unwrap();
         assert_eq!(blob.len(), BLOB_OVERHEAD_BYTES + plaintext.len());
         let length = u32::from_be_bytes(blob[..4].try_into().unwrap()) as usize;
         assert_eq!(length, NONCE_BYTES + plaintext.len() + TAG_BYTES);

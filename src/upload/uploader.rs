@@ -12,7 +12,8 @@
 //!   refuses [`UploaderHandle::submit`] and the caller keeps the job;
 //! - uploads at once: `upload_concurrency` (a semaphore; a job takes a permit before it leaves the
 //!   queue, so a slow store backs up into the queue, not into memory). Memory: each upload holds
-//!   its audio and, for `enhanced`, its blob (+32 bytes) while it runs;
+//!   one body buffer of [`BodyBuffers`] (allocated and faulted in at start, `upload_buffer_bytes`
+//!   each), which the batch's audio is read into and encrypted in place;
 //! - blocking threads: [`BLOCKING_THREADS`] (audio reads and encryption, local-store writes, DNS
 //!   lookups): that work is CPU- or disk-bound, so more threads than cores only add stacks and
 //!   per-thread allocator caches (measured: RSS grew with the number of blocking threads);
@@ -23,11 +24,12 @@
 //! Store health: the `pusher_upload_store_healthy` gauge is 1 until a put fails or times out, 0
 //! until one succeeds again; each change (not each attempt) is logged once.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{Attribute, AttributeValue, Attributes, ObjectStore, PutOptions, PutPayload};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,7 +44,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::BatchKey;
 use super::backoff::Backoff;
-use super::crypto::{EncryptionSecret, PlaintextTooLarge, encrypt_blob};
+use super::crypto::{BLOB_HEADER_BYTES, EncryptionSecret, PlaintextTooLarge, seal_in_place};
 use super::object_key::{is_encrypted, object_key};
 use super::store::Store;
 use crate::config::Config;
@@ -55,8 +57,6 @@ pub const QUEUE_CAPACITY_MAX: usize = 1 << 20;
 pub const NOTIFICATION_QUEUE_CAPACITY: usize = 4096;
 /// Threads of the uploader's blocking pool.
 pub const BLOCKING_THREADS: usize = 4;
-/// Most bytes reserved up front for a batch's audio (its declared size is only a hint).
-pub const AUDIO_RESERVE_BYTES_MAX: usize = 64 << 20;
 /// After the loop stops, how long the runtime waits for blocking work (a read in progress).
 const RUNTIME_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const CONTENT_TYPE: &str = "application/octet-stream";
@@ -350,6 +350,7 @@ pub fn start(
     let queued = metrics.queued.clone();
     let context = Arc::new(Context {
         store: store.objects,
+        buffers: BodyBuffers::new(concurrency, config.upload_buffer_bytes),
         content_type: store.keeps_attributes,
         secret,
         source,
@@ -376,6 +377,7 @@ pub fn start(
 
 struct Context {
     store: Arc<dyn ObjectStore>,
+    buffers: Arc<BodyBuffers>,
     /// Put with `Content-Type: application/octet-stream` (stores that keep attributes).
     content_type: bool,
     secret: Option<EncryptionSecret>,
@@ -467,6 +469,77 @@ impl std::fmt::Display for Failure {
 struct Body {
     payload: PutPayload,
     audio_bytes: u64,
+}
+
+/// Body buffers, one per upload slot: allocated and faulted in at start, lent to an upload and
+/// given back when the store has let go of its payload. A batch larger than a buffer (above
+/// 16 kHz with the default size) grows it for that upload; it is replaced by a standard one
+/// when given back.
+///
+/// Invariant: at most `upload_concurrency` buffers exist (one per permit), each of
+/// `buffer_bytes` or, while it carries a larger batch, that batch.
+pub struct BodyBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+    count: usize,
+    buffer_bytes: usize,
+}
+
+impl BodyBuffers {
+    fn new(count: usize, buffer_bytes: usize) -> Arc<BodyBuffers> {
+        let free = (0..count)
+            .map(|_| {
+                let mut buffer = vec![0u8; buffer_bytes];
+                crate::mapped::prefault(&mut buffer);
+                buffer.clear();
+                buffer
+            })
+            .collect();
+        Arc::new(BodyBuffers {
+            free: Mutex::new(free),
+            count,
+            buffer_bytes,
+        })
+    }
+
+    /// A buffer for one upload. A permit normally guarantees one is free; if a store still
+    /// holds a finished upload's payload, a fresh one is made (and dropped when given back
+    /// beyond `count`).
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .lock()
+            .expect("buffer lock")
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.buffer_bytes))
+    }
+
+    fn give_back(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() > self.buffer_bytes {
+            buffer = Vec::with_capacity(self.buffer_bytes);
+        }
+        buffer.clear();
+        let mut free = self.free.lock().expect("buffer lock");
+        if free.len() < self.count {
+            free.push(buffer);
+        }
+    }
+}
+
+/// A lent buffer as an object payload; dropping the last reference gives it back.
+struct LentBuffer {
+    buffer: Vec<u8>,
+    pool: Arc<BodyBuffers>,
+}
+
+impl AsRef<[u8]> for LentBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for LentBuffer {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buffer));
+    }
 }
 
 /// Uploads one job until the store confirms it; holds `permit` until then.
@@ -581,13 +654,21 @@ async fn prepare(context: &Context, job: &UploadJob) -> Result<Body, Failure> {
     let source = context.source.clone();
     let secret = context.secret.clone();
     let job = job.clone();
+    let buffers = context.buffers.clone();
     let prepared = tokio::task::spawn_blocking(move || {
-        let reserve = usize::try_from(job.audio_bytes)
-            .unwrap_or(usize::MAX)
-            .min(AUDIO_RESERVE_BYTES_MAX);
-        let mut audio = Vec::with_capacity(reserve);
-        source.read_audio(&job, &mut audio).map_err(Failure::Read)?;
-        let audio_bytes = audio.len() as u64;
+        let encrypted = is_encrypted(job.level);
+        let header = if encrypted { BLOB_HEADER_BYTES } else { 0 };
+        let mut buffer = buffers.take();
+        buffer.resize(header, 0);
+        let lent = |buffer| LentBuffer {
+            buffer,
+            pool: buffers.clone(),
+        };
+        if let Err(error) = source.read_audio(&job, &mut buffer) {
+            drop(lent(buffer));
+            return Err(Failure::Read(error));
+        }
+        let audio_bytes = (buffer.len() - header) as u64;
         if audio_bytes != job.audio_bytes {
             tracing::warn!(
                 uid = %job.uid,
@@ -597,14 +678,14 @@ async fn prepare(context: &Context, job: &UploadJob) -> Result<Body, Failure> {
                 "batch audio length differs from its declared length; uploading what was read"
             );
         }
-        let object = if is_encrypted(job.level) {
+        let mut body = lent(buffer);
+        if encrypted {
             let secret = secret.ok_or(Failure::NoSecret)?;
-            encrypt_blob(&secret, job.uid.as_str(), &audio).map_err(Failure::TooLarge)?
-        } else {
-            audio
-        };
+            seal_in_place(&secret, job.uid.as_str(), &mut body.buffer)
+                .map_err(Failure::TooLarge)?;
+        }
         Ok(Body {
-            payload: PutPayload::from(object),
+            payload: PutPayload::from_bytes(Bytes::from_owner(body)),
             audio_bytes,
         })
     })
