@@ -31,7 +31,22 @@
 #   STREAM_DRAIN_TIMEOUT_S stream: longest wait for the uploads     [300]
 #   STREAM_SERIES       stream: file for every RSS and /metrics reading (JSON)
 #                                          [bench/results/stream-series-<date>.json]
-#   SINK_PORT           stream: port of the S3 sink                  [PORT + 1]
+#   CHAOS_SECONDS       chaos: seconds of load                       [60]
+#   CHAOS_COOLDOWN_S    chaos: seconds of sampling after the load    [15]
+#   CHAOS_PROCESS_SESSIONS  chaos: sessions sending a 104 every 100 ms  [30]
+#   CHAOS_AUDIO_SESSIONS    chaos: sessions sending 16,000 B of audio every 50 ms, each user
+#                       with an audio_bytes app                      [15]
+#   CHAOS_PROCESSOR_DELAY_MS  chaos: the simulated processor's delay [5000]
+#   CHAOS_WEBHOOK_DELAY_MS    chaos: the audio apps' webhook delay   [500]
+#   CHAOS_STORE_DELAY_MS      chaos: the S3 endpoint's delay per PUT [2000]
+#   CHAOS_DRAIN_TIMEOUT_S     chaos: longest wait for the uploads    [300]
+#   CHAOS_SERIES        chaos: file for every RSS and /metrics reading (JSON)
+#                                          [bench/results/chaos-series-<date>.json]
+#   LATENCY_SESSIONS    latency: sessions sending one 102 per second [1000]
+#   LATENCY_SECONDS     latency: seconds of sending                  [60]
+#   LATENCY_SOURCE_IPS  latency: client source IPs, comma-separated  [127.0.0.2 .. 127.0.0.5]
+#   SINK_PORT           stream: port of the S3 sink; chaos, latency: port of the downstream
+#                       simulator the load tool runs                 [PORT + 1]
 #   DEAD_PORT           log: closed port the S3 endpoint points at   [PORT + 2]
 #   BENCH_DIR           parent of the temporary data directories (the log scenario measures
 #                       the disk under it)                           [$TMPDIR or /tmp]
@@ -72,6 +87,18 @@ STREAM_SINK_DELAY_MS=${STREAM_SINK_DELAY_MS:-2000}
 STREAM_UPLOAD_CONCURRENCY=${STREAM_UPLOAD_CONCURRENCY:-64}
 STREAM_DRAIN_TIMEOUT_S=${STREAM_DRAIN_TIMEOUT_S:-300}
 STREAM_SERIES=${STREAM_SERIES:-}
+CHAOS_SECONDS=${CHAOS_SECONDS:-60}
+CHAOS_COOLDOWN_S=${CHAOS_COOLDOWN_S:-15}
+CHAOS_PROCESS_SESSIONS=${CHAOS_PROCESS_SESSIONS:-30}
+CHAOS_AUDIO_SESSIONS=${CHAOS_AUDIO_SESSIONS:-15}
+CHAOS_PROCESSOR_DELAY_MS=${CHAOS_PROCESSOR_DELAY_MS:-5000}
+CHAOS_WEBHOOK_DELAY_MS=${CHAOS_WEBHOOK_DELAY_MS:-500}
+CHAOS_STORE_DELAY_MS=${CHAOS_STORE_DELAY_MS:-2000}
+CHAOS_DRAIN_TIMEOUT_S=${CHAOS_DRAIN_TIMEOUT_S:-300}
+CHAOS_SERIES=${CHAOS_SERIES:-}
+LATENCY_SESSIONS=${LATENCY_SESSIONS:-1000}
+LATENCY_SECONDS=${LATENCY_SECONDS:-60}
+LATENCY_SOURCE_IPS=${LATENCY_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 SINK_PORT=${SINK_PORT:-$((PORT + 1))}
 DEAD_PORT=${DEAD_PORT:-$((PORT + 2))}
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
@@ -84,8 +111,8 @@ TARGET=127.0.0.1:$PORT
 
 for scenario in $SCENARIO; do
     case $scenario in
-        idle | ingest | log | stream) ;;
-        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream)" >&2; exit 2 ;;
+        idle | ingest | log | stream | chaos | latency) ;;
+        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream chaos latency)" >&2; exit 2 ;;
     esac
 done
 
@@ -168,13 +195,19 @@ listening() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# start_sink: starts the slow S3 endpoint on $SINK_PORT and waits until it answers.
-start_sink() {
+# sink_port_free: exits unless $SINK_PORT is free (the sink or the load tool listens there).
+sink_port_free() {
     if listening "$SINK_PORT"; then
         echo "run.sh: something already listens on 127.0.0.1:$SINK_PORT; set SINK_PORT" >&2
         exit 1
     fi
-    "$BENCH" s3-sink --listen "127.0.0.1:$SINK_PORT" --delay-ms "$STREAM_SINK_DELAY_MS" \
+}
+
+# start_sink: starts the slow S3 endpoint (the downstream simulator) on $SINK_PORT and waits
+# until it answers.
+start_sink() {
+    sink_port_free
+    "$BENCH" downstream --listen "127.0.0.1:$SINK_PORT" --store-delay-ms "$STREAM_SINK_DELAY_MS" \
         >"$work/sink.log" 2>&1 &
     sink_pid=$!
     for _ in $(seq 100); do
@@ -192,6 +225,17 @@ start_sink() {
 s3_env() {
     server_env=(AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1
         "AWS_ENDPOINT=http://127.0.0.1:$1" AWS_ALLOW_HTTP=true)
+}
+
+# chaos_settings: the per-user settings of the chaos scenario: every audio user has an app with
+# trigger audio_bytes whose webhook is the load tool's simulator; the 104 users get the defaults.
+chaos_settings() {
+    local i
+    for ((i = 0; i < CHAOS_AUDIO_SESSIONS; i++)); do
+        printf '[[users."chaos-audio-%d".apps]]\nid = "audio-app"\n' "$i"
+        printf 'webhook_url = "http://127.0.0.1:%s/webhook/audio"\n' "$SINK_PORT"
+        printf 'triggers = ["audio_bytes"]\n\n'
+    done
 }
 
 # wait_for_quiet: waits (at most LOG_QUIET_WAIT_S) until the 1-minute load average is below
@@ -303,6 +347,32 @@ for scenario in $SCENARIO; do
                 --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
                 --label "sink_delay_ms=$STREAM_SINK_DELAY_MS" \
                 --label "upload_concurrency=$STREAM_UPLOAD_CONCURRENCY"
+            ;;
+        chaos)
+            # The load tool runs the processor, the audio apps' webhook and the S3 endpoint on
+            # $SINK_PORT; private-cloud sync and upload concurrency are the defaults.
+            sink_port_free
+            chaos_settings >"$work/chaos-settings.toml"
+            s3_env "$SINK_PORT"
+            start_server chaos --store s3://bench/chaos --settings "$work/chaos-settings.toml" \
+                --processor-url "http://127.0.0.1:$SINK_PORT/processor"
+            bench chaos --downstream-listen "127.0.0.1:$SINK_PORT" \
+                --seconds "$CHAOS_SECONDS" --cooldown-s "$CHAOS_COOLDOWN_S" \
+                --process-sessions "$CHAOS_PROCESS_SESSIONS" --audio-sessions "$CHAOS_AUDIO_SESSIONS" \
+                --processor-delay-ms "$CHAOS_PROCESSOR_DELAY_MS" \
+                --webhook-delay-ms "$CHAOS_WEBHOOK_DELAY_MS" --store-delay-ms "$CHAOS_STORE_DELAY_MS" \
+                --drain-timeout-s "$CHAOS_DRAIN_TIMEOUT_S" \
+                --series "${CHAOS_SERIES:-$(dirname "$RESULTS")/chaos-series-$(date -u +%Y%m%dT%H%M%SZ).json}" \
+                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)"
+            ;;
+        latency)
+            # Every 102 goes to one global hook: the load tool's simulator on $SINK_PORT.
+            sink_port_free
+            start_server latency --transcript-hook "http://127.0.0.1:$SINK_PORT/hook"
+            bench latency --downstream-listen "127.0.0.1:$SINK_PORT" \
+                --sessions "$LATENCY_SESSIONS" --seconds "$LATENCY_SECONDS" \
+                --source-ips "$LATENCY_SOURCE_IPS" \
+                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)"
             ;;
     esac
     stop_server

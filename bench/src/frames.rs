@@ -1,12 +1,19 @@
 //! What a load client puts on the wire: the upgrade request and masked client frames carrying
-//! pusher messages (protocol.md §2: a `u32 LE` header, then the payload, in one binary message).
+//! pusher messages (protocol.md §2: a `u32 LE` header, then the payload, in one binary message),
+//! and what it reads: the server's unmasked frames (protocol.md §4: 201 answers, Close).
 //!
-//! Everything here is pure byte building, so it can be precomputed once and written in a loop.
+//! Everything here is pure byte work, so it can be precomputed once and written in a loop.
+
+use std::ops::Range;
 
 /// Pusher message headers (protocol.md §2).
 pub const HEARTBEAT: u32 = 100;
 pub const AUDIO: u32 = 101;
+pub const TRANSCRIPT: u32 = 102;
 pub const CONVERSATION_ID: u32 = 103;
+pub const PROCESS_CONVERSATION: u32 = 104;
+/// The server's answer to a 104 (protocol.md §4).
+pub const PROCESS_RESULT: u32 = 201;
 
 /// Masking key of every frame the tool sends. Servers must accept any key; a fixed one lets
 /// frames be precomputed. Non-zero so that unmasking really changes the bytes.
@@ -17,8 +24,9 @@ const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 const FIN_BIT: u8 = 0x80;
 const MASK_BIT: u8 = 0x80;
-const OPCODE_BINARY: u8 = 0x2;
-const OPCODE_CLOSE: u8 = 0x8;
+pub const OPCODE_BINARY: u8 = 0x2;
+pub const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_MASK: u8 = 0x0f;
 /// Largest payload length that fits the 7-bit length field.
 const LEN7_MAX: usize = 125;
 const LEN7_MARKER_U16: u8 = 126;
@@ -81,6 +89,51 @@ pub fn frame_bytes(payload_bytes: usize) -> usize {
         _ => 8,
     };
     2 + extended + MASK_KEY.len() + payload_bytes
+}
+
+/// A frame the server sent: its opcode, whether it is final, where its payload is in the
+/// buffer it was parsed from, and its length on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFrame {
+    pub opcode: u8,
+    pub fin: bool,
+    pub payload: Range<usize>,
+    pub wire_bytes: usize,
+}
+
+/// Parses the frame at the start of `buf`: `Ok(None)` until it is complete. A masked frame (a
+/// server never masks, RFC 6455 §5.1) or a payload longer than `payload_max` is an error.
+pub fn parse_server_frame(buf: &[u8], payload_max: usize) -> Result<Option<ServerFrame>, String> {
+    let [first, second, ..] = *buf else {
+        return Ok(None);
+    };
+    if second & MASK_BIT != 0 {
+        return Err("a masked frame from the server".to_owned());
+    }
+    let (len, header_bytes) = match second & !MASK_BIT {
+        LEN7_MARKER_U16 => match buf.get(2..4) {
+            Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
+            None => return Ok(None),
+        },
+        LEN7_MARKER_U64 => match buf.get(2..10) {
+            Some(bytes) => (u64::from_be_bytes(bytes.try_into().expect("8 bytes")), 10),
+            None => return Ok(None),
+        },
+        len7 => (u64::from(len7), 2),
+    };
+    if len > payload_max as u64 {
+        return Err(format!("a {len}-byte frame from the server"));
+    }
+    let wire_bytes = header_bytes + len as usize;
+    if buf.len() < wire_bytes {
+        return Ok(None);
+    }
+    Ok(Some(ServerFrame {
+        opcode: first & OPCODE_MASK,
+        fin: first & FIN_BIT != 0,
+        payload: header_bytes..wire_bytes,
+        wire_bytes,
+    }))
 }
 
 fn push_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -201,6 +254,48 @@ mod tests {
             }
         ));
         assert!(events[0].1.is_empty());
+    }
+
+    #[test]
+    fn server_frames_of_every_length_class_parse() {
+        use pusher::websocket::Opcode;
+        use pusher::websocket::frame::encode_header;
+        for len in [0usize, 1, 125, 126, 65_535, 65_536, 200_000] {
+            let mut wire = vec![0u8; 14];
+            let header_bytes = encode_header(Opcode::Binary, len, &mut wire);
+            wire.truncate(header_bytes);
+            wire.extend((0..len).map(|i| (i % 251) as u8));
+            wire.extend_from_slice(b"next");
+            for cut in [0, 1, header_bytes - 1, header_bytes + len - 1] {
+                if cut < header_bytes + len {
+                    assert_eq!(
+                        parse_server_frame(&wire[..cut], 1 << 20),
+                        Ok(None),
+                        "{len} cut {cut}"
+                    );
+                }
+            }
+            let frame = parse_server_frame(&wire, 1 << 20).unwrap().unwrap();
+            assert_eq!(frame.opcode, OPCODE_BINARY);
+            assert!(frame.fin);
+            assert_eq!(frame.wire_bytes, header_bytes + len, "length {len}");
+            assert_eq!(frame.payload, header_bytes..header_bytes + len);
+            assert!(parse_server_frame(&wire, len.saturating_sub(1)).is_err() || len == 0);
+        }
+    }
+
+    #[test]
+    fn server_close_parses_and_masked_frames_are_refused() {
+        use pusher::websocket::frame::encode_close;
+        let mut wire = [0u8; 2 + 125];
+        let written = encode_close(1001, "", &mut wire);
+        let frame = parse_server_frame(&wire[..written], 1024).unwrap().unwrap();
+        assert_eq!(frame.opcode, OPCODE_CLOSE);
+        assert_eq!(&wire[frame.payload], &1001u16.to_be_bytes());
+        assert!(
+            parse_server_frame(&close_frame(), 1024).is_err(),
+            "client frames are masked"
+        );
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! `pusher-bench`: load scenarios against a running pusher server, measured from the outside
-//! (the server's /proc entry and its /metrics), and a slow S3 endpoint to upload to. See
-//! bench/README.md.
+//! (the server's /proc entry and its /metrics), and a simulator of the services pusher calls
+//! (processor, webhooks, hooks, a slow S3 endpoint). See bench/README.md.
 
 mod disk;
+mod downstream;
 mod frames;
 mod http;
 mod load;
 mod proc_stats;
 mod prometheus;
-mod s3_sink;
 mod sampler;
 mod stats;
 
@@ -34,8 +34,15 @@ enum Scenario {
     Log(load::log::Args),
     /// Many sessions at real-time rate: server RSS slope, upload lag, bytes stored vs sent.
     Stream(load::stream::Args),
-    /// Serve as a slow S3 endpoint that counts what is put and keeps no bodies.
-    S3Sink(s3_sink::Args),
+    /// The seed's chaos workload (104s to a slow processor, fast audio to slow apps and a slow
+    /// store): server RSS slope and peak, every 104 answered, every audio byte stored.
+    Chaos(load::chaos::Args),
+    /// Many sessions sending transcripts to a global hook: delivery latency percentiles.
+    Latency(load::latency::Args),
+    /// Serve as the services pusher calls (processor, webhooks, hooks, speaker samples, a slow
+    /// S3 endpoint), with a delay and failure share per route, counting what each receives.
+    #[command(alias = "s3-sink")]
+    Downstream(downstream::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,7 +68,9 @@ fn main() -> ExitCode {
             Scenario::Ingest(args) => load::ingest::run(args).await,
             Scenario::Log(args) => load::log::run(args).await,
             Scenario::Stream(args) => load::stream::run(args).await,
-            Scenario::S3Sink(args) => s3_sink::run(args).await,
+            Scenario::Chaos(args) => load::chaos::run(args).await,
+            Scenario::Latency(args) => load::latency::run(args).await,
+            Scenario::Downstream(args) => downstream::run(args).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! Reading pusher's `/metrics` (Prometheus text format): the samples of one scrape, looked up by
 //! metric name, and the scrape itself.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -40,13 +41,72 @@ impl Scrape {
         self.samples
             .iter()
             .filter(|(n, _, _)| n == name)
-            .map(|&(_, _, value)| value)
-            .sum()
+            // Not `sum()`: an empty f64 sum is -0.0, which prints as "-0".
+            .fold(0.0, |sum, &(_, _, value)| sum + value)
     }
 
     /// [`Scrape::get`], or 0 when the series is missing.
     pub fn value(&self, name: &str) -> f64 {
         self.get(name).unwrap_or(0.0)
+    }
+
+    /// The series named `name` keyed by the values of `labels` joined with `/` (a missing label
+    /// is empty); series with the same key are summed.
+    pub fn by_labels(&self, name: &str, labels: &[&str]) -> BTreeMap<String, f64> {
+        let mut series = BTreeMap::new();
+        for (_, text, value) in self.samples.iter().filter(|(n, _, _)| n == name) {
+            let key: Vec<String> = labels
+                .iter()
+                .map(|label| label_value(text, label).unwrap_or_default())
+                .collect();
+            *series.entry(key.join("/")).or_insert(0.0) += value;
+        }
+        series
+    }
+
+    /// [`Scrape::by_labels`] of this scrape less that of `before` (a counter's growth since
+    /// then), for the keys of this scrape; keys absent before count from 0, keys that did not
+    /// grow are left out.
+    pub fn growth_by_labels(
+        &self,
+        before: &Scrape,
+        name: &str,
+        labels: &[&str],
+    ) -> BTreeMap<String, f64> {
+        let before = before.by_labels(name, labels);
+        self.by_labels(name, labels)
+            .into_iter()
+            .map(|(key, value)| {
+                let grown = value - before.get(&key).copied().unwrap_or(0.0);
+                (key, grown)
+            })
+            .filter(|&(_, grown)| grown != 0.0)
+            .collect()
+    }
+}
+
+/// The value of `key` in a label set `a="x",b="y \" z"`, unescaped.
+fn label_value(labels: &str, key: &str) -> Option<String> {
+    let mut rest = labels;
+    loop {
+        let (name, after) = rest.split_once('=')?;
+        let after = after.strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (at, '"') => break at,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        if name.trim() == key {
+            return Some(value);
+        }
+        rest = after[end + 1..].trim_start_matches([',', ' ']);
     }
 }
 
@@ -127,6 +187,55 @@ mod tests {
         );
         assert_eq!(scrape.sum("pusher_spill_sync_seconds_bucket"), 40.0);
         assert_eq!(scrape.sum("missing"), 0.0);
+        assert!(
+            scrape.sum("missing").is_sign_positive(),
+            "prints as 0, not -0"
+        );
+    }
+
+    #[test]
+    fn series_are_keyed_by_label_values() {
+        let scrape = Scrape::parse(
+            "pusher_egress_requests_total{target=\"processor\",result=\"delivered\"} 5\n\
+             pusher_egress_requests_total{result=\"cancelled\",target=\"processor\"} 2\n\
+             pusher_egress_requests_total{target=\"app_audio\",result=\"delivered\"} 7\n\
+             pusher_egress_requests_total{target=\"app_audio\"} 1\n\
+             pusher_ring_dropped_items_total{stream=\"audio_bytes\"} 3\n",
+        );
+        let by_target = scrape.by_labels("pusher_egress_requests_total", &["target", "result"]);
+        assert_eq!(
+            by_target,
+            BTreeMap::from([
+                ("app_audio/".to_owned(), 1.0),
+                ("app_audio/delivered".to_owned(), 7.0),
+                ("processor/cancelled".to_owned(), 2.0),
+                ("processor/delivered".to_owned(), 5.0),
+            ])
+        );
+        assert_eq!(
+            scrape.by_labels("pusher_egress_requests_total", &["target"])["app_audio"],
+            8.0
+        );
+        let before = Scrape::parse(
+            "pusher_ring_dropped_items_total{stream=\"audio_bytes\"} 1\n\
+             pusher_ring_dropped_items_total{stream=\"transcript\"} 4\n",
+        );
+        assert_eq!(
+            scrape.growth_by_labels(&before, "pusher_ring_dropped_items_total", &["stream"]),
+            BTreeMap::from([("audio_bytes".to_owned(), 2.0)])
+        );
+    }
+
+    #[test]
+    fn label_values_are_unescaped() {
+        assert_eq!(
+            label_value(r#"a="x",b="y \" z""#, "b").as_deref(),
+            Some("y \" z")
+        );
+        assert_eq!(label_value(r#"a="x",b="y""#, "a").as_deref(), Some("x"));
+        assert_eq!(label_value(r#"a="x""#, "c"), None);
+        assert_eq!(label_value(r#"a=x"#, "a"), None);
+        assert_eq!(label_value("", "a"), None);
     }
 
     #[test]

@@ -32,6 +32,18 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// The `q` quantile (0 ≤ q ≤ 1) of `sorted` (ascending) by nearest rank: the smallest value with
+/// at least a share `q` of the values at or below it (`q = 0` gives the minimum); `None` when
+/// empty.
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // The tolerance keeps q × n = 7.000000000000001 (0.07 × 100) at rank 7.
+    let rank = (q * sorted.len() as f64 - 1e-9).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 /// Largest of `values`; `None` when empty.
 pub fn max(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     values.into_iter().reduce(f64::max)
@@ -76,6 +88,24 @@ mod tests {
         assert_eq!(slope(&[]), None);
         assert_eq!(slope(&[(1.0, 2.0)]), None);
         assert_eq!(slope(&[(1.0, 2.0), (1.0, 5.0)]), None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_ranks() {
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 0.5), Some(50.0));
+        assert_eq!(percentile(&hundred, 0.07), Some(7.0));
+        assert_eq!(percentile(&hundred, 0.99), Some(99.0));
+        assert_eq!(percentile(&hundred, 0.999), Some(100.0));
+        assert_eq!(percentile(&hundred, 1.0), Some(100.0));
+        assert_eq!(percentile(&hundred, 0.0), Some(1.0));
+        let thousand: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&thousand, 0.999), Some(999.0));
+        assert_eq!(percentile(&thousand, 0.9), Some(900.0));
+        assert_eq!(percentile(&[4.0], 0.5), Some(4.0));
+        assert_eq!(percentile(&[1.0, 2.0], 0.5), Some(1.0));
+        assert_eq!(percentile(&[1.0, 2.0], 0.51), Some(2.0));
+        assert_eq!(percentile(&[], 0.5), None);
     }
 
     #[test]

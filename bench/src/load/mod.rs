@@ -4,9 +4,12 @@
 //! Each scenario prints exactly one JSON object on stdout (the result) and a human summary on
 //! stderr, so `pusher-bench … >> results.jsonl` collects results.
 
+pub mod chaos;
 pub mod idle;
 pub mod ingest;
+pub mod latency;
 pub mod log;
+pub mod private_cloud;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -23,6 +26,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::frames;
+use crate::stats;
+
+/// Bytes per MB, the unit of sizes and slopes in results.
+pub const BYTES_PER_MB: f64 = 1e6;
 
 /// Options every scenario shares: the server to load and the process to measure.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +83,13 @@ impl Failures {
 
     pub fn total(&self) -> usize {
         self.by_reason.values().sum()
+    }
+
+    /// Adds every failure of `other`.
+    pub fn merge(&mut self, other: Failures) {
+        for (reason, count) in other.by_reason {
+            *self.by_reason.entry(reason).or_default() += count;
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -247,7 +261,98 @@ async fn read_upgrade_response(stream: &mut TcpStream) -> Result<(), String> {
     }
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit (one session = one descriptor).
+/// Offset of session `index` of `count` within `interval`, so that the sessions' messages are
+/// spread evenly in time.
+pub fn spread(interval: Duration, index: usize, count: usize) -> Duration {
+    interval.mul_f64(index as f64 / count.max(1) as f64)
+}
+
+/// A session's sending times: `first`, then every `interval`, before `deadline`.
+pub struct Schedule {
+    next: Instant,
+    interval: Duration,
+    deadline: Instant,
+    late_max: Duration,
+}
+
+impl Schedule {
+    pub fn new(first: Instant, interval: Duration, deadline: Instant) -> Schedule {
+        Schedule {
+            next: first,
+            interval,
+            deadline,
+            late_max: Duration::ZERO,
+        }
+    }
+
+    /// Sleeps until the next sending time and returns `true`; `false` (at once) when that time
+    /// is not before the deadline.
+    pub async fn tick(&mut self) -> bool {
+        if self.next >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep_until(self.next.into()).await;
+        self.late_max = self.late_max.max(self.next.elapsed());
+        self.next += self.interval;
+        true
+    }
+
+    /// Largest delay of a tick behind its time (the client falling behind).
+    pub fn late_max(&self) -> Duration {
+        self.late_max
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+/// Least-squares slope of RSS readings `(time, KiB)` taken in [`from`, `to`), in MB per minute;
+/// `None` with fewer than two readings.
+pub fn rss_slope_mb_per_min(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Option<f64> {
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|&&(at, _)| at >= from && at < to)
+        .map(|&(at, kib)| {
+            let minutes = (at - from).as_secs_f64() / 60.0;
+            (minutes, kib as f64 * 1024.0 / BYTES_PER_MB)
+        })
+        .collect();
+    stats::slope(&points)
+}
+
+/// Readings `(time, value)` as a JSON array of `[s, fields of values(value)...]`, with s the
+/// seconds from `start` (negative before it).
+pub fn series_json<T>(
+    start: Instant,
+    samples: &[(Instant, T)],
+    values: impl Fn(&T) -> Value,
+) -> Value {
+    let seconds = |at: Instant| {
+        if at >= start {
+            (at - start).as_secs_f64()
+        } else {
+            -(start - at).as_secs_f64()
+        }
+    };
+    samples
+        .iter()
+        .map(|(at, sample)| {
+            let mut row = vec![Value::from(round(seconds(*at), 2))];
+            match values(sample) {
+                Value::Array(fields) => row.extend(fields),
+                field => row.push(field),
+            }
+            Value::Array(row)
+        })
+        .collect()
+}
+
+/// Writes `value` to `path` as one line of JSON.
+pub fn write_json(path: &std::path::Path, value: &Value) -> Result<(), String> {
+    std::fs::write(path, value.to_string()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Sends a Close 1000 and reads until the server closes the stream, within `wait`; the error
 /// names the step that failed.
 pub async fn close_session(stream: &mut TcpStream, wait: Duration) -> Result<(), String> {
@@ -273,6 +378,7 @@ pub async fn close_session(stream: &mut TcpStream, wait: Duration) -> Result<(),
     }
 }
 
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (one session = one descriptor).
 pub fn raise_open_files_limit() -> io::Result<()> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -314,6 +420,25 @@ pub fn print_result(scenario: &str, target: &Target, fields: Value, human: &str)
     println!("{}", Value::Object(result));
 }
 
+/// A count read from /metrics (a float there) as JSON: an integer when it is whole.
+pub fn count_json(count: f64) -> Value {
+    if count.fract() == 0.0 && count.abs() < 1e15 {
+        Value::from(count as i64)
+    } else {
+        Value::from(count)
+    }
+}
+
+/// Counts by key (e.g. [`crate::prometheus::Scrape::by_labels`]) as a JSON object.
+pub fn counts_json(counts: &BTreeMap<String, f64>) -> Value {
+    Value::Object(
+        counts
+            .iter()
+            .map(|(key, &count)| (key.clone(), count_json(count)))
+            .collect(),
+    )
+}
+
 /// `value` rounded to `decimals` places, for readable JSON.
 pub fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
@@ -339,6 +464,86 @@ mod tests {
     }
 
     #[test]
+    fn rss_slope_is_in_mb_per_minute_within_the_window() {
+        let start = Instant::now();
+        // 1 MB (976.5625 KiB) more every 30 s, then a jump after the window.
+        let mut samples: Vec<(Instant, u64)> = (0..=10u64)
+            .map(|i| {
+                (
+                    start + Duration::from_secs(30 * i),
+                    100_000 + (i * 9765625) / 10_000,
+                )
+            })
+            .collect();
+        samples.push((start + Duration::from_secs(400), 900_000));
+        let to = start + Duration::from_secs(301);
+        let slope = rss_slope_mb_per_min(&samples, start, to).unwrap();
+        assert!((slope - 2.0).abs() < 0.01, "{slope}");
+        assert_eq!(rss_slope_mb_per_min(&samples, to, to), None);
+    }
+
+    #[test]
+    fn series_rows_start_with_seconds_from_the_start() {
+        let start = Instant::now();
+        let samples = [
+            (start - Duration::from_millis(1500), 7u64),
+            (start + Duration::from_millis(250), 9u64),
+        ];
+        assert_eq!(
+            series_json(start, &samples, |&v| serde_json::json!([v, v * 2])),
+            serde_json::json!([[-1.5, 7, 14], [0.25, 9, 18]])
+        );
+        assert_eq!(
+            series_json(start, &samples[1..], |&v| serde_json::json!(v)),
+            serde_json::json!([[0.25, 9]])
+        );
+    }
+
+    #[test]
+    fn counts_are_integers_when_whole() {
+        assert_eq!(count_json(3.0), serde_json::json!(3));
+        assert_eq!(count_json(-2.0), serde_json::json!(-2));
+        assert_eq!(count_json(0.5), serde_json::json!(0.5));
+        let counts = BTreeMap::from([("a/b".to_owned(), 2.0), ("c".to_owned(), 1.5)]);
+        assert_eq!(
+            counts_json(&counts),
+            serde_json::json!({"a/b": 2, "c": 1.5})
+        );
+    }
+
+    #[test]
+    fn sessions_are_spread_over_the_interval() {
+        let second = Duration::from_secs(1);
+        assert_eq!(spread(second, 0, 1000), Duration::ZERO);
+        assert_eq!(spread(second, 500, 1000), Duration::from_millis(500));
+        assert_eq!(spread(second, 999, 1000), Duration::from_millis(999));
+        assert_eq!(spread(second, 0, 0), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_schedule_ticks_every_interval_before_its_deadline() {
+        // The paused clock is tokio's: measure with it.
+        let clock = tokio::time::Instant::now();
+        let start = clock.into_std();
+        let mut schedule = Schedule::new(
+            start + Duration::from_millis(30),
+            Duration::from_millis(100),
+            start + Duration::from_millis(1000),
+        );
+        let mut ticks = Vec::new();
+        while schedule.tick().await {
+            ticks.push(clock.elapsed().as_millis());
+        }
+        assert_eq!(ticks, [30, 130, 230, 330, 430, 530, 630, 730, 830, 930]);
+        assert!(!schedule.tick().await, "still over");
+        let mut late = Schedule::new(start, Duration::from_millis(10), start);
+        assert!(
+            !late.tick().await,
+            "a first time at the deadline is not sent"
+        );
+    }
+
+    #[test]
     fn failures_are_counted_by_reason() {
         let mut failures = Failures::default();
         failures.add("connect: refused".to_owned());
@@ -352,5 +557,10 @@ mod tests {
                 "upgrade refused: HTTP/1.1 503 Service Unavailable": 1,
             })
         );
+        let mut more = Failures::default();
+        more.add("connect: refused".to_owned());
+        more.merge(failures);
+        assert_eq!(more.total(), 4);
+        assert_eq!(more.to_json()["connect: refused"], 3);
     }
 }

@@ -13,7 +13,7 @@
 //! Meanwhile the server's RSS is read every `--rss-every-ms` and its `/metrics` every
 //! `--metrics-every-ms` (spill log pending bytes and batches, oldest pending batch age, uploads
 //! in flight and queued). After the close the tool waits (at most `--drain-timeout-s`) until
-//! nothing is pending, then reads what the S3 sink (`pusher-bench s3-sink`) recorded and
+//! nothing is pending, then reads what the S3 sink (`pusher-bench downstream`) recorded and
 //! compares, per uid, the plaintext bytes stored with the PCM bytes sent.
 //!
 //! Results: the least-squares slope of RSS after `--warmup-s` until the end of streaming
@@ -28,12 +28,15 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::{Failures, Session, Target, close_session, open_sessions, print_result, round};
+use super::private_cloud::{Lag, reconcile, stored_objects, wait_for_drain};
+use super::{
+    BYTES_PER_MB, Failures, Schedule, Session, Target, close_session, open_sessions, print_result,
+    round, rss_slope_mb_per_min, series_json, spread, write_json,
+};
 use crate::frames;
 use crate::http;
 use crate::proc_stats::Process;
-use crate::prometheus::{self, Scrape};
-use crate::s3_sink;
+use crate::prometheus;
 use crate::sampler::Sampler;
 use crate::stats;
 
@@ -41,10 +44,7 @@ use crate::stats;
 const CLOSE_WAIT: Duration = Duration::from_secs(60);
 /// Period of the progress lines on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
-/// Period of the /metrics reads while waiting for the uploads to finish.
-const DRAIN_POLL: Duration = Duration::from_millis(500);
 const UID_PREFIX: &str = "stream";
-const BYTES_PER_MB: f64 = 1e6;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -77,7 +77,7 @@ pub struct Args {
     /// Seconds of streaming left out of the RSS slope (start-up and the first batches)
     #[arg(long, default_value_t = 120, value_name = "S")]
     warmup_s: u64,
-    /// The S3 sink the server uploads to (`pusher-bench s3-sink`), read for the bytes stored
+    /// The S3 sink the server uploads to (`pusher-bench downstream`), read for the bytes stored
     #[arg(long, value_name = "ADDR:PORT")]
     sink: Option<SocketAddr>,
     /// Longest wait after the close for every batch to be uploaded
@@ -98,18 +98,18 @@ pub struct Args {
 
 /// The sending schedule every session follows.
 #[derive(Debug, Clone, Copy)]
-struct Plan {
-    sessions: usize,
-    frame_bytes: usize,
-    interval: Duration,
+pub(super) struct Plan {
+    pub sessions: usize,
+    pub frame_bytes: usize,
+    pub interval: Duration,
     /// Frames between conversation switches; 0: none.
-    switch_every_frames: u64,
+    pub switch_every_frames: u64,
 }
 
 impl Plan {
     /// Offset of session `index`'s frames within an interval.
     fn offset(&self, index: usize) -> Duration {
-        self.interval.mul_f64(index as f64 / self.sessions as f64)
+        spread(self.interval, index, self.sessions)
     }
 
     /// Whether session `index` starts a new conversation before frame `frame` (0-based): first
@@ -126,130 +126,15 @@ impl Plan {
 
 /// What one session sent.
 #[derive(Debug, Default)]
-struct Sent {
-    index: usize,
-    pcm_bytes: u64,
-    frames: u64,
-    conversations: u64,
+pub(super) struct Sent {
+    pub index: usize,
+    pub pcm_bytes: u64,
+    pub frames: u64,
+    pub conversations: u64,
     /// Largest delay of a frame behind its schedule (the client falling behind).
-    late_max: Duration,
+    pub late_max: Duration,
     /// Why the session stopped early or did not close cleanly.
-    error: Option<String>,
-}
-
-/// The upload-lag gauges of one /metrics reading.
-#[derive(Debug, Clone, Copy, Default)]
-struct Lag {
-    pending_bytes: f64,
-    pending_batches: f64,
-    oldest_age_s: f64,
-    in_flight: f64,
-    queued: f64,
-    uploaded: f64,
-    failed_attempts: f64,
-    full: f64,
-}
-
-impl Lag {
-    fn of(scrape: &Scrape) -> Lag {
-        Lag {
-            pending_bytes: scrape.value("pusher_spill_pending_bytes"),
-            pending_batches: scrape.value("pusher_spill_pending_batches"),
-            oldest_age_s: scrape.value("pusher_spill_oldest_pending_batch_age_seconds"),
-            in_flight: scrape.value("pusher_upload_in_flight"),
-            queued: scrape.value("pusher_upload_queued"),
-            uploaded: scrape.value("pusher_upload_succeeded_total"),
-            failed_attempts: scrape.sum("pusher_upload_attempts_failed_total"),
-            full: scrape.value("pusher_spill_full"),
-        }
-    }
-
-    /// Nothing left in the log to upload.
-    fn drained(&self) -> bool {
-        self.pending_batches == 0.0 && self.in_flight == 0.0 && self.queued == 0.0
-    }
-}
-
-/// Bytes sent and stored, compared per uid.
-#[derive(Debug, Default, PartialEq)]
-struct Reconciliation {
-    uids: usize,
-    uids_exact: usize,
-    uids_short: usize,
-    uids_over: usize,
-    /// Stored objects whose uid is not one the tool sent as.
-    foreign_objects: usize,
-    bytes_sent: u64,
-    bytes_stored: u64,
-    /// Sum over uids of what is missing (sent − stored when positive): the bytes lost.
-    bytes_missing: u64,
-    /// Sum over uids of stored − sent when positive.
-    bytes_extra: u64,
-    objects: usize,
-    /// Puts beyond the first of a key (the same object uploaded again).
-    repeated_puts: u64,
-}
-
-/// One object the sink recorded.
-#[derive(Debug, Clone, PartialEq)]
-struct StoredObject {
-    key: String,
-    plaintext_bytes: u64,
-    puts: u64,
-}
-
-/// Compares PCM bytes sent per uid with plaintext bytes stored per uid.
-fn reconcile(sent: &BTreeMap<String, u64>, stored: &[StoredObject]) -> Reconciliation {
-    let mut by_uid: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut result = Reconciliation {
-        objects: stored.len(),
-        ..Reconciliation::default()
-    };
-    for object in stored {
-        result.repeated_puts += object.puts.saturating_sub(1);
-        match s3_sink::uid_of_key(&object.key).filter(|uid| sent.contains_key(*uid)) {
-            Some(uid) => *by_uid.entry(uid).or_default() += object.plaintext_bytes,
-            None => result.foreign_objects += 1,
-        }
-    }
-    for (uid, &sent_bytes) in sent {
-        let stored_bytes = by_uid.get(uid.as_str()).copied().unwrap_or(0);
-        result.uids += 1;
-        result.bytes_sent += sent_bytes;
-        result.bytes_stored += stored_bytes;
-        if stored_bytes == sent_bytes {
-            result.uids_exact += 1;
-        } else if stored_bytes < sent_bytes {
-            result.uids_short += 1;
-            result.bytes_missing += sent_bytes - stored_bytes;
-        } else {
-            result.uids_over += 1;
-            result.bytes_extra += stored_bytes - sent_bytes;
-        }
-    }
-    result
-}
-
-/// The objects of the sink's `/_sink/objects` answer.
-fn stored_objects(recorded: &Value) -> Result<Vec<StoredObject>, String> {
-    let objects = recorded["objects"]
-        .as_object()
-        .ok_or("the sink's answer has no \"objects\"")?;
-    objects
-        .iter()
-        .map(|(key, object)| {
-            let field = |name: &str| {
-                object[name]
-                    .as_u64()
-                    .ok_or_else(|| format!("sink object {key}: no {name}"))
-            };
-            Ok(StoredObject {
-                key: key.clone(),
-                plaintext_bytes: field("plaintext_bytes")?,
-                puts: field("puts")?,
-            })
-        })
-        .collect()
+    pub error: Option<String>,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -346,18 +231,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         closed.saturating_duration_since(deadline).as_secs_f64()
     );
 
-    let drain_deadline = closed + Duration::from_secs(args.drain_timeout_s);
-    let mut after_drain = None;
-    while Instant::now() < drain_deadline {
-        if let Ok(scrape) = prometheus::scrape(addr).await {
-            let lag = Lag::of(&scrape);
-            if lag.drained() {
-                after_drain = Some(lag);
-                break;
-            }
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
+    let after_drain =
+        wait_for_drain(addr, closed + Duration::from_secs(args.drain_timeout_s)).await;
     let drained_at = Instant::now();
     let rss_samples = rss.finish().await;
     let lag_samples = lag.finish().await;
@@ -383,13 +258,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let warm = start + Duration::from_secs(args.warmup_s);
     let minutes_since_start =
         |at: Instant| at.saturating_duration_since(start).as_secs_f64() / 60.0;
-    let rss_mb = |kib: u64| kib as f64 * 1024.0 / BYTES_PER_MB;
-    let rss_window: Vec<(f64, f64)> = rss_samples
-        .iter()
-        .filter(|&&(at, _)| at >= warm && at < deadline)
-        .map(|&(at, kib)| (minutes_since_start(at), rss_mb(kib)))
-        .collect();
-    let rss_slope = stats::slope(&rss_window);
+    let rss_slope = rss_slope_mb_per_min(&rss_samples, warm, deadline);
     let rss_in = |from: Instant, to: Instant| {
         rss_samples
             .iter()
@@ -429,22 +298,11 @@ pub async fn run(args: Args) -> Result<(), String> {
             && failures.total() == 0
     });
     let sink_json = recorded.as_ref().map(|(r, recorded)| {
-        json!({
-            "uids": r.uids,
-            "uids_exact": r.uids_exact,
-            "uids_short": r.uids_short,
-            "uids_over": r.uids_over,
-            "objects": r.objects,
-            "foreign_objects": r.foreign_objects,
-            "repeated_puts": r.repeated_puts,
-            "puts": recorded["puts"],
-            "puts_in_flight_max": recorded["puts_in_flight_max"],
-            "delay_ms": recorded["delay_ms"],
-            "pcm_bytes_sent": r.bytes_sent,
-            "plaintext_bytes_stored": r.bytes_stored,
-            "bytes_missing": r.bytes_missing,
-            "bytes_extra": r.bytes_extra,
-        })
+        let mut sink = r.to_json();
+        for field in ["puts", "puts_in_flight_max", "delay_ms"] {
+            sink[field] = recorded[field].clone();
+        }
+        sink
     });
     let kib_to_mib = |kib: u64| round(kib as f64 / 1024.0, 1);
 
@@ -479,23 +337,13 @@ pub async fn run(args: Args) -> Result<(), String> {
         max_of(&streaming, |l| l.queued).unwrap_or(0.0),
         if drained { "complete" } else { "NOT complete" },
         match &recorded {
-            Some((r, _)) => format!(
-                "sink: {} objects, {} uids exact, {} short, {} over; {} B sent, {} B stored, {} B missing, {} B extra",
-                r.objects,
-                r.uids_exact,
-                r.uids_short,
-                r.uids_over,
-                r.bytes_sent,
-                r.bytes_stored,
-                r.bytes_missing,
-                r.bytes_extra
-            ),
+            Some((r, _)) => r.summary(),
             None => "no --sink: bytes stored not checked".to_owned(),
         },
     );
     let rss_json = json!({
         "samples": rss_samples.len(),
-        "window_samples": rss_window.len(),
+        "window_samples": rss_in(warm, deadline).count(),
         "before_kib": rss_before_kib,
         "at_warmup_kib": rss_at_warmup_kib,
         "at_end_kib": rss_at_end_kib,
@@ -564,23 +412,10 @@ fn write_series(
     rss: &[(Instant, u64)],
     lag: &[(Instant, Lag)],
 ) -> Result<(), String> {
-    // Seconds from the start of streaming (negative while the sessions were being opened).
-    let seconds = |at: Instant| {
-        if at >= start {
-            (at - start).as_secs_f64()
-        } else {
-            -(start - at).as_secs_f64()
-        }
-    };
-    let rss: Vec<Value> = rss
-        .iter()
-        .map(|&(at, kib)| json!([round(seconds(at), 2), kib]))
-        .collect();
-    let lag: Vec<Value> = lag
-        .iter()
-        .map(|&(at, l)| {
+    let series = json!({
+        "rss": series_json(start, rss, |&kib| json!([kib])),
+        "lag": series_json(start, lag, |l| {
             json!([
-                round(seconds(at), 2),
                 l.pending_bytes,
                 l.pending_batches,
                 l.oldest_age_s,
@@ -588,10 +423,9 @@ fn write_series(
                 l.queued,
                 l.uploaded
             ])
-        })
-        .collect();
-    let text = json!({ "rss": rss, "lag": lag }).to_string();
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        }),
+    });
+    write_json(path, &series)
 }
 
 fn print_progress(t0: Instant, server: &Process, lag: &Lag) {
@@ -612,18 +446,22 @@ fn print_progress(t0: Instant, server: &Process, lag: &Lag) {
 /// Sends one 101 per interval on schedule until `deadline` (a 103 first when the plan switches
 /// conversation), then at the deadline closes: sends a Close and reads until the server has
 /// answered and ended the stream.
-async fn stream(mut session: Session, plan: Plan, start: Instant, deadline: Instant) -> Sent {
+pub(super) async fn stream(
+    mut session: Session,
+    plan: Plan,
+    start: Instant,
+    deadline: Instant,
+) -> Sent {
     let index = session.index;
     let mut sent = Sent {
         index,
         conversations: 1,
         ..Sent::default()
     };
-    let mut next = start + plan.offset(index);
+    let mut schedule = Schedule::new(start + plan.offset(index), plan.interval, deadline);
     let mut wire = Vec::with_capacity(frames::frame_bytes(plan.frame_bytes + 12) + 256);
-    while next < deadline {
-        tokio::time::sleep_until(next.into()).await;
-        sent.late_max = sent.late_max.max(next.elapsed());
+    while schedule.tick().await {
+        sent.late_max = schedule.late_max();
         wire.clear();
         if plan.switches_before(index, sent.frames) {
             let conversation = format!("{UID_PREFIX}-conv-{index}-{}", sent.conversations);
@@ -647,7 +485,6 @@ async fn stream(mut session: Session, plan: Plan, start: Instant, deadline: Inst
         }
         sent.pcm_bytes += plan.frame_bytes as u64;
         sent.frames += 1;
-        next += plan.interval;
     }
     // Every session closes at the deadline (not after its last frame), so that the batches
     // closed by the session ends fall after the measured window.
@@ -709,84 +546,5 @@ mod tests {
             .filter(|&f| one_session.switches_before(0, f))
             .collect();
         assert_eq!(switches, [3, 6, 9]);
-    }
-
-    fn object(key: &str, plaintext_bytes: u64, puts: u64) -> StoredObject {
-        StoredObject {
-            key: key.to_owned(),
-            plaintext_bytes,
-            puts,
-        }
-    }
-
-    #[test]
-    fn reconciliation_counts_missing_and_extra_bytes_per_uid() {
-        let sent: BTreeMap<String, u64> = [
-            ("stream-0".to_owned(), 3000),
-            ("stream-1".to_owned(), 2000),
-            ("stream-2".to_owned(), 1000),
-            ("stream-3".to_owned(), 0),
-        ]
-        .into();
-        let stored = [
-            object("audio/chunks/stream-0/c-0/1.000.enc", 1000, 1),
-            object("audio/chunks/stream-0/c-0-1/2.000.enc", 2000, 2),
-            object("audio/chunks/stream-1/c-1/1.000.enc", 1500, 1),
-            object("audio/chunks/stream-2/c-2/1.000.enc", 1200, 1),
-            object("audio/chunks/other/c/1.000.enc", 10, 1),
-            object("not-a-chunk", 10, 1),
-        ];
-        assert_eq!(
-            reconcile(&sent, &stored),
-            Reconciliation {
-                uids: 4,
-                uids_exact: 2,
-                uids_short: 1,
-                uids_over: 1,
-                foreign_objects: 2,
-                bytes_sent: 6000,
-                bytes_stored: 5700,
-                bytes_missing: 500,
-                bytes_extra: 200,
-                objects: 6,
-                repeated_puts: 1,
-            }
-        );
-    }
-
-    #[test]
-    fn stored_objects_come_from_the_sink_answer() {
-        let answer = json!({
-            "puts": 2,
-            "objects": {
-                "chunks/u/c/1.000.enc": {"bytes": 1032, "plaintext_bytes": 1000, "puts": 1},
-                "chunks/u/c/2.000.enc": {"bytes": 32, "plaintext_bytes": 0, "puts": 1},
-            }
-        });
-        let objects = stored_objects(&answer).unwrap();
-        assert_eq!(
-            objects,
-            [
-                object("chunks/u/c/1.000.enc", 1000, 1),
-                object("chunks/u/c/2.000.enc", 0, 1)
-            ]
-        );
-        assert!(stored_objects(&json!({"puts": 0})).is_err());
-        assert!(stored_objects(&json!({"objects": {"k": {"bytes": 1}}})).is_err());
-    }
-
-    #[test]
-    fn lag_is_drained_when_nothing_is_pending_queued_or_in_flight() {
-        let scrape = Scrape::parse(
-            "pusher_spill_pending_bytes 0\npusher_spill_pending_batches 0\n\
-             pusher_upload_in_flight 0\npusher_upload_queued 0\npusher_upload_succeeded_total 12\n\
-             pusher_upload_attempts_failed_total{reason=\"store\"} 2\n",
-        );
-        let lag = Lag::of(&scrape);
-        assert!(lag.drained());
-        assert_eq!(lag.uploaded, 12.0);
-        assert_eq!(lag.failed_attempts, 2.0);
-        let busy = Lag::of(&Scrape::parse("pusher_upload_in_flight 1\n"));
-        assert!(!busy.drained());
     }
 }
