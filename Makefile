@@ -6,8 +6,10 @@ RELEASE_BIN := target/release/pusher
 # `make run` only: a fixed, public secret so the server starts out of the box. Never use it for
 # real audio; set PUSHER_ENCRYPTION_SECRET instead.
 DEV_ONLY_SECRET := dev-only-insecure-secret-do-not-use-in-production
+# apt-get needs root: `sudo` unless make already runs as root.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-rust test-python lint python-deps build bench
+.PHONY: run test test-rust test-python lint python-deps build bench perf
 
 ## Build and start the server on its embedded defaults (port 8080, data under ./data,
 ## per-user settings from the shipped sample file).
@@ -40,3 +42,10 @@ test-python: build python-deps
 ## Benchmarks (bench/README.md); bench/run.sh builds pusher and pusher-bench in release itself.
 bench:
 	CARGO="$(CARGO)" bench/run.sh
+
+## Instruction counts of the receive path under callgrind, checked against
+## perf/instructions/baseline.json (perf/README.md); installs valgrind with apt-get if missing.
+perf:
+	command -v valgrind >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends valgrind; }
+	CARGO="$(CARGO)" PYTHON="$(PYTHON)" perf/instructions/run.sh

@@ -6,6 +6,9 @@
 
 use std::ops::Range;
 
+use pusher::websocket::Opcode;
+use pusher::websocket::frame::encode_client_frame;
+
 /// Pusher message headers (protocol.md §2).
 pub const HEARTBEAT: u32 = 100;
 pub const AUDIO: u32 = 101;
@@ -25,7 +28,6 @@ const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const FIN_BIT: u8 = 0x80;
 const MASK_BIT: u8 = 0x80;
 pub const OPCODE_BINARY: u8 = 0x2;
-pub const OPCODE_CLOSE: u8 = 0x8;
 const OPCODE_MASK: u8 = 0x0f;
 /// Largest payload length that fits the 7-bit length field.
 const LEN7_MAX: usize = 125;
@@ -64,7 +66,7 @@ pub fn audio_message(timestamp_s: f64, pcm_bytes: usize) -> Vec<u8> {
 
 /// Appends one masked, unfragmented binary frame carrying `payload` to `out`.
 pub fn push_binary_frame(payload: &[u8], out: &mut Vec<u8>) {
-    push_frame(OPCODE_BINARY, payload, out);
+    encode_client_frame(Opcode::Binary, payload, MASK_KEY, out);
 }
 
 /// A masked binary frame carrying `payload`.
@@ -77,7 +79,12 @@ pub fn binary_frame(payload: &[u8]) -> Vec<u8> {
 /// A masked Close frame with code 1000 and no reason.
 pub fn close_frame() -> Vec<u8> {
     let mut out = Vec::with_capacity(frame_bytes(2));
-    push_frame(OPCODE_CLOSE, &CLOSE_NORMAL.to_be_bytes(), &mut out);
+    encode_client_frame(
+        Opcode::Close,
+        &CLOSE_NORMAL.to_be_bytes(),
+        MASK_KEY,
+        &mut out,
+    );
     out
 }
 
@@ -134,28 +141,6 @@ pub fn parse_server_frame(buf: &[u8], payload_max: usize) -> Result<Option<Serve
         payload: header_bytes..wire_bytes,
         wire_bytes,
     }))
-}
-
-fn push_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.reserve(frame_bytes(payload.len()));
-    out.push(FIN_BIT | opcode);
-    let len = payload.len();
-    if len <= LEN7_MAX {
-        out.push(MASK_BIT | len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(MASK_BIT | LEN7_MARKER_U16);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(MASK_BIT | LEN7_MARKER_U64);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&MASK_KEY);
-    out.extend(
-        payload
-            .iter()
-            .zip(MASK_KEY.iter().cycle())
-            .map(|(byte, key)| byte ^ key),
-    );
 }
 
 #[cfg(test)]
@@ -258,7 +243,6 @@ mod tests {
 
     #[test]
     fn server_frames_of_every_length_class_parse() {
-        use pusher::websocket::Opcode;
         use pusher::websocket::frame::encode_header;
         for len in [0usize, 1, 125, 126, 65_535, 65_536, 200_000] {
             let mut wire = vec![0u8; 14];
@@ -290,7 +274,7 @@ mod tests {
         let mut wire = [0u8; 2 + 125];
         let written = encode_close(1001, "", &mut wire);
         let frame = parse_server_frame(&wire[..written], 1024).unwrap().unwrap();
-        assert_eq!(frame.opcode, OPCODE_CLOSE);
+        assert_eq!(frame.opcode, Opcode::Close.bits());
         assert_eq!(&wire[frame.payload], &1001u16.to_be_bytes());
         assert!(
             parse_server_frame(&close_frame(), 1024).is_err(),

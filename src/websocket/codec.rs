@@ -17,11 +17,9 @@ use std::ops::Range;
 use super::close;
 use super::frame::{
     CLOSE_CODE_BYTES, CONTROL_PAYLOAD_BYTES_MAX, FIN_BIT, LEN7_BITS, LEN7_MARKER_U16,
-    LEN7_MARKER_U64, MASK_BIT, OPCODE_BITS, Opcode, RSV_BITS,
+    LEN7_MARKER_U64, MASK_BIT, MASK_KEY_BYTES, OPCODE_BITS, Opcode, RSV_BITS,
 };
 
-/// Bytes of the masking key that follows the length in every client frame header.
-const MASK_KEY_BYTES: usize = 4;
 /// Bytes of the two fixed header bytes (FIN/RSV/opcode, MASK/length).
 const LEAD_BYTES: usize = 2;
 /// Longest client frame header: 2 fixed bytes, 8-byte extended length, masking key.

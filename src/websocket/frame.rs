@@ -1,7 +1,7 @@
 //! Frame layout (RFC 6455 §5.2) and encoding of server → client frames.
 //!
 //! Frames pusher sends are never fragmented (FIN always set) and never masked (servers must not
-//! mask, §5.1).
+//! mask, §5.1). [`encode_client_frame`] writes the other direction, for clients, tests and tools.
 
 use super::close;
 
@@ -26,6 +26,8 @@ pub(super) const LEN7_MARKER_U64: u8 = 127;
 pub(super) const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 /// Bytes of the code at the start of a non-empty Close payload (§5.5.1).
 pub(super) const CLOSE_CODE_BYTES: usize = 2;
+/// Bytes of the masking key that follows the length in every client frame header (§5.3).
+pub const MASK_KEY_BYTES: usize = 4;
 
 /// A frame's opcode (§5.2). Reserved opcodes (3-7, 11-15) have no variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +108,32 @@ pub fn encode_close(code: u16, reason: &str, out: &mut [u8]) -> usize {
     code_out.copy_from_slice(&code.to_be_bytes());
     reason_out[..reason.len()].copy_from_slice(reason.as_bytes());
     header_bytes + payload_bytes
+}
+
+/// Appends one whole (FIN) client → server frame to `out`: the header with the MASK bit and the
+/// shortest length encoding, `mask_key`, then `payload` masked with it (§5.3).
+///
+/// pusher itself never sends masked frames: this is for clients, tests and tools (the load
+/// generator, `perf/`), so they all put the same bytes on the wire as a conforming client.
+/// Control frames must have `payload.len() <= 125`.
+pub fn encode_client_frame(
+    opcode: Opcode,
+    payload: &[u8],
+    mask_key: [u8; MASK_KEY_BYTES],
+    out: &mut Vec<u8>,
+) {
+    let mut header = [0; HEADER_BYTES_MAX];
+    let header_bytes = encode_header(opcode, payload.len(), &mut header);
+    header[1] |= MASK_BIT;
+    out.reserve(header_bytes + MASK_KEY_BYTES + payload.len());
+    out.extend_from_slice(&header[..header_bytes]);
+    out.extend_from_slice(&mask_key);
+    out.extend(
+        payload
+            .iter()
+            .zip(mask_key.iter().cycle())
+            .map(|(byte, key)| byte ^ key),
+    );
 }
 
 #[cfg(test)]
@@ -193,5 +221,41 @@ mod tests {
         assert_eq!(out[1], 124);
         let reason = std::str::from_utf8(&out[4..written]).expect("cut at a char boundary");
         assert_eq!(reason, "é".repeat(61));
+    }
+
+    #[test]
+    fn client_frame_is_masked_and_decodes_with_the_server_decoder() {
+        use crate::websocket::{Decoder, DecoderLimits, Event, MessageKind};
+
+        let key = [0x37, 0xFA, 0x21, 0x3D];
+        let limits = DecoderLimits {
+            max_message_bytes: 70_000,
+        };
+        for len in [0, 1, 125, 126, 65_535, 65_536] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut wire = Vec::new();
+            encode_client_frame(Opcode::Binary, &payload, key, &mut wire);
+
+            let mut server_header = [0; HEADER_BYTES_MAX];
+            let header_bytes = encode_header(Opcode::Binary, len, &mut server_header);
+            assert_eq!(wire[0], server_header[0], "length {len}");
+            assert_eq!(wire[1], server_header[1] | MASK_BIT, "length {len}");
+            assert_eq!(wire[2..header_bytes], server_header[2..header_bytes]);
+            assert_eq!(wire[header_bytes..header_bytes + MASK_KEY_BYTES], key);
+
+            let mut buf = vec![0; Decoder::buffer_bytes_required(limits)];
+            buf[..wire.len()].copy_from_slice(&wire);
+            let mut decoder = Decoder::new(limits);
+            let event = decoder.decode(&mut buf, wire.len()).unwrap().unwrap();
+            let Event::Message {
+                kind,
+                payload: range,
+            } = event
+            else {
+                panic!("length {len}: {event:?}");
+            };
+            assert_eq!(kind, MessageKind::Binary);
+            assert_eq!(buf[range], payload[..], "length {len}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! - [`handshake`]: the Sec-WebSocket-Accept value for the `101` answer.
 //! - [`codec`]: the [`Decoder`] of client → server frames, which checks every framing rule,
 //!   reassembles fragmented messages in the caller's buffer and validates text as UTF-8.
-//! - [`frame`]: encoding of server → client frame headers and Close frames.
+//! - [`frame`]: encoding of server → client frame headers and Close frames, and of masked
+//!   client → server frames for clients, tests and tools (into a `Vec`; pusher never sends one).
 //! - [`close`]: close status codes.
 //!
 //! No extension (permessage-deflate) or subprotocol is negotiated, so RSV bits are always 0.
