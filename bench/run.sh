@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
 # Runs pusher-bench scenarios, each against a freshly started release server on this machine,
-# and appends each result (one JSON line) to $RESULTS. See bench/README.md for the scenarios.
+# and appends each result (one JSON line) to $RESULTS. Each run also writes its result file,
+# <dir of $RESULTS>/<scenario>-<UTC timestamp>.json (goals, figures, RSS series: see
+# bench/README.md, "Result files"), and for stream and chaos an SVG plot of the server's RSS
+# over time beside it (<scenario>-<timestamp>.svg). See bench/README.md for the scenarios.
+#
+# BENCH_ASSERT=1: after the last scenario, `pusher-bench check` reads the result files of this
+# invocation and the exit code is 1 if any goal was not met (chaos: rss_flat,
+# peak_under_budget, all_104_answered_or_cancelled, no_loss; stream: rss_flat, lag_bounded,
+# no_loss; latency: p99_ms < 10; idle: kib_per_session <= 2; ingest: gb_per_server_cpu_s >= 2;
+# log: log_to_disk_ratio >= 0.8). A goal that cannot be judged (null, e.g. no memory budget
+# exposed) does not fail. Without BENCH_ASSERT the goals are only reported.
 #
 # Environment (defaults in brackets):
 #   SCENARIO            scenarios to run, in order                   [idle ingest]
@@ -52,6 +62,7 @@
 #                       the disk under it)                           [$TMPDIR or /tmp]
 #   RESULTS             file the JSON lines are appended to          [bench/results/results.json]
 #   CARGO               cargo command                                [cargo]
+#   BENCH_ASSERT        1: exit 1 when a goal of a scenario run was not met [0]
 #
 # The servers get PUSHER_ENCRYPTION_SECRET from the environment, or a fixed bench-only one (the
 # audio sent is silence). `ingest` runs with private-cloud sync off (a settings file), so it
@@ -104,6 +115,7 @@ DEAD_PORT=${DEAD_PORT:-$((PORT + 2))}
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
 RESULTS=${RESULTS:-bench/results/results.json}
 CARGO=${CARGO:-cargo}
+BENCH_ASSERT=${BENCH_ASSERT:-0}
 
 SERVER=target/release/pusher
 BENCH=target/release/pusher-bench
@@ -264,13 +276,17 @@ resolved_driver() {
 
 # bench SCENARIO [pusher-bench flags...]: runs one scenario against the running server and
 # appends its result line to $RESULTS.
+# Its result file goes to $(dirname $RESULTS)/SCENARIO-<timestamp>.json (and .svg).
 bench() {
     local scenario=$1
     shift
+    local result_file
+    result_file=$(dirname "$RESULTS")/$scenario-$(date -u +%Y%m%dT%H%M%SZ).json
     "$BENCH" "$scenario" --target "$TARGET" --pid "$server_pid" \
         --label "driver=$DRIVER" --label "driver_resolved=$(resolved_driver)" \
         --label "workers=$WORKERS" --label "commit=$commit" --label "date=$(date -u +%FT%TZ)" \
-        "$@" | tee -a "$RESULTS"
+        --result-file "$result_file" "$@" | tee -a "$RESULTS"
+    result_files+=("$result_file")
     if ! kill -0 "$server_pid" 2>/dev/null; then
         echo "run.sh: the server died during '$scenario':" >&2
         tail -n 20 "$server_log" >&2
@@ -283,6 +299,8 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then
     commit=$commit-dirty
 fi
 mkdir -p "$(dirname "$RESULTS")"
+# The result files written by this invocation (for BENCH_ASSERT).
+result_files=()
 
 for scenario in $SCENARIO; do
     echo "== $scenario (driver $DRIVER, $WORKERS workers)" >&2
@@ -380,4 +398,10 @@ for scenario in $SCENARIO; do
     # Free the disk at once (the log scenario writes gigabytes).
     rm -rf "$work/data-$scenario"
 done
-echo "results appended to $RESULTS" >&2
+echo "results appended to $RESULTS; result files: ${result_files[*]}" >&2
+# Print every goal's verdict; with BENCH_ASSERT=1 a goal not met is the exit code.
+if [[ $BENCH_ASSERT == 1 ]]; then
+    "$BENCH" check "${result_files[@]}"
+else
+    "$BENCH" check "${result_files[@]}" || true
+fi

@@ -9,8 +9,10 @@ mod http;
 mod load;
 mod proc_stats;
 mod prometheus;
+mod report;
 mod sampler;
 mod stats;
+mod svg;
 
 use std::process::ExitCode;
 
@@ -43,10 +45,62 @@ enum Scenario {
     /// S3 endpoint), with a delay and failure share per route, counting what each receives.
     #[command(alias = "s3-sink")]
     Downstream(downstream::Args),
+    /// Read result files (`--result-file`), print each goal, and fail (exit 1) when a goal was
+    /// not met or a file is malformed (`BENCH_ASSERT=1` in bench/run.sh).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Result files
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<std::path::PathBuf>,
+}
+
+/// Prints every goal of the result files; `Err` names the goals not met and the bad files.
+/// A goal not judged (`met: null`, e.g. no memory budget known) is printed but does not fail.
+fn check(args: &CheckArgs) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for path in &args.files {
+        let outcomes = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+            .and_then(|file: serde_json::Value| report::goal_outcomes(&file));
+        match outcomes {
+            Ok(outcomes) => {
+                for (name, met) in outcomes {
+                    let verdict = match met {
+                        Some(true) => "met",
+                        Some(false) => "NOT MET",
+                        None => "not judged",
+                    };
+                    eprintln!("{}: {name}: {verdict}", path.display());
+                    if met == Some(false) {
+                        failed.push(format!("{}: {name}", path.display()));
+                    }
+                }
+            }
+            Err(e) => failed.push(format!("{}: {e}", path.display())),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("goals not met: {}", failed.join("; ")))
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Scenario::Check(args) = &cli.scenario {
+        return match check(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("pusher-bench: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = load::raise_open_files_limit() {
         eprintln!("pusher-bench: cannot raise RLIMIT_NOFILE: {e}");
     }
@@ -71,6 +125,7 @@ fn main() -> ExitCode {
             Scenario::Chaos(args) => load::chaos::run(args).await,
             Scenario::Latency(args) => load::latency::run(args).await,
             Scenario::Downstream(args) => downstream::run(args).await,
+            Scenario::Check(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

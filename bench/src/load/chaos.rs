@@ -37,8 +37,9 @@ use tokio::task::JoinSet;
 use super::private_cloud::{Lag, reconcile, stored_objects, wait_for_drain};
 use super::stream::{self, Plan};
 use super::{
-    BYTES_PER_MB, Failures, Schedule, Session, Target, count_json, counts_json, open_sessions,
-    print_result, round, rss_slope_mb_per_min, series_json, spread, write_json,
+    BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, count_json, counts_json,
+    open_sessions, print_result_with_rss, round, rss_slope_mb_per_min, series_json, spread,
+    write_json,
 };
 use crate::downstream::{self, Route, RouteArgs};
 use crate::frames;
@@ -577,7 +578,12 @@ pub async fn run(args: Args) -> Result<(), String> {
             "in_flight_max": stats.in_flight_max,
         })
     };
-    print_result(
+    let rss_series = RssSeries {
+        start,
+        samples: &rss_samples,
+        budget_bytes,
+    };
+    print_result_with_rss(
         "chaos",
         &args.target,
         json!({
@@ -657,8 +663,8 @@ pub async fn run(args: Args) -> Result<(), String> {
             },
         }),
         &human,
-    );
-    Ok(())
+        Some(rss_series),
+    )
 }
 
 fn print_progress(t0: Instant, server: &Process, gauges: &Gauges) {

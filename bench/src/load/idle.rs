@@ -123,8 +123,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             "kib_per_session": round(kib_per_session, 2),
         }),
         &human,
-    );
-    Ok(())
+    )
 }
 
 /// Keeps one session open: a heartbeat every `every` (the first one `every` after the 103),

@@ -152,8 +152,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         &args.target,
         Value::Object(outcome.fields(&args)),
         &format!("ingest: {}", outcome.human()),
-    );
-    Ok(())
+    )
 }
 
 /// Opens the sessions, streams for `--seconds`, closes them and measures.

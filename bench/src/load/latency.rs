@@ -252,8 +252,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             "rss_after_kib": rss_after_kib,
         }),
         &human,
-    );
-    Ok(())
+    )
 }
 
 #[cfg(test)]

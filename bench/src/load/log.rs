@@ -239,8 +239,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         },
         outcome.human(),
     );
-    print_result("log", &args.ingest.target, Value::Object(fields), &human);
-    Ok(())
+    print_result("log", &args.ingest.target, Value::Object(fields), &human)
 }
 
 /// MB/s between consecutive samples of a byte counter, for the intervals wholly inside

@@ -26,7 +26,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::frames;
+use crate::report;
 use crate::stats;
+use crate::svg;
 
 /// Bytes per MB, the unit of sizes and slopes in results.
 pub const BYTES_PER_MB: f64 = 1e6;
@@ -53,6 +55,11 @@ pub struct Target {
     /// KEY=VALUE copied into the result's "labels" object (repeatable)
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Also write the result to FILE in the result-file shape (`scenario`, `labels`, `goals`,
+    /// `figures`, `series`; see bench/README.md), and, for a scenario that samples the server's
+    /// RSS, a plot of it to FILE with the extension `.svg`
+    #[arg(long, value_name = "FILE")]
+    pub result_file: Option<std::path::PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -338,7 +345,8 @@ pub fn series_json<T>(
     samples
         .iter()
         .map(|(at, sample)| {
-            let mut row = vec![Value::from(round(seconds(*at), 2))];
+            // `+ 0.0` turns -0 (a reading just before the start) into 0.
+            let mut row = vec![Value::from(round(seconds(*at), 2) + 0.0)];
             match values(sample) {
                 Value::Array(fields) => row.extend(fields),
                 field => row.push(field),
@@ -399,25 +407,93 @@ pub fn raise_open_files_limit() -> io::Result<()> {
     Ok(())
 }
 
+/// The server's RSS readings of a run, for the result file's `series` and the plot.
+pub struct RssSeries<'a> {
+    /// Time 0 of the series (the start of the load).
+    pub start: Instant,
+    /// `(time, KiB)` readings.
+    pub samples: &'a [(Instant, u64)],
+    /// `pusher_memory_budget_bytes`, when known: a dashed line on the plot.
+    pub budget_bytes: Option<f64>,
+}
+
 /// Prints the result: `human` on stderr, then `fields` plus `"scenario"` and `"labels"` as one
-/// JSON line on stdout.
-pub fn print_result(scenario: &str, target: &Target, fields: Value, human: &str) {
-    let mut result = Map::new();
-    result.insert("scenario".to_owned(), Value::from(scenario));
-    match fields {
-        Value::Object(fields) => result.extend(fields),
-        other => {
-            result.insert("result".to_owned(), other);
-        }
-    }
-    let labels = target
+/// JSON line on stdout; with `--result-file`, writes the result file too.
+pub fn print_result(
+    scenario: &str,
+    target: &Target,
+    fields: Value,
+    human: &str,
+) -> Result<(), String> {
+    print_result_with_rss(scenario, target, fields, human, None)
+}
+
+/// [`print_result`] for a scenario that sampled the server's RSS: with `--result-file`, the
+/// readings go into the file's `series.rss` and a plot beside it (`.svg`).
+pub fn print_result_with_rss(
+    scenario: &str,
+    target: &Target,
+    fields: Value,
+    human: &str,
+    rss: Option<RssSeries>,
+) -> Result<(), String> {
+    let fields = match fields {
+        Value::Object(fields) => fields,
+        other => Map::from_iter([("result".to_owned(), other)]),
+    };
+    let labels: Map<String, Value> = target
         .labels
         .iter()
         .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
         .collect();
-    result.insert("labels".to_owned(), Value::Object(labels));
+    let mut line = Map::new();
+    line.insert("scenario".to_owned(), Value::from(scenario));
+    line.extend(fields.clone());
+    line.insert("labels".to_owned(), Value::Object(labels.clone()));
     eprintln!("{human}");
-    println!("{}", Value::Object(result));
+    println!("{}", Value::Object(line));
+    let Some(path) = &target.result_file else {
+        return Ok(());
+    };
+    let rss_json = rss
+        .as_ref()
+        .map(|rss| series_json(rss.start, rss.samples, |&kib| Value::from(kib)));
+    let file = report::result_file(scenario, Value::Object(labels), fields, rss_json);
+    write_json(path, &file)?;
+    eprintln!("{scenario}: result file {}", path.display());
+    if let Some(rss) = rss {
+        let seconds = |at: Instant| {
+            if at >= rss.start {
+                (at - rss.start).as_secs_f64()
+            } else {
+                -(rss.start - at).as_secs_f64()
+            }
+        };
+        let points = rss
+            .samples
+            .iter()
+            .map(|&(at, kib)| (seconds(at), kib as f64 / 1024.0))
+            .collect();
+        let name = target
+            .labels
+            .iter()
+            .find(|(key, _)| key == "target_name")
+            .map_or("pusher", |(_, value)| value.as_str());
+        let date = target
+            .labels
+            .iter()
+            .find(|(key, _)| key == "date")
+            .map_or(String::new(), |(_, value)| format!(", {value}"));
+        let svg = svg::rss_plot(
+            &format!("{scenario}: server RSS over time{date}"),
+            &[svg::Series { name, points }],
+            rss.budget_bytes.map(|bytes| bytes / 1024.0 / 1024.0),
+        );
+        let svg_path = path.with_extension("svg");
+        std::fs::write(&svg_path, svg).map_err(|e| format!("{}: {e}", svg_path.display()))?;
+        eprintln!("{scenario}: RSS plot {}", svg_path.display());
+    }
+    Ok(())
 }
 
 /// A count read from /metrics (a float there) as JSON: an integer when it is whole.

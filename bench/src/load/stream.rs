@@ -30,8 +30,8 @@ use tokio::task::JoinSet;
 
 use super::private_cloud::{Lag, reconcile, stored_objects, wait_for_drain};
 use super::{
-    BYTES_PER_MB, Failures, Schedule, Session, Target, close_session, open_sessions, print_result,
-    round, rss_slope_mb_per_min, series_json, spread, write_json,
+    BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, close_session, open_sessions,
+    print_result_with_rss, round, rss_slope_mb_per_min, series_json, spread, write_json,
 };
 use crate::frames;
 use crate::http;
@@ -375,7 +375,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         "lag_bounded": lag_bounded,
         "no_loss": no_loss,
     });
-    print_result(
+    let rss_series = RssSeries {
+        start,
+        samples: &rss_samples,
+        budget_bytes: first.get("pusher_memory_budget_bytes"),
+    };
+    print_result_with_rss(
         "stream",
         &args.target,
         json!({
@@ -401,8 +406,8 @@ pub async fn run(args: Args) -> Result<(), String> {
             "goals": goals_json,
         }),
         &human,
-    );
-    Ok(())
+        Some(rss_series),
+    )
 }
 
 /// Writes the readings (see `--series`).

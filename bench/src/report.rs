@@ -1,0 +1,462 @@
+//! The result file of one scenario run (`--result-file`) and its goals, pure.
+//!
+//! Shape (stable; bench/README.md, "Result files"):
+//!
+//! ```json
+//! {"format": 1, "scenario": "chaos", "labels": {"commit": "...", ...},
+//!  "goals": {"rss_flat": {"value": 0.12, "op": "<", "limit": 1.0, "unit": "MB/min", "met": true}, ...},
+//!  "figures": {...every field of the result line but scenario, labels...},
+//!  "series": {"rss": [[s, KiB], ...]}}
+//! ```
+//!
+//! `met` is `true`, `false`, or `null` when the goal could not be judged (for instance no memory
+//! budget on a server without `pusher_memory_budget_bytes`); `series` is `{}` for a scenario that
+//! does not sample RSS.
+
+use serde_json::{Map, Value, json};
+
+/// Version of the result-file shape.
+pub const FORMAT: u64 = 1;
+
+/// Keys every result file has.
+pub const REQUIRED: [&str; 6] = ["format", "scenario", "labels", "goals", "figures", "series"];
+
+/// One goal of a scenario: `value op limit`, judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub name: &'static str,
+    pub value: Value,
+    /// One of `<`, `<=`, `>=`, `==`.
+    pub op: &'static str,
+    pub limit: Value,
+    pub unit: &'static str,
+    pub met: Option<bool>,
+}
+
+impl Goal {
+    /// A goal on a number, judged here: `met` is `None` when `value` or `limit` is not a number.
+    fn compare(
+        name: &'static str,
+        value: &Value,
+        op: &'static str,
+        limit: f64,
+        unit: &'static str,
+    ) -> Goal {
+        let met = value.as_f64().map(|v| match op {
+            "<" => v < limit,
+            "<=" => v <= limit,
+            ">=" => v >= limit,
+            _ => v == limit,
+        });
+        Goal {
+            name,
+            value: value.clone(),
+            op,
+            limit: json!(limit),
+            unit,
+            met,
+        }
+    }
+
+    /// A goal the scenario judged itself (`met` taken from its result line).
+    fn judged(
+        name: &'static str,
+        value: &Value,
+        op: &'static str,
+        limit: &Value,
+        unit: &'static str,
+        met: &Value,
+    ) -> Goal {
+        Goal {
+            name,
+            value: value.clone(),
+            op,
+            limit: limit.clone(),
+            unit,
+            met: met.as_bool(),
+        }
+    }
+
+    /// A yes/no goal (`value == true`).
+    fn flag(name: &'static str, met: &Value) -> Goal {
+        Goal {
+            name,
+            value: met.clone(),
+            op: "==",
+            limit: json!(true),
+            unit: "",
+            met: met.as_bool(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "value": self.value,
+            "op": self.op,
+            "limit": self.limit,
+            "unit": self.unit,
+            "met": self.met,
+        })
+    }
+}
+
+/// The goals of a `scenario` from the fields of its result line.
+pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
+    let at = |path: &str| fields_at(fields, path).cloned().unwrap_or(Value::Null);
+    match scenario {
+        "idle" => vec![Goal::compare(
+            "kib_per_session",
+            &at("kib_per_session"),
+            "<=",
+            2.0,
+            "KiB",
+        )],
+        "ingest" => vec![Goal::compare(
+            "gb_per_server_cpu_s",
+            &at("gb_per_server_cpu_s"),
+            ">=",
+            2.0,
+            "GB/CPU-s",
+        )],
+        "latency" => vec![Goal::compare(
+            "p99_ms",
+            &at("latency_ms.p99"),
+            "<",
+            10.0,
+            "ms",
+        )],
+        "log" => vec![Goal::judged(
+            "log_to_disk_ratio",
+            &at("log_to_disk_ratio"),
+            ">=",
+            &at("goal_ratio"),
+            "",
+            &at("goal_met"),
+        )],
+        "stream" => vec![
+            Goal::judged(
+                "rss_flat",
+                &at("rss.slope_mb_per_min"),
+                "<",
+                &at("goals.rss_slope_mb_per_min_max"),
+                "MB/min",
+                &at("goals.rss_flat"),
+            ),
+            Goal::judged(
+                "lag_bounded",
+                &at("lag.oldest_pending_age_s_max"),
+                "<=",
+                &at("goals.oldest_pending_age_s_max"),
+                "s",
+                &at("goals.lag_bounded"),
+            ),
+            Goal::flag("no_loss", &at("goals.no_loss")),
+        ],
+        "chaos" => {
+            let peak_bytes = at("rss.peak_kib").as_f64().map(|kib| kib * 1024.0);
+            vec![
+                Goal::judged(
+                    "rss_flat",
+                    &at("rss.slope_mb_per_min"),
+                    "<",
+                    &at("goals.rss_slope_mb_per_min_max"),
+                    "MB/min",
+                    &at("goals.rss_flat"),
+                ),
+                Goal::judged(
+                    "peak_under_budget",
+                    &json!(peak_bytes),
+                    "<",
+                    &at("rss.budget_bytes"),
+                    "bytes",
+                    &at("goals.peak_under_budget"),
+                ),
+                Goal::flag(
+                    "all_104_answered_or_cancelled",
+                    &at("goals.all_104_answered_or_cancelled"),
+                ),
+                Goal::flag("no_loss", &at("goals.no_loss")),
+            ]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The value at a dotted `path` of `fields`.
+fn fields_at<'a>(fields: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut value = fields.get(parts.next()?)?;
+    for part in parts {
+        value = value.get(part)?;
+    }
+    Some(value)
+}
+
+/// The result file of one run: `fields` are the result line's own fields (without `scenario`
+/// and `labels`), `rss` the server's RSS readings as `[s, KiB]` rows (if sampled).
+pub fn result_file(
+    scenario: &str,
+    labels: Value,
+    fields: Map<String, Value>,
+    rss: Option<Value>,
+) -> Value {
+    let goals: Map<String, Value> = goals(scenario, &fields)
+        .iter()
+        .map(|goal| (goal.name.to_owned(), goal.to_json()))
+        .collect();
+    let mut series = Map::new();
+    if let Some(rss) = rss {
+        series.insert("rss".to_owned(), rss);
+    }
+    json!({
+        "format": FORMAT,
+        "scenario": scenario,
+        "labels": labels,
+        "goals": goals,
+        "figures": fields,
+        "series": series,
+    })
+}
+
+/// Checks the shape of a result file; the error names what is wrong.
+pub fn validate(file: &Value) -> Result<(), String> {
+    let object = file.as_object().ok_or("not a JSON object")?;
+    for key in REQUIRED {
+        if !object.contains_key(key) {
+            return Err(format!("no \"{key}\""));
+        }
+    }
+    if !file["scenario"].is_string() {
+        return Err("\"scenario\" is not a string".to_owned());
+    }
+    for key in ["labels", "goals", "figures", "series"] {
+        if !file[key].is_object() {
+            return Err(format!("\"{key}\" is not an object"));
+        }
+    }
+    for (name, goal) in file["goals"].as_object().into_iter().flatten() {
+        for key in ["value", "op", "limit", "met"] {
+            if goal.get(key).is_none() {
+                return Err(format!("goal {name}: no \"{key}\""));
+            }
+        }
+        if !matches!(goal["op"].as_str(), Some("<" | "<=" | ">=" | "==")) {
+            return Err(format!("goal {name}: bad op {}", goal["op"]));
+        }
+        if !(goal["met"].is_boolean() || goal["met"].is_null()) {
+            return Err(format!(
+                "goal {name}: \"met\" is neither a boolean nor null"
+            ));
+        }
+    }
+    for (name, series) in file["series"].as_object().into_iter().flatten() {
+        let rows = series
+            .as_array()
+            .ok_or(format!("series {name} is not an array"))?;
+        let well_formed = rows.iter().all(|row| {
+            row.as_array()
+                .is_some_and(|row| row.len() >= 2 && row.iter().all(Value::is_number))
+        });
+        if !well_formed {
+            return Err(format!("series {name}: a row is not [s, value, ...]"));
+        }
+    }
+    Ok(())
+}
+
+/// The goals of a result file as `(name, met)`, after [`validate`].
+pub fn goal_outcomes(file: &Value) -> Result<Vec<(String, Option<bool>)>, String> {
+    validate(file)?;
+    Ok(file["goals"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, goal)| (name.clone(), goal["met"].as_bool()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    /// The fields of a chaos result line, as `chaos::run` prints them (abridged).
+    fn chaos_fields(slope: Value, budget: Value, peak_under: Value, no_loss: bool) -> Value {
+        json!({
+            "process_sessions": 30,
+            "audio_sessions": 15,
+            "rss": {
+                "samples": 3, "start_kib": 20000, "peak_kib": 51200, "end_kib": 30000,
+                "after_drain_kib": 29000, "slope_mb_per_min": slope,
+                "budget_bytes": budget,
+            },
+            "goals": {
+                "rss_slope_mb_per_min_max": 1.0,
+                "rss_flat": slope.as_f64().map(|s| s < 1.0),
+                "peak_under_budget": peak_under,
+                "all_104_answered_or_cancelled": true,
+                "no_loss": no_loss,
+            },
+        })
+    }
+
+    fn met(file: &Value, goal: &str) -> Value {
+        file["goals"][goal]["met"].clone()
+    }
+
+    #[test]
+    fn a_chaos_result_file_has_every_field_and_well_formed_goals() {
+        let rss = json!([[-1.5, 20000], [0.0, 21000], [0.5, 51200]]);
+        let file = result_file(
+            "chaos",
+            json!({"commit": "abc", "driver": "epoll"}),
+            object(chaos_fields(json!(0.25), json!(1e9), json!(true), true)),
+            Some(rss.clone()),
+        );
+        validate(&file).unwrap();
+        assert_eq!(file["format"], 1);
+        assert_eq!(file["scenario"], "chaos");
+        assert_eq!(file["labels"]["commit"], "abc");
+        assert_eq!(file["series"]["rss"], rss);
+        assert_eq!(file["figures"]["process_sessions"], 30);
+        assert!(file["figures"].get("scenario").is_none());
+        let goals = file["goals"].as_object().unwrap();
+        assert_eq!(
+            goals.keys().collect::<Vec<_>>(),
+            [
+                "all_104_answered_or_cancelled",
+                "no_loss",
+                "peak_under_budget",
+                "rss_flat"
+            ]
+        );
+        assert_eq!(
+            file["goals"]["rss_flat"],
+            json!({"value": 0.25, "op": "<", "limit": 1.0, "unit": "MB/min", "met": true})
+        );
+        assert_eq!(
+            file["goals"]["peak_under_budget"]["value"],
+            51200.0 * 1024.0
+        );
+        assert_eq!(file["goals"]["peak_under_budget"]["limit"], 1e9);
+        assert_eq!(
+            goal_outcomes(&file).unwrap(),
+            [
+                ("all_104_answered_or_cancelled".to_owned(), Some(true)),
+                ("no_loss".to_owned(), Some(true)),
+                ("peak_under_budget".to_owned(), Some(true)),
+                ("rss_flat".to_owned(), Some(true)),
+            ]
+        );
+
+        // A growing RSS, a lost byte, and no budget known (not judged: null).
+        let file = result_file(
+            "chaos",
+            json!({}),
+            object(chaos_fields(json!(3.5), Value::Null, Value::Null, false)),
+            Some(json!([])),
+        );
+        validate(&file).unwrap();
+        assert_eq!(met(&file, "rss_flat"), false);
+        assert_eq!(met(&file, "no_loss"), false);
+        assert_eq!(met(&file, "peak_under_budget"), Value::Null);
+        assert_eq!(file["goals"]["peak_under_budget"]["limit"], Value::Null);
+    }
+
+    #[test]
+    fn a_latency_result_file_judges_p99_under_10_ms() {
+        let fields = |p99: Value| {
+            object(json!({
+                "sessions": 1000, "segments_sent": 60000, "segments_received": 60000,
+                "latency_ms": {"count": 60000, "p50": 1.2, "p90": 2.0, "p99": p99,
+                               "p999": 12.0, "max": 30.0, "mean": 1.4},
+            }))
+        };
+        let file = result_file("latency", json!({"date": "x"}), fields(json!(4.5)), None);
+        validate(&file).unwrap();
+        assert_eq!(file["series"], json!({}));
+        assert_eq!(
+            file["goals"],
+            json!({"p99_ms": {"value": 4.5, "op": "<", "limit": 10.0, "unit": "ms", "met": true}})
+        );
+        let slow = result_file("latency", json!({}), fields(json!(10.0)), None);
+        assert_eq!(met(&slow, "p99_ms"), false);
+        let none = result_file("latency", json!({}), fields(Value::Null), None);
+        validate(&none).unwrap();
+        assert_eq!(met(&none, "p99_ms"), Value::Null);
+    }
+
+    #[test]
+    fn idle_ingest_stream_and_log_goals() {
+        let idle = result_file(
+            "idle",
+            json!({}),
+            object(json!({"kib_per_session": 2.0})),
+            None,
+        );
+        assert_eq!(met(&idle, "kib_per_session"), true);
+        let idle = result_file(
+            "idle",
+            json!({}),
+            object(json!({"kib_per_session": 2.1})),
+            None,
+        );
+        assert_eq!(met(&idle, "kib_per_session"), false);
+        let ingest = result_file(
+            "ingest",
+            json!({}),
+            object(json!({"gb_per_server_cpu_s": 1.9})),
+            None,
+        );
+        assert_eq!(met(&ingest, "gb_per_server_cpu_s"), false);
+        let stream = result_file(
+            "stream",
+            json!({}),
+            object(json!({
+                "rss": {"slope_mb_per_min": 0.1},
+                "lag": {"oldest_pending_age_s_max": 61.0},
+                "goals": {"rss_slope_mb_per_min_max": 1.0, "oldest_pending_age_s_max": 120,
+                          "rss_flat": true, "lag_bounded": true, "no_loss": false},
+            })),
+            Some(json!([[0.0, 1], [0.5, 2]])),
+        );
+        validate(&stream).unwrap();
+        assert_eq!(stream["goals"]["lag_bounded"]["limit"], 120);
+        assert_eq!(met(&stream, "no_loss"), false);
+        let log = result_file(
+            "log",
+            json!({}),
+            object(json!({"log_to_disk_ratio": 0.9, "goal_ratio": 0.8, "goal_met": true})),
+            None,
+        );
+        validate(&log).unwrap();
+        assert_eq!(met(&log, "log_to_disk_ratio"), true);
+    }
+
+    #[test]
+    fn malformed_files_are_rejected() {
+        let good = result_file("latency", json!({}), object(json!({})), None);
+        validate(&good).unwrap();
+        for key in REQUIRED {
+            let mut bad = good.clone();
+            bad.as_object_mut().unwrap().remove(key);
+            assert!(validate(&bad).is_err(), "without {key}");
+        }
+        let mut bad = good.clone();
+        bad["goals"]["p99_ms"]["op"] = json!("~");
+        assert!(validate(&bad).is_err());
+        let mut bad = good.clone();
+        bad["goals"]["p99_ms"]["met"] = json!("yes");
+        assert!(validate(&bad).is_err());
+        let mut bad = good.clone();
+        bad["series"]["rss"] = json!([[1.0]]);
+        assert!(validate(&bad).is_err());
+        assert!(validate(&json!([])).is_err());
+    }
+}
