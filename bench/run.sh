@@ -8,7 +8,7 @@
 # BENCH_ASSERT=1: after the last scenario, `pusher-bench check` reads the result files of this
 # invocation and the exit code is 1 if any goal was not met (chaos: rss_flat,
 # peak_under_budget, all_104_answered_or_cancelled, no_loss; stream: rss_flat, lag_bounded,
-# no_loss; latency: p99_ms < 10; idle: kib_per_session <= 2; ingest: gb_per_server_cpu_s >= 2;
+# no_loss; latency: p99_ms < 10, process_p99_ms < 10; idle: kib_per_session <= 2; ingest: gb_per_server_cpu_s >= 2;
 # log: log_to_disk_ratio >= 0.8). A goal that cannot be judged (null, e.g. no memory budget
 # exposed) does not fail. Without BENCH_ASSERT the goals are only reported.
 #
@@ -55,6 +55,9 @@
 #   LATENCY_SESSIONS    latency: sessions sending one 102 per second [1000]
 #   LATENCY_SECONDS     latency: seconds of sending                  [60]
 #   LATENCY_SOURCE_IPS  latency: client source IPs, comma-separated  [127.0.0.2 .. 127.0.0.5]
+#   LATENCY_PROCESS_SHARE  latency: share of the sessions also sending 104s  [1]
+#   LATENCY_PROCESS_INTERVAL_MS  latency: time between a session's 104s  [10000]
+#   LATENCY_PROCESSOR_DELAY_MS   latency: the simulated processor's delay [0]
 #   SINK_PORT           stream: port of the S3 sink; chaos, latency: port of the downstream
 #                       simulator the load tool runs                 [PORT + 1]
 #   DEAD_PORT           log: closed port the S3 endpoint points at   [PORT + 2]
@@ -110,6 +113,9 @@ CHAOS_SERIES=${CHAOS_SERIES:-}
 LATENCY_SESSIONS=${LATENCY_SESSIONS:-1000}
 LATENCY_SECONDS=${LATENCY_SECONDS:-60}
 LATENCY_SOURCE_IPS=${LATENCY_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
+LATENCY_PROCESS_SHARE=${LATENCY_PROCESS_SHARE:-1}
+LATENCY_PROCESS_INTERVAL_MS=${LATENCY_PROCESS_INTERVAL_MS:-10000}
+LATENCY_PROCESSOR_DELAY_MS=${LATENCY_PROCESSOR_DELAY_MS:-0}
 SINK_PORT=${SINK_PORT:-$((PORT + 1))}
 DEAD_PORT=${DEAD_PORT:-$((PORT + 2))}
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
@@ -384,12 +390,17 @@ for scenario in $SCENARIO; do
                 --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)"
             ;;
         latency)
-            # Every 102 goes to one global hook: the load tool's simulator on $SINK_PORT.
+            # Every 102 goes to one global hook and every 104 to the processor: the load tool's
+            # simulator on $SINK_PORT.
             sink_port_free
-            start_server latency --transcript-hook "http://127.0.0.1:$SINK_PORT/hook"
+            start_server latency --transcript-hook "http://127.0.0.1:$SINK_PORT/hook" \
+                --processor-url "http://127.0.0.1:$SINK_PORT/processor"
             bench latency --downstream-listen "127.0.0.1:$SINK_PORT" \
                 --sessions "$LATENCY_SESSIONS" --seconds "$LATENCY_SECONDS" \
                 --source-ips "$LATENCY_SOURCE_IPS" \
+                --process-share "$LATENCY_PROCESS_SHARE" \
+                --process-interval-ms "$LATENCY_PROCESS_INTERVAL_MS" \
+                --processor-delay-ms "$LATENCY_PROCESSOR_DELAY_MS" \
                 --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)"
             ;;
     esac

@@ -145,7 +145,7 @@ pub struct RouteArgs {
     pub store_fail_rate: f64,
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
         _ => Err(format!("expected a share between 0 and 1, got {text:?}")),

@@ -24,16 +24,17 @@
 //! `/debug/memory`, waits for the spill log to drain (at most `--drain-timeout-s`) and compares
 //! what the simulator received with what was sent.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
 
+use super::answers::{Answers, read_201s};
 use super::private_cloud::{Lag, reconcile, stored_objects, wait_for_drain};
 use super::stream::{self, Plan};
 use super::{
@@ -52,8 +53,6 @@ const PROCESS_PREFIX: &str = "chaos-proc";
 const AUDIO_PREFIX: &str = "chaos-audio";
 /// How long a session reads after its Close for the end of the stream.
 const CLOSE_WAIT: Duration = Duration::from_secs(60);
-/// Largest server frame accepted (a 201 is a few hundred bytes).
-const SERVER_FRAME_BYTES_MAX: usize = 1 << 20;
 /// Period of the progress lines on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const KIB_PER_MIB: f64 = 1024.0;
@@ -131,81 +130,6 @@ impl Gauges {
     }
 }
 
-/// What a 201 says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Kind {
-    Success,
-    Busy,
-    /// Any other error, with its reason.
-    Error(String),
-}
-
-/// The 201s one or more sessions received.
-#[derive(Debug, Default)]
-struct Answers {
-    success: u64,
-    busy: u64,
-    errors: BTreeMap<String, u64>,
-    /// Answers to an id answered before.
-    repeated: u64,
-    /// Answers to an id the session did not send.
-    unknown: u64,
-    /// Server messages that are not a 201 with a JSON object.
-    malformed: u64,
-}
-
-impl Answers {
-    /// Distinct ids answered.
-    fn total(&self) -> u64 {
-        self.success + self.busy + self.errors.values().sum::<u64>()
-    }
-
-    fn count(&mut self, kind: Kind) {
-        match kind {
-            Kind::Success => self.success += 1,
-            Kind::Busy => self.busy += 1,
-            Kind::Error(reason) => *self.errors.entry(reason).or_default() += 1,
-        }
-    }
-
-    fn add(&mut self, other: Answers) {
-        self.success += other.success;
-        self.busy += other.busy;
-        for (reason, count) in other.errors {
-            *self.errors.entry(reason).or_default() += count;
-        }
-        self.repeated += other.repeated;
-        self.unknown += other.unknown;
-        self.malformed += other.malformed;
-    }
-}
-
-/// Classifies a server message: the number `n` of its conversation id `<uid>-<n>` (`None` when
-/// it is not an id of this session) and what it says. An error for a message that is not a 201
-/// with a JSON object.
-fn classify(message: &[u8], uid: &str) -> Result<(Option<u64>, Kind), String> {
-    let (header, json) = message
-        .split_first_chunk::<4>()
-        .ok_or("a message shorter than its header")?;
-    let header = u32::from_le_bytes(*header);
-    if header != frames::PROCESS_RESULT {
-        return Err(format!("header {header}"));
-    }
-    let answer: Value = serde_json::from_slice(json).map_err(|e| format!("201 JSON: {e}"))?;
-    let answer = answer.as_object().ok_or("201 is not an object")?;
-    let n = answer
-        .get("conversation_id")
-        .and_then(Value::as_str)
-        .and_then(|id| id.strip_prefix(uid)?.strip_prefix('-')?.parse().ok());
-    let kind = match (answer.get("success"), answer.get("error")) {
-        (Some(Value::Bool(true)), _) => Kind::Success,
-        (_, Some(Value::String(error))) if error == "busy" => Kind::Busy,
-        (_, Some(Value::String(error))) => Kind::Error(error.clone()),
-        _ => Kind::Error("neither success nor error".to_owned()),
-    };
-    Ok((n, kind))
-}
-
 /// What one 104 session did.
 #[derive(Debug, Default)]
 struct ProcessOutcome {
@@ -228,7 +152,7 @@ async fn process_client(session: Session, schedule: Schedule) -> ProcessOutcome 
         send_104s(writer, &uid, schedule),
         read_201s(reader, &uid, read_until)
     );
-    let known = answered.iter().filter(|&&n| n < sent).count() as u64;
+    let known = answered.keys().filter(|&&n| n < sent).count() as u64;
     answers.unknown += answered.len() as u64 - known;
     ProcessOutcome {
         sent,
@@ -262,49 +186,6 @@ async fn send_104s(
         schedule.late_max(),
         closed.err().map(|e| format!("close write: {e}")),
     )
-}
-
-/// Reads server frames until the end of the stream (or `until`): the ids answered, the answers,
-/// and the read error if any.
-async fn read_201s(
-    mut reader: OwnedReadHalf,
-    uid: &str,
-    until: Instant,
-) -> (HashSet<u64>, Answers, Option<String>) {
-    let mut answered = HashSet::new();
-    let mut answers = Answers::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    loop {
-        let mut consumed = 0;
-        loop {
-            let frame = match frames::parse_server_frame(&buf[consumed..], SERVER_FRAME_BYTES_MAX) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return (answered, answers, Some(e)),
-            };
-            let payload = &buf[consumed..][frame.payload.clone()];
-            if frame.opcode == frames::OPCODE_BINARY {
-                match classify(payload, uid) {
-                    Ok((Some(n), kind)) if answered.insert(n) => answers.count(kind),
-                    Ok((Some(_), _)) => answers.repeated += 1,
-                    Ok((None, _)) => answers.unknown += 1,
-                    Err(_) => answers.malformed += 1,
-                }
-            }
-            consumed += frame.wire_bytes;
-        }
-        buf.drain(..consumed);
-        buf.reserve(8192);
-        match tokio::time::timeout_at(until.into(), reader.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return (answered, answers, None),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return (answered, answers, Some(format!("read: {e}"))),
-            Err(_) => {
-                let error = "no end of stream from the server after the Close".to_owned();
-                return (answered, answers, Some(error));
-            }
-        }
-    }
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -682,73 +563,9 @@ fn print_progress(t0: Instant, server: &Process, gauges: &Gauges) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+
     use super::*;
-
-    fn result(json: &str) -> Vec<u8> {
-        frames::message(frames::PROCESS_RESULT, json.as_bytes())
-    }
-
-    #[test]
-    fn answers_are_classified_by_id_and_kind() {
-        let uid = "chaos-proc-3";
-        assert_eq!(
-            classify(
-                &result(r#"{"conversation_id":"chaos-proc-3-17","success":true,"processed":true}"#),
-                uid
-            ),
-            Ok((Some(17), Kind::Success))
-        );
-        assert_eq!(
-            classify(
-                &result(r#"{"conversation_id":"chaos-proc-3-0","error":"busy"}"#),
-                uid
-            ),
-            Ok((Some(0), Kind::Busy))
-        );
-        assert_eq!(
-            classify(
-                &result(r#"{"conversation_id":"chaos-proc-3-2","error":"timeout"}"#),
-                uid
-            ),
-            Ok((Some(2), Kind::Error("timeout".to_owned())))
-        );
-        // Another session's id, or none.
-        assert_eq!(
-            classify(
-                &result(r#"{"conversation_id":"chaos-proc-31-2","success":true}"#),
-                uid
-            ),
-            Ok((None, Kind::Success))
-        );
-        assert_eq!(
-            classify(&result(r#"{"success":false}"#), uid),
-            Ok((None, Kind::Error("neither success nor error".to_owned())))
-        );
-        assert!(classify(&result("[]"), uid).is_err());
-        assert!(classify(&result("{"), uid).is_err());
-        assert!(classify(&frames::message(frames::TRANSCRIPT, b"{}"), uid).is_err());
-        assert!(classify(&[201, 0], uid).is_err());
-    }
-
-    #[test]
-    fn answers_add_up() {
-        let mut total = Answers::default();
-        let mut one = Answers::default();
-        one.count(Kind::Success);
-        one.count(Kind::Busy);
-        one.count(Kind::Busy);
-        one.count(Kind::Error("timeout".to_owned()));
-        one.repeated = 1;
-        total.add(one);
-        let mut two = Answers::default();
-        two.count(Kind::Error("timeout".to_owned()));
-        two.count(Kind::Error("http_500".to_owned()));
-        two.malformed = 2;
-        total.add(two);
-        assert_eq!((total.success, total.busy, total.total()), (1, 2, 6));
-        assert_eq!(total.errors["timeout"], 2);
-        assert_eq!((total.repeated, total.malformed), (1, 2));
-    }
 
     /// A fake server: answers two of three 104s, then closes after the client's Close.
     #[tokio::test]
@@ -765,7 +582,7 @@ mod tests {
                 r#"{"conversation_id":"chaos-proc-0-2","error":"busy"}"#,
                 r#"{"conversation_id":"chaos-proc-0-2","error":"busy"}"#,
             ] {
-                let message = result(answer);
+                let message = frames::message(frames::PROCESS_RESULT, answer.as_bytes());
                 let mut header = [0u8; 14];
                 let len = encode_header(Opcode::Binary, message.len(), &mut header);
                 wire.extend_from_slice(&header[..len]);

@@ -4,6 +4,7 @@
 //! Each scenario prints exactly one JSON object on stdout (the result) and a human summary on
 //! stderr, so `pusher-bench … >> results.jsonl` collects results.
 
+pub mod answers;
 pub mod chaos;
 pub mod idle;
 pub mod ingest;
