@@ -138,6 +138,41 @@ pub async fn read_201s(
     }
 }
 
+/// A fake server's side of a 104 test: what it writes and how it waits for the client's Close.
+#[cfg(test)]
+pub mod fake_server {
+    use pusher::websocket::Opcode;
+    use pusher::websocket::frame::encode_header;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    use crate::frames;
+
+    /// Server frames carrying a 201 with each of `answers` (JSON text).
+    pub fn answer_frames(answers: &[&str]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for answer in answers {
+            let message = frames::message(frames::PROCESS_RESULT, answer.as_bytes());
+            let mut header = [0u8; 14];
+            let len = encode_header(Opcode::Binary, message.len(), &mut header);
+            wire.extend_from_slice(&header[..len]);
+            wire.extend_from_slice(&message);
+        }
+        wire
+    }
+
+    /// Reads until the client's Close (its last frame).
+    pub async fn read_until_close(stream: &mut TcpStream) {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !received.ends_with(&frames::close_frame()) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            received.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -563,40 +563,23 @@ fn print_progress(t0: Instant, server: &Process, gauges: &Gauges) {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
-
     use super::*;
 
     /// A fake server: answers two of three 104s, then closes after the client's Close.
     #[tokio::test]
     async fn a_process_client_counts_answers_and_unanswered_ids() {
-        use pusher::websocket::Opcode;
-        use pusher::websocket::frame::encode_header;
+        use crate::load::answers::fake_server::{answer_frames, read_until_close};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut wire = Vec::new();
-            for answer in [
+            let wire = answer_frames(&[
                 r#"{"conversation_id":"chaos-proc-0-0","success":true}"#,
                 r#"{"conversation_id":"chaos-proc-0-2","error":"busy"}"#,
                 r#"{"conversation_id":"chaos-proc-0-2","error":"busy"}"#,
-            ] {
-                let message = frames::message(frames::PROCESS_RESULT, answer.as_bytes());
-                let mut header = [0u8; 14];
-                let len = encode_header(Opcode::Binary, message.len(), &mut header);
-                wire.extend_from_slice(&header[..len]);
-                wire.extend_from_slice(&message);
-            }
+            ]);
             stream.write_all(&wire).await.unwrap();
-            // Read until the client's Close (its last frame), then end the stream.
-            let mut received = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !received.ends_with(&frames::close_frame()) {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0);
-                received.extend_from_slice(&buf[..n]);
-            }
+            read_until_close(&mut stream).await;
         });
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let session = Session {

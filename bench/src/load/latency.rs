@@ -432,32 +432,17 @@ mod tests {
     /// not #1, then ends the stream.
     #[tokio::test]
     async fn a_session_times_its_104s_and_counts_the_missing() {
-        use pusher::websocket::Opcode;
-        use pusher::websocket::frame::encode_header;
-        use tokio::io::AsyncReadExt;
+        use crate::load::answers::fake_server::{answer_frames, read_until_close};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut received = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !received.ends_with(&frames::close_frame()) {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0);
-                received.extend_from_slice(&buf[..n]);
-            }
-            let mut wire = Vec::new();
-            for answer in [
+            read_until_close(&mut stream).await;
+            let wire = answer_frames(&[
                 r#"{"conversation_id":"latency-0-0","success":true}"#,
                 r#"{"conversation_id":"latency-0-0","success":true}"#,
                 r#"{"conversation_id":"latency-0-7","error":"timeout"}"#,
-            ] {
-                let message = frames::message(frames::PROCESS_RESULT, answer.as_bytes());
-                let mut header = [0u8; 14];
-                let len = encode_header(Opcode::Binary, message.len(), &mut header);
-                wire.extend_from_slice(&header[..len]);
-                wire.extend_from_slice(&message);
-            }
+            ]);
             stream.write_all(&wire).await.unwrap();
         });
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
