@@ -2,13 +2,13 @@
 # Runs pusher-bench scenarios, each against a freshly started release server on this machine,
 # and appends each result (one JSON line) to $RESULTS. Each run also writes its result file,
 # <dir of $RESULTS>/<scenario>-<UTC timestamp>.json (goals, figures, RSS series: see
-# bench/README.md, "Result files"), and for stream and chaos an SVG plot of the server's RSS
+# bench/README.md, "Result files"), and for stream, outage and chaos an SVG plot of the server's RSS
 # over time beside it (<scenario>-<timestamp>.svg). See bench/README.md for the scenarios.
 #
 # BENCH_ASSERT=1: after the last scenario, `pusher-bench check` reads the result files of this
 # invocation and the exit code is 1 if any goal was not met (chaos: rss_flat,
 # peak_under_budget, all_104_answered_or_cancelled, no_loss; stream: rss_flat, lag_bounded,
-# no_loss; latency: p99_ms < 10, process_p99_ms < 10; idle: kib_per_session <= 2; ingest: gb_per_server_cpu_s >= 2;
+# no_loss; outage: rss_flat, no_loss, recovered; latency: p99_ms < 10, process_p99_ms < 10; idle: kib_per_session <= 2; ingest: gb_per_server_cpu_s >= 2;
 # log: log_to_disk_ratio >= 0.8). A goal that cannot be judged (null, e.g. no memory budget
 # exposed) does not fail. Without BENCH_ASSERT the goals are only reported.
 #
@@ -41,6 +41,16 @@
 #   STREAM_DRAIN_TIMEOUT_S stream: longest wait for the uploads     [300]
 #   STREAM_SERIES       stream: file for every RSS and /metrics reading (JSON)
 #                                          [bench/results/stream-series-<date>.json]
+#   OUTAGE_SESSIONS     outage: sessions at real-time rate           [300]
+#   OUTAGE_SECONDS      outage: seconds of streaming                 [150]
+#   OUTAGE_FAIL_FROM_S  outage: the store is down from this second of streaming  [30]
+#   OUTAGE_FAIL_FOR_S   outage: ... for this many seconds (puts answered 503)    [60]
+#   OUTAGE_CONVERSATION_S  outage: conversation switch period, s     [30]
+#   OUTAGE_WARMUP_S     outage: seconds left out of the RSS slope    [20]
+#   OUTAGE_STORE_DELAY_MS  outage: the S3 endpoint's delay per PUT outside the outage [100]
+#   OUTAGE_DRAIN_TIMEOUT_S outage: longest wait for the uploads     [300]
+#   OUTAGE_SERIES       outage: file for every RSS and /metrics reading (JSON)
+#                                          [bench/results/outage-series-<date>.json]
 #   CHAOS_SECONDS       chaos: seconds of load                       [60]
 #   CHAOS_COOLDOWN_S    chaos: seconds of sampling after the load    [15]
 #   CHAOS_PROCESS_SESSIONS  chaos: sessions sending a 104 every 100 ms  [30]
@@ -58,7 +68,7 @@
 #   LATENCY_PROCESS_SHARE  latency: share of the sessions also sending 104s  [1]
 #   LATENCY_PROCESS_INTERVAL_MS  latency: time between a session's 104s  [10000]
 #   LATENCY_PROCESSOR_DELAY_MS   latency: the simulated processor's delay [0]
-#   SINK_PORT           stream: port of the S3 sink; chaos, latency: port of the downstream
+#   SINK_PORT           stream: port of the S3 sink; outage, chaos, latency: port of the downstream
 #                       simulator the load tool runs                 [PORT + 1]
 #   DEAD_PORT           log: closed port the S3 endpoint points at   [PORT + 2]
 #   BENCH_DIR           parent of the temporary data directories (the log scenario measures
@@ -101,6 +111,15 @@ STREAM_SINK_DELAY_MS=${STREAM_SINK_DELAY_MS:-2000}
 STREAM_UPLOAD_CONCURRENCY=${STREAM_UPLOAD_CONCURRENCY:-64}
 STREAM_DRAIN_TIMEOUT_S=${STREAM_DRAIN_TIMEOUT_S:-300}
 STREAM_SERIES=${STREAM_SERIES:-}
+OUTAGE_SESSIONS=${OUTAGE_SESSIONS:-300}
+OUTAGE_SECONDS=${OUTAGE_SECONDS:-150}
+OUTAGE_FAIL_FROM_S=${OUTAGE_FAIL_FROM_S:-30}
+OUTAGE_FAIL_FOR_S=${OUTAGE_FAIL_FOR_S:-60}
+OUTAGE_CONVERSATION_S=${OUTAGE_CONVERSATION_S:-30}
+OUTAGE_WARMUP_S=${OUTAGE_WARMUP_S:-20}
+OUTAGE_STORE_DELAY_MS=${OUTAGE_STORE_DELAY_MS:-100}
+OUTAGE_DRAIN_TIMEOUT_S=${OUTAGE_DRAIN_TIMEOUT_S:-300}
+OUTAGE_SERIES=${OUTAGE_SERIES:-}
 CHAOS_SECONDS=${CHAOS_SECONDS:-60}
 CHAOS_COOLDOWN_S=${CHAOS_COOLDOWN_S:-15}
 CHAOS_PROCESS_SESSIONS=${CHAOS_PROCESS_SESSIONS:-30}
@@ -129,8 +148,8 @@ TARGET=127.0.0.1:$PORT
 
 for scenario in $SCENARIO; do
     case $scenario in
-        idle | ingest | log | stream | chaos | latency) ;;
-        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream chaos latency)" >&2; exit 2 ;;
+        idle | ingest | log | stream | outage | chaos | latency) ;;
+        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream outage chaos latency)" >&2; exit 2 ;;
     esac
 done
 
@@ -371,6 +390,22 @@ for scenario in $SCENARIO; do
                 --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
                 --label "sink_delay_ms=$STREAM_SINK_DELAY_MS" \
                 --label "upload_concurrency=$STREAM_UPLOAD_CONCURRENCY"
+            ;;
+        outage)
+            # The load tool runs the S3 endpoint on $SINK_PORT; from OUTAGE_FAIL_FROM_S s after
+            # the start of streaming it answers every put 503 for OUTAGE_FAIL_FOR_S s.
+            sink_port_free
+            s3_env "$SINK_PORT"
+            start_server outage --store s3://bench/outage
+            bench outage --downstream-listen "127.0.0.1:$SINK_PORT" \
+                --sessions "$OUTAGE_SESSIONS" --seconds "$OUTAGE_SECONDS" \
+                --conversation-s "$OUTAGE_CONVERSATION_S" --warmup-s "$OUTAGE_WARMUP_S" \
+                --store-delay-ms "$OUTAGE_STORE_DELAY_MS" \
+                --store-fail-from-s "$OUTAGE_FAIL_FROM_S" --store-fail-for-s "$OUTAGE_FAIL_FOR_S" \
+                --drain-timeout-s "$OUTAGE_DRAIN_TIMEOUT_S" \
+                --series "${OUTAGE_SERIES:-$(dirname "$RESULTS")/outage-series-$(date -u +%Y%m%dT%H%M%SZ).json}" \
+                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
+                --label "store_delay_ms=$OUTAGE_STORE_DELAY_MS"
             ;;
         chaos)
             # The load tool runs the processor, the audio apps' webhook and the S3 endpoint on

@@ -13,7 +13,10 @@
 //! which pusher merges into the 201), `/webhook/...` (apps and user webhooks, transcripts and
 //! audio), `/hook` (global transcript hooks), `/speaker`, `/relay`; any other POST is `other`
 //! (answered at once). Any `PUT /{bucket}/{key}` is the store, as object_store's S3 client sends
-//! a put: `200` with an `ETag` (object_store requires one). Per key the store records the body
+//! a put: `200` with an `ETag` (object_store requires one). The store can also be down for a
+//! window of time (`--store-fail-from-s`, `--store-fail-for-s`, counted from the simulator's
+//! start or [`Downstream::restart_clock`]): every put then is answered `503` at once and counted
+//! as `unavailable`, not as a request. Per key the store records the body
 //! length, the plaintext length (for `.enc` keys the body less the 32 bytes of pusher's blob
 //! layout: length prefix, nonce, tag) and how many times the key was put. Bodies are not kept
 //! (JSON bodies are read for `sent_ns`, then dropped); signatures are not checked.
@@ -27,7 +30,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,6 +146,14 @@ pub struct RouteArgs {
     /// Share of S3 puts answered 500
     #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = parse_rate)]
     pub store_fail_rate: f64,
+    /// Start of the store's outage, in seconds from the simulator's start (or from the last
+    /// restart of its clock): every put from then on for `--store-fail-for-s` is answered 503
+    /// at once (counted as `unavailable`, apart from the injected 500s)
+    #[arg(long, value_name = "S")]
+    pub store_fail_from_s: Option<f64>,
+    /// Length of the store's outage (see `--store-fail-from-s`)
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub store_fail_for_s: f64,
 }
 
 pub fn parse_rate(text: &str) -> Result<f64, String> {
@@ -153,6 +164,15 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 impl RouteArgs {
+    /// Whether the store is down `elapsed` after the simulator's clock started: within
+    /// `[store_fail_from_s, store_fail_from_s + store_fail_for_s)`.
+    pub fn store_down_at(&self, elapsed: Duration) -> bool {
+        self.store_fail_from_s.is_some_and(|from| {
+            let at = elapsed.as_secs_f64();
+            at >= from && at < from + self.store_fail_for_s
+        })
+    }
+
     /// The delay and failure share of `route` (the relay and other POSTs: none).
     fn behaviour(&self, route: Route) -> (Duration, f64) {
         let (ms, rate) = match route {
@@ -187,6 +207,9 @@ pub struct RouteStats {
     pub ok: u64,
     /// Answered with the injected `500`.
     pub failed: u64,
+    /// Answered `503` at once because the route was in its outage window (the store only); not
+    /// counted in `requests`.
+    pub unavailable: u64,
     /// The client closed the connection before the answer.
     pub abandoned: u64,
     pub in_flight: u64,
@@ -221,6 +244,8 @@ struct State {
 pub struct Downstream {
     routes: RouteArgs,
     state: Mutex<State>,
+    /// Time 0 of the store's outage window.
+    clock: Mutex<Instant>,
 }
 
 impl Downstream {
@@ -228,7 +253,19 @@ impl Downstream {
         Downstream {
             routes,
             state: Mutex::new(State::default()),
+            clock: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Restarts the clock the store's outage window counts from (`--store-fail-from-s`).
+    pub fn restart_clock(&self) {
+        *self.clock.lock().expect("no panic while recording") = Instant::now();
+    }
+
+    /// Whether the store is in its outage window now.
+    fn store_down(&self) -> bool {
+        let since = *self.clock.lock().expect("no panic while recording");
+        self.routes.store_down_at(since.elapsed())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -260,6 +297,7 @@ impl Downstream {
                     "body_bytes": s.body_bytes,
                     "ok": s.ok,
                     "failed": s.failed,
+                    "unavailable": s.unavailable,
                     "abandoned": s.abandoned,
                     "in_flight": s.in_flight,
                     "in_flight_max": s.in_flight_max,
@@ -296,6 +334,10 @@ impl Downstream {
             "body_bytes": state.put_bytes,
             "puts_in_flight": store.in_flight,
             "puts_in_flight_max": store.in_flight_max,
+            "puts_failed": store.failed,
+            "puts_unavailable": store.unavailable,
+            "fail_from_s": self.routes.store_fail_from_s,
+            "fail_for_s": self.routes.store_fail_for_s,
             "objects": objects,
         })
     }
@@ -624,6 +666,16 @@ impl Connection {
             },
             _ => None,
         };
+        if route == Route::Store && downstream.store_down() {
+            downstream.state().routes[route.index()].unavailable += 1;
+            self.respond(
+                503,
+                &[("Content-Type", "application/xml")],
+                b"<Error><Code>ServiceUnavailable</Code></Error>",
+            )
+            .await?;
+            return Ok(true);
+        }
         let sequence = downstream.arrive(route, head.content_length, body, arrived_ns);
         let (delay, fail_rate) = downstream.routes.behaviour(route);
         if !self.wait_unless_closed(delay).await {
@@ -701,6 +753,7 @@ impl Connection {
             411 => "Length Required",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",
+            503 => "Service Unavailable",
             _ => "Error",
         };
         let mut response = format!("HTTP/1.1 {status} {reason}\r\n");
@@ -782,6 +835,8 @@ mod tests {
             speaker_fail_rate: 0.0,
             store_delay_ms: store_ms,
             store_fail_rate: 0.0,
+            store_fail_from_s: None,
+            store_fail_for_s: 0.0,
         }
     }
 
@@ -795,8 +850,13 @@ mod tests {
 
     /// Writes a JSON POST and reads the status line of its answer.
     async fn post(stream: &mut TcpStream, path: &str, body: &str) -> String {
+        request(stream, "POST", path, body).await
+    }
+
+    /// Writes a `method` request with a JSON body and reads the status line of its answer.
+    async fn request(stream: &mut TcpStream, method: &str, path: &str, body: &str) -> String {
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -834,6 +894,52 @@ mod tests {
         for (index, route) in Route::ALL.iter().enumerate() {
             assert_eq!(route.index(), index);
         }
+    }
+
+    #[test]
+    fn the_store_is_down_only_within_its_window() {
+        let mut args = routes(0, 0, 0.0);
+        let at = Duration::from_secs_f64;
+        assert!(!args.store_down_at(at(0.0)));
+        assert!(!args.store_down_at(at(1e6)));
+        args.store_fail_from_s = Some(30.0);
+        args.store_fail_for_s = 60.0;
+        assert!(!args.store_down_at(at(0.0)));
+        assert!(!args.store_down_at(at(29.999)));
+        assert!(args.store_down_at(at(30.0)));
+        assert!(args.store_down_at(at(89.999)));
+        assert!(!args.store_down_at(at(90.0)));
+        assert!(!args.store_down_at(at(1000.0)));
+        args.store_fail_for_s = 0.0;
+        assert!(!args.store_down_at(at(30.0)));
+    }
+
+    /// Puts within the window are answered 503 at once and counted apart; after it, stored.
+    #[tokio::test]
+    async fn puts_in_the_outage_window_are_answered_503() {
+        let mut args = routes(0, 0, 0.0);
+        args.store_fail_from_s = Some(0.0);
+        args.store_fail_for_s = 0.3;
+        let (downstream, addr) = started(args).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let put = async |stream: &mut TcpStream| {
+            request(stream, "PUT", "/b/chunks/u/c/1.bin", "{}").await
+        };
+        assert_eq!(put(&mut stream).await, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(put(&mut stream).await, "HTTP/1.1 503 Service Unavailable");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(put(&mut stream).await, "HTTP/1.1 200 OK");
+        let store = downstream.route(Route::Store);
+        assert_eq!(
+            (store.unavailable, store.requests, store.ok, store.failed),
+            (2, 1, 1, 0)
+        );
+        let recorded = downstream.objects_json();
+        assert_eq!(recorded["puts_unavailable"], 2);
+        assert_eq!(recorded["puts"], 1);
+        // Restarting the clock starts the window again.
+        downstream.restart_clock();
+        assert_eq!(put(&mut stream).await, "HTTP/1.1 503 Service Unavailable");
     }
 
     #[test]

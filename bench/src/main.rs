@@ -36,6 +36,9 @@ enum Scenario {
     Log(load::log::Args),
     /// Many sessions at real-time rate: server RSS slope, upload lag, bytes stored vs sent.
     Stream(load::stream::Args),
+    /// The stream load with the store down for a while: RSS flat, the backlog visible and
+    /// drained, no byte lost.
+    Outage(load::outage::Args),
     /// The seed's chaos workload (104s to a slow processor, fast audio to slow apps and a slow
     /// store): server RSS slope and peak, every 104 answered, every audio byte stored.
     Chaos(load::chaos::Args),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             Scenario::Log(args) => load::log::run(args).await,
             Scenario::Stream(args) => load::stream::run(args).await,
             Scenario::Chaos(args) => load::chaos::run(args).await,
+            Scenario::Outage(args) => load::outage::run(args).await,
             Scenario::Latency(args) => load::latency::run(args).await,
             Scenario::Downstream(args) => downstream::run(args).await,
             Scenario::Check(_) => unreachable!("handled before the runtime starts"),

@@ -103,6 +103,17 @@ impl Goal {
 /// The goals of a `scenario` from the fields of its result line.
 pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
     let at = |path: &str| fields_at(fields, path).cloned().unwrap_or(Value::Null);
+    // The RSS slope after the warm-up, judged by the scenario (stream, outage, chaos).
+    let rss_flat = || {
+        Goal::judged(
+            "rss_flat",
+            &at("rss.slope_mb_per_min"),
+            "<",
+            &at("goals.rss_slope_mb_per_min_max"),
+            "MB/min",
+            &at("goals.rss_flat"),
+        )
+    };
     match scenario {
         "idle" => vec![Goal::compare(
             "kib_per_session",
@@ -137,14 +148,7 @@ pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
             &at("goal_met"),
         )],
         "stream" => vec![
-            Goal::judged(
-                "rss_flat",
-                &at("rss.slope_mb_per_min"),
-                "<",
-                &at("goals.rss_slope_mb_per_min_max"),
-                "MB/min",
-                &at("goals.rss_flat"),
-            ),
+            rss_flat(),
             Goal::judged(
                 "lag_bounded",
                 &at("lag.oldest_pending_age_s_max"),
@@ -155,17 +159,22 @@ pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
             ),
             Goal::flag("no_loss", &at("goals.no_loss")),
         ],
+        "outage" => vec![
+            rss_flat(),
+            Goal::flag("no_loss", &at("goals.no_loss")),
+            Goal::judged(
+                "recovered",
+                &at("lag.pending_bytes_after_drain"),
+                "<=",
+                &at("goals.pending_bytes_max"),
+                "bytes",
+                &at("goals.recovered"),
+            ),
+        ],
         "chaos" => {
             let peak_bytes = at("rss.peak_kib").as_f64().map(|kib| kib * 1024.0);
             vec![
-                Goal::judged(
-                    "rss_flat",
-                    &at("rss.slope_mb_per_min"),
-                    "<",
-                    &at("goals.rss_slope_mb_per_min_max"),
-                    "MB/min",
-                    &at("goals.rss_flat"),
-                ),
+                rss_flat(),
                 Goal::judged(
                     "peak_under_budget",
                     &json!(peak_bytes),
@@ -472,6 +481,39 @@ mod tests {
         );
         validate(&log).unwrap();
         assert_eq!(met(&log, "log_to_disk_ratio"), true);
+    }
+
+    #[test]
+    fn outage_goals_are_rss_flat_no_loss_and_recovered() {
+        let fields = |slope: f64, pending_after: Value, recovered: bool| {
+            object(json!({
+                "rss": {"slope_mb_per_min": slope},
+                "lag": {"pending_bytes_after_drain": pending_after, "drained": !pending_after.is_null()},
+                "goals": {"rss_slope_mb_per_min_max": 1.0, "pending_bytes_max": 0.0,
+                          "rss_flat": slope < 1.0, "no_loss": true, "recovered": recovered},
+            }))
+        };
+        let good = result_file("outage", json!({}), fields(0.2, json!(0.0), true), None);
+        validate(&good).unwrap();
+        let goals: Vec<String> = good["goals"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(goals, ["no_loss", "recovered", "rss_flat"]);
+        assert_eq!(met(&good, "rss_flat"), true);
+        assert_eq!(met(&good, "no_loss"), true);
+        assert_eq!(met(&good, "recovered"), true);
+        assert_eq!(good["goals"]["recovered"]["op"], "<=");
+        assert_eq!(good["goals"]["recovered"]["unit"], "bytes");
+        let bad = result_file("outage", json!({}), fields(1.5, Value::Null, false), None);
+        validate(&bad).unwrap();
+        assert_eq!(met(&bad, "rss_flat"), false);
+        assert_eq!(met(&bad, "recovered"), false);
+        assert_eq!(
+            goal_outcomes(&bad).unwrap(),
+            [
+                ("no_loss".to_owned(), Some(true)),
+                ("recovered".to_owned(), Some(false)),
+                ("rss_flat".to_owned(), Some(false)),
+            ]
+        );
     }
 
     #[test]

@@ -263,6 +263,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         process_clients.spawn(process_client(session, schedule));
     }
     let plan = Plan {
+        uid_prefix: AUDIO_PREFIX,
         sessions: args.audio_sessions,
         frame_bytes: args.audio_frame_bytes,
         interval: Duration::from_millis(args.audio_interval_ms),

@@ -10,6 +10,7 @@ pub mod idle;
 pub mod ingest;
 pub mod latency;
 pub mod log;
+pub mod outage;
 pub mod private_cloud;
 pub mod stream;
 

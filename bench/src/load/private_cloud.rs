@@ -25,6 +25,11 @@ pub struct Lag {
     pub uploaded: f64,
     pub failed_attempts: f64,
     pub full: f64,
+    /// `pusher_upload_store_healthy`: 1 until a put fails, 0 until one succeeds again.
+    pub store_healthy: f64,
+    pub retries: f64,
+    /// Session-seconds not read because the spill hand-off or disk budget was full.
+    pub backpressure_s: f64,
 }
 
 impl Lag {
@@ -38,6 +43,9 @@ impl Lag {
             uploaded: scrape.value("pusher_upload_succeeded_total"),
             failed_attempts: scrape.sum("pusher_upload_attempts_failed_total"),
             full: scrape.value("pusher_spill_full"),
+            store_healthy: scrape.value("pusher_upload_store_healthy"),
+            retries: scrape.value("pusher_upload_retries_total"),
+            backpressure_s: scrape.value("pusher_spill_backpressure_seconds_total"),
         }
     }
 
@@ -251,10 +259,16 @@ mod tests {
         let scrape = Scrape::parse(
             "pusher_spill_pending_bytes 0\npusher_spill_pending_batches 0\n\
              pusher_upload_in_flight 0\npusher_upload_queued 0\npusher_upload_succeeded_total 12\n\
-             pusher_upload_attempts_failed_total{reason=\"store\"} 2\n",
+             pusher_upload_attempts_failed_total{reason=\"store\"} 2\n\
+             pusher_upload_store_healthy 1\npusher_upload_retries_total 3\n\
+             pusher_spill_backpressure_seconds_total 1.5\n",
         );
         let lag = Lag::of(&scrape);
         assert!(lag.drained());
+        assert_eq!(
+            (lag.store_healthy, lag.retries, lag.backpressure_s),
+            (1.0, 3.0, 1.5)
+        );
         assert_eq!(lag.uploaded, 12.0);
         assert_eq!(lag.failed_attempts, 2.0);
         let busy = Lag::of(&Scrape::parse("pusher_upload_in_flight 1\n"));

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::private_cloud::{Lag, reconcile, stored_objects, wait_for_drain};
+use super::private_cloud::{Lag, Reconciliation, reconcile, stored_objects, wait_for_drain};
 use super::{
     BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, close_session, open_sessions,
     print_result_with_rss, round, rss_slope_mb_per_min, series_json, spread, write_json,
@@ -36,7 +36,7 @@ use super::{
 use crate::frames;
 use crate::http;
 use crate::proc_stats::Process;
-use crate::prometheus;
+use crate::prometheus::{self, Scrape};
 use crate::sampler::Sampler;
 use crate::stats;
 
@@ -46,51 +46,58 @@ const CLOSE_WAIT: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 const UID_PREFIX: &str = "stream";
 
+/// The real-time load `stream` and `outage` share, and how it is observed.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct Load {
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
     /// Sessions streaming at once
     #[arg(long, default_value_t = 1000)]
-    sessions: usize,
+    pub sessions: usize,
     /// Seconds of streaming
     #[arg(long, default_value_t = 300, value_name = "S")]
-    seconds: u64,
+    pub seconds: u64,
     /// PCM bytes per 101 message
     #[arg(long, default_value_t = 16_000, value_name = "BYTES")]
-    frame_bytes: usize,
+    pub frame_bytes: usize,
     /// Time between one session's 101 messages
     #[arg(long, default_value_t = 1000, value_name = "MS")]
-    frame_interval_ms: u64,
+    pub frame_interval_ms: u64,
     /// Period of each session's conversation switches (a new 103); 0: never switch
     #[arg(long, default_value_t = 120, value_name = "S")]
-    conversation_s: u64,
+    pub conversation_s: u64,
     /// Sessions being opened at once
     #[arg(long, default_value_t = 200)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Period of the server RSS readings
     #[arg(long, default_value_t = 500, value_name = "MS")]
-    rss_every_ms: u64,
+    pub rss_every_ms: u64,
     /// Period of the /metrics readings (upload lag)
     #[arg(long, default_value_t = 2000, value_name = "MS")]
-    metrics_every_ms: u64,
+    pub metrics_every_ms: u64,
     /// Seconds of streaming left out of the RSS slope (start-up and the first batches)
     #[arg(long, default_value_t = 120, value_name = "S")]
-    warmup_s: u64,
-    /// The S3 sink the server uploads to (`pusher-bench downstream`), read for the bytes stored
-    #[arg(long, value_name = "ADDR:PORT")]
-    sink: Option<SocketAddr>,
+    pub warmup_s: u64,
     /// Longest wait after the close for every batch to be uploaded
     #[arg(long, default_value_t = 300, value_name = "S")]
-    drain_timeout_s: u64,
+    pub drain_timeout_s: u64,
     /// Also write every reading to this file (JSON: `rss` as [s, KiB], `lag` as [s, pending
     /// bytes, pending batches, oldest pending age s, uploads in flight, queued, uploaded], with s
     /// counted from the start of streaming)
     #[arg(long, value_name = "FILE")]
-    series: Option<PathBuf>,
+    pub series: Option<PathBuf>,
     /// Goal: largest RSS slope after the warm-up
     #[arg(long, default_value_t = 1.0, value_name = "MB/MIN")]
-    goal_rss_slope_mb_per_min: f64,
+    pub goal_rss_slope_mb_per_min: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    load: Load,
+    /// The S3 sink the server uploads to (`pusher-bench downstream`), read for the bytes stored
+    #[arg(long, value_name = "ADDR:PORT")]
+    sink: Option<SocketAddr>,
     /// Goal: largest age of the oldest pending batch while streaming
     #[arg(long, default_value_t = 120, value_name = "S")]
     goal_lag_s: u64,
@@ -99,6 +106,8 @@ pub struct Args {
 /// The sending schedule every session follows.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Plan {
+    /// Uids are `<uid_prefix>-<index>`.
+    pub uid_prefix: &'static str,
     pub sessions: usize,
     pub frame_bytes: usize,
     pub interval: Duration,
@@ -137,37 +146,74 @@ pub(super) struct Sent {
     pub error: Option<String>,
 }
 
-pub async fn run(args: Args) -> Result<(), String> {
-    if args.sessions == 0 || args.seconds == 0 || args.frame_interval_ms == 0 {
+/// What one run of the [`Load`] measured: the sessions, what they sent, the server's RSS and
+/// upload-lag readings from before the first session to the end of the drain, and what the
+/// store received.
+pub(super) struct Measured {
+    pub rss_before_kib: u64,
+    /// The /metrics reading before the load.
+    pub first: Scrape,
+    pub open: usize,
+    pub failures: Failures,
+    pub total: Sent,
+    pub stream_errors: Failures,
+    /// Start of streaming.
+    pub start: Instant,
+    /// End of streaming (every session closes then).
+    pub deadline: Instant,
+    /// End of the warm-up: the RSS slope is over `warm..deadline`.
+    pub warm: Instant,
+    /// Every session closed.
+    pub closed: Instant,
+    /// The reading that found nothing left to upload; `None`: not within the drain timeout.
+    pub after_drain: Option<Lag>,
+    pub drained_at: Instant,
+    pub rss_samples: Vec<(Instant, u64)>,
+    pub lag_samples: Vec<(Instant, Lag)>,
+    pub rss_after_drain_kib: u64,
+    /// Bytes sent vs stored, and the sink's `/_sink/objects` answer (with a sink).
+    pub recorded: Option<(Reconciliation, Value)>,
+}
+
+/// Runs the [`Load`] as sessions `<uid_prefix>-<i>`: opens them, streams until the deadline
+/// (`on_start` is called as streaming starts), closes them, waits for the uploads to drain, and
+/// reads what `sink` stored. The RSS and /metrics readings (and `--series`) cover all of it.
+pub(super) async fn run_load(
+    load: &Load,
+    uid_prefix: &'static str,
+    sink: Option<SocketAddr>,
+    on_start: impl FnOnce(),
+) -> Result<Measured, String> {
+    if load.sessions == 0 || load.seconds == 0 || load.frame_interval_ms == 0 {
         return Err("--sessions, --seconds and --frame-interval-ms must be at least 1".to_owned());
     }
     let plan = Plan {
-        sessions: args.sessions,
-        frame_bytes: args.frame_bytes,
-        interval: Duration::from_millis(args.frame_interval_ms),
-        switch_every_frames: args.conversation_s * 1000 / args.frame_interval_ms,
+        uid_prefix,
+        sessions: load.sessions,
+        frame_bytes: load.frame_bytes,
+        interval: Duration::from_millis(load.frame_interval_ms),
+        switch_every_frames: load.conversation_s * 1000 / load.frame_interval_ms,
     };
-    let server = Process::new(args.target.pid);
-    let addr = args.target.addr;
+    let server = Process::new(load.target.pid);
+    let addr = load.target.addr;
     let rss_before_kib = server.rss_kib().map_err(|e| e.to_string())?;
     let first = prometheus::scrape(addr).await?;
     if first.get("pusher_spill_pending_bytes").is_none() {
         return Err("pusher_spill_pending_bytes is not in the server's /metrics".to_owned());
     }
-    let uploaded_before = Lag::of(&first).uploaded;
-    if let Some(sink) = args.sink {
+    if let Some(sink) = sink {
         http::get_ok_text(sink, "/_sink/health", Duration::from_secs(5)).await?;
     }
 
     let rss = Sampler::start(
-        Duration::from_millis(args.rss_every_ms.max(10)),
+        Duration::from_millis(load.rss_every_ms.max(10)),
         move || async move { server.rss_kib().ok() },
     );
     let t0 = Instant::now();
-    let progress_every = (PROGRESS_EVERY.as_millis() as u64 / args.metrics_every_ms.max(1)).max(1);
+    let progress_every = (PROGRESS_EVERY.as_millis() as u64 / load.metrics_every_ms.max(1)).max(1);
     let mut readings = 0u64;
     let lag = Sampler::start(
-        Duration::from_millis(args.metrics_every_ms.max(10)),
+        Duration::from_millis(load.metrics_every_ms.max(10)),
         move || {
             let reading = readings;
             readings += 1;
@@ -182,10 +228,10 @@ pub async fn run(args: Args) -> Result<(), String> {
     );
 
     eprintln!(
-        "stream: opening {} sessions to {addr} ({} at a time)",
-        args.sessions, args.concurrency
+        "{uid_prefix}: opening {} sessions to {addr} ({} at a time)",
+        load.sessions, load.concurrency
     );
-    let opened = open_sessions(&args.target, UID_PREFIX, args.sessions, args.concurrency).await;
+    let opened = open_sessions(&load.target, uid_prefix, load.sessions, load.concurrency).await;
     let failures = opened.failures;
     let open = opened.sessions.len();
     if open == 0 {
@@ -197,16 +243,17 @@ pub async fn run(args: Args) -> Result<(), String> {
         ));
     }
     eprintln!(
-        "stream: {open} open, {} failed; streaming {} B every {} ms each for {}s, \
+        "{uid_prefix}: {open} open, {} failed; streaming {} B every {} ms each for {}s, \
          conversation switch every {}s",
         failures.total(),
-        args.frame_bytes,
-        args.frame_interval_ms,
-        args.seconds,
-        args.conversation_s
+        load.frame_bytes,
+        load.frame_interval_ms,
+        load.seconds,
+        load.conversation_s
     );
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.seconds);
+    on_start();
+    let deadline = start + Duration::from_secs(load.seconds);
     let mut streams = JoinSet::new();
     for session in opened.sessions {
         streams.spawn(stream(session, plan, start, deadline));
@@ -216,7 +263,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut stream_errors = Failures::default();
     while let Some(joined) = streams.join_next().await {
         let sent = joined.map_err(|e| format!("streaming task: {e}"))?;
-        sent_by_uid.insert(format!("{UID_PREFIX}-{}", sent.index), sent.pcm_bytes);
+        sent_by_uid.insert(format!("{uid_prefix}-{}", sent.index), sent.pcm_bytes);
         total.pcm_bytes += sent.pcm_bytes;
         total.frames += sent.frames;
         total.conversations += sent.conversations;
@@ -227,21 +274,21 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     let closed = Instant::now();
     eprintln!(
-        "stream: all sessions closed {:.1}s after the deadline; waiting for the uploads",
+        "{uid_prefix}: all sessions closed {:.1}s after the deadline; waiting for the uploads",
         closed.saturating_duration_since(deadline).as_secs_f64()
     );
 
     let after_drain =
-        wait_for_drain(addr, closed + Duration::from_secs(args.drain_timeout_s)).await;
+        wait_for_drain(addr, closed + Duration::from_secs(load.drain_timeout_s)).await;
     let drained_at = Instant::now();
     let rss_samples = rss.finish().await;
     let lag_samples = lag.finish().await;
     let rss_after_drain_kib = server.rss_kib().map_err(|e| e.to_string())?;
-    if let Some(path) = &args.series {
+    if let Some(path) = &load.series {
         write_series(path, start, &rss_samples, &lag_samples)?;
     }
 
-    let recorded = match args.sink {
+    let recorded = match sink {
         Some(sink) => {
             let text = http::get_ok_text(sink, "/_sink/objects", Duration::from_secs(30)).await?;
             let recorded: Value =
@@ -253,82 +300,213 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
+    Ok(Measured {
+        rss_before_kib,
+        first,
+        open,
+        failures,
+        total,
+        stream_errors,
+        start,
+        deadline,
+        warm: start + Duration::from_secs(load.warmup_s),
+        closed,
+        after_drain,
+        drained_at,
+        rss_samples,
+        lag_samples,
+        rss_after_drain_kib,
+        recorded,
+    })
+}
 
-    // RSS after the warm-up until the end of streaming, MB over minutes.
-    let warm = start + Duration::from_secs(args.warmup_s);
-    let minutes_since_start =
-        |at: Instant| at.saturating_duration_since(start).as_secs_f64() / 60.0;
-    let rss_slope = rss_slope_mb_per_min(&rss_samples, warm, deadline);
-    let rss_in = |from: Instant, to: Instant| {
-        rss_samples
+impl Measured {
+    /// RSS readings in `from..to`, KiB.
+    fn rss_in(&self, from: Instant, to: Instant) -> impl DoubleEndedIterator<Item = u64> + '_ {
+        self.rss_samples
             .iter()
             .filter(move |&&(at, _)| at >= from && at < to)
             .map(|&(_, kib)| kib)
-    };
-    let rss_max_kib = rss_samples.iter().map(|&(_, kib)| kib).max().unwrap_or(0);
-    let rss_window_min_kib = rss_in(warm, deadline).min();
-    let rss_window_max_kib = rss_in(warm, deadline).max();
-    let rss_at_warmup_kib = rss_in(warm, deadline).next();
-    let rss_at_end_kib = rss_in(start, deadline).next_back();
+    }
+
+    /// RSS slope after the warm-up until the end of streaming, MB/min.
+    pub fn rss_slope(&self) -> Option<f64> {
+        rss_slope_mb_per_min(&self.rss_samples, self.warm, self.deadline)
+    }
+
+    pub fn rss_max_kib(&self) -> u64 {
+        self.rss_samples
+            .iter()
+            .map(|&(_, kib)| kib)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `pusher_memory_budget_bytes` before the load, if exposed.
+    pub fn budget_bytes(&self) -> Option<f64> {
+        self.first.get("pusher_memory_budget_bytes")
+    }
+
+    /// The upload-lag readings while streaming.
+    pub fn streaming_lags(&self) -> Vec<Lag> {
+        self.lag_samples
+            .iter()
+            .filter(|&&(at, _)| at >= self.start && at < self.deadline)
+            .map(|&(_, lag)| lag)
+            .collect()
+    }
+
+    /// Seconds from the close to the end of the drain wait.
+    pub fn drain_s(&self) -> f64 {
+        (self.drained_at - self.closed).as_secs_f64()
+    }
+
+    /// No byte missing in the store, every session opened and streamed without error; `None`
+    /// without a sink.
+    pub fn no_loss(&self) -> Option<bool> {
+        self.recorded.as_ref().map(|(r, _)| {
+            r.bytes_missing == 0
+                && r.uids_short == 0
+                && self.stream_errors.total() == 0
+                && self.failures.total() == 0
+        })
+    }
+
+    /// The reconciliation as the result's `sink` object, with `fields` of the sink's answer.
+    pub fn sink_json(&self, fields: &[&str]) -> Option<Value> {
+        self.recorded.as_ref().map(|(r, recorded)| {
+            let mut sink = r.to_json();
+            for &field in fields {
+                sink[field] = recorded[field].clone();
+            }
+            sink
+        })
+    }
+
+    /// The reconciliation's summary line.
+    pub fn sink_summary(&self) -> String {
+        match &self.recorded {
+            Some((r, _)) => r.summary(),
+            None => "no --sink: bytes stored not checked".to_owned(),
+        }
+    }
+
+    /// The result's `rss` object.
+    pub fn rss_json(&self) -> Value {
+        let kib_to_mib = |kib: u64| round(kib as f64 / 1024.0, 1);
+        json!({
+            "samples": self.rss_samples.len(),
+            "window_samples": self.rss_in(self.warm, self.deadline).count(),
+            "before_kib": self.rss_before_kib,
+            "at_warmup_kib": self.rss_in(self.warm, self.deadline).next(),
+            "at_end_kib": self.rss_in(self.start, self.deadline).next_back(),
+            "window_min_kib": self.rss_in(self.warm, self.deadline).min(),
+            "window_max_kib": self.rss_in(self.warm, self.deadline).max(),
+            "max_mib": kib_to_mib(self.rss_max_kib()),
+            "peak_kib": self.rss_max_kib(),
+            "budget_bytes": self.budget_bytes(),
+            "after_drain_kib": self.rss_after_drain_kib,
+            "slope_mb_per_min": self.rss_slope().map(|s| round(s, 4)),
+        })
+    }
+
+    /// The result's fields describing the load (`rss`, `lag`, `sink` and `goals` are the
+    /// scenario's).
+    pub fn load_json(&self, load: &Load) -> Value {
+        json!({
+            "sessions_requested": load.sessions,
+            "sessions": self.open,
+            "failures": self.failures.total(),
+            "failure_reasons": self.failures.to_json(),
+            "stream_errors": self.stream_errors.total(),
+            "stream_error_reasons": self.stream_errors.to_json(),
+            "seconds": load.seconds,
+            "frame_pcm_bytes": load.frame_bytes,
+            "frame_interval_ms": load.frame_interval_ms,
+            "conversation_s": load.conversation_s,
+            "pcm_bytes_sent": self.total.pcm_bytes,
+            "frames_sent": self.total.frames,
+            "conversations": self.total.conversations,
+            "client_late_max_ms": self.total.late_max.as_millis() as u64,
+            "close_s": round(self.closed.saturating_duration_since(self.deadline).as_secs_f64(), 2),
+            "warmup_s": load.warmup_s,
+        })
+    }
+
+    /// The first two lines of the human summary: the load and the server's RSS.
+    pub fn summary(&self, name: &str, load: &Load) -> String {
+        format!(
+            "{name}: {}/{} sessions ({} failed to open, {} stream errors), {:.1} MB of PCM in {} \
+             frames, {} conversations, client late by at most {} ms\n\
+             \x20 server RSS {:.1} MiB before, {:.1}..{:.1} MiB after the {}s warm-up, {:.1} MiB \
+             max{}, {:.1} MiB after the drain; slope after warm-up {} MB/min (goal < {})",
+            self.open,
+            load.sessions,
+            self.failures.total(),
+            self.stream_errors.total(),
+            self.total.pcm_bytes as f64 / BYTES_PER_MB,
+            self.total.frames,
+            self.total.conversations,
+            self.total.late_max.as_millis(),
+            self.rss_before_kib as f64 / 1024.0,
+            self.rss_in(self.warm, self.deadline).min().unwrap_or(0) as f64 / 1024.0,
+            self.rss_in(self.warm, self.deadline).max().unwrap_or(0) as f64 / 1024.0,
+            load.warmup_s,
+            self.rss_max_kib() as f64 / 1024.0,
+            self.budget_bytes().map_or(String::new(), |b| format!(
+                " (budget {:.1} MiB)",
+                b / 1024.0 / 1024.0
+            )),
+            self.rss_after_drain_kib as f64 / 1024.0,
+            self.rss_slope()
+                .map_or("n/a".to_owned(), |s| format!("{s:.3}")),
+            load.goal_rss_slope_mb_per_min,
+        )
+    }
+
+    /// The RSS readings for the result file and the plot.
+    pub fn rss_series(&self) -> RssSeries<'_> {
+        RssSeries {
+            start: self.start,
+            samples: &self.rss_samples,
+            budget_bytes: self.budget_bytes(),
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), String> {
+    let load = &args.load;
+    let m = run_load(load, UID_PREFIX, args.sink, || {}).await?;
+    let uploaded_before = Lag::of(&m.first).uploaded;
+    let minutes_since_start =
+        |at: Instant| at.saturating_duration_since(m.start).as_secs_f64() / 60.0;
+    let rss_slope = m.rss_slope();
 
     // Upload lag while streaming, and over the whole run.
-    let streaming: Vec<Lag> = lag_samples
-        .iter()
-        .filter(|&&(at, _)| at >= start && at < deadline)
-        .map(|&(_, lag)| lag)
-        .collect();
+    let streaming = m.streaming_lags();
     let max_of = |values: &[Lag], f: fn(&Lag) -> f64| stats::max(values.iter().map(f));
-    let all: Vec<Lag> = lag_samples.iter().map(|&(_, lag)| lag).collect();
+    let all: Vec<Lag> = m.lag_samples.iter().map(|&(_, lag)| lag).collect();
     let oldest_age_max_s = max_of(&streaming, |l| l.oldest_age_s);
-    let pending_bytes_window: Vec<(f64, f64)> = lag_samples
+    let pending_bytes_window: Vec<(f64, f64)> = m
+        .lag_samples
         .iter()
-        .filter(|&&(at, _)| at >= warm && at < deadline)
+        .filter(|&&(at, _)| at >= m.warm && at < m.deadline)
         .map(|&(at, lag)| (minutes_since_start(at), lag.pending_bytes / BYTES_PER_MB))
         .collect();
-    let drained = after_drain.is_some();
-    let drain_s = (drained_at - closed).as_secs_f64();
-    let uploads = after_drain.map(|lag| lag.uploaded - uploaded_before);
+    let drained = m.after_drain.is_some();
+    let drain_s = m.drain_s();
+    let uploads = m.after_drain.map(|lag| lag.uploaded - uploaded_before);
 
-    let rss_flat = rss_slope.map(|s| s < args.goal_rss_slope_mb_per_min);
+    let rss_flat = rss_slope.map(|s| s < load.goal_rss_slope_mb_per_min);
     let lag_bounded = oldest_age_max_s.map(|age| drained && age <= args.goal_lag_s as f64);
-    let no_loss = recorded.as_ref().map(|(r, _)| {
-        r.bytes_missing == 0
-            && r.uids_short == 0
-            && stream_errors.total() == 0
-            && failures.total() == 0
-    });
-    let sink_json = recorded.as_ref().map(|(r, recorded)| {
-        let mut sink = r.to_json();
-        for field in ["puts", "puts_in_flight_max", "delay_ms"] {
-            sink[field] = recorded[field].clone();
-        }
-        sink
-    });
-    let kib_to_mib = |kib: u64| round(kib as f64 / 1024.0, 1);
+    let no_loss = m.no_loss();
 
     let human = format!(
-        "stream: {open}/{} sessions ({} failed to open, {} stream errors), {:.1} MB of PCM in {} frames, \
-         {} conversations, client late by at most {} ms\n\
-         \x20 server RSS {:.1} MiB before, {:.1}..{:.1} MiB after the {}s warm-up, {:.1} MiB max, \
-         {:.1} MiB after the drain; slope after warm-up {} MB/min (goal < {})\n\
+        "{}\n\
          \x20 upload lag while streaming: pending max {:.1} MB in {} batches, oldest pending batch {}s max \
          (goal ≤ {}s), uploads in flight max {}, queued max {}; drain {} in {drain_s:.1}s\n\
          \x20 {}",
-        args.sessions,
-        failures.total(),
-        stream_errors.total(),
-        total.pcm_bytes as f64 / BYTES_PER_MB,
-        total.frames,
-        total.conversations,
-        total.late_max.as_millis(),
-        rss_before_kib as f64 / 1024.0,
-        rss_window_min_kib.unwrap_or(0) as f64 / 1024.0,
-        rss_window_max_kib.unwrap_or(0) as f64 / 1024.0,
-        args.warmup_s,
-        rss_max_kib as f64 / 1024.0,
-        rss_after_drain_kib as f64 / 1024.0,
-        rss_slope.map_or("n/a".to_owned(), |s| format!("{s:.3}")),
-        args.goal_rss_slope_mb_per_min,
+        m.summary("stream", load),
         max_of(&streaming, |l| l.pending_bytes).unwrap_or(0.0) / BYTES_PER_MB,
         max_of(&streaming, |l| l.pending_batches).unwrap_or(0.0),
         oldest_age_max_s.unwrap_or(0.0),
@@ -336,25 +514,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         max_of(&streaming, |l| l.in_flight).unwrap_or(0.0),
         max_of(&streaming, |l| l.queued).unwrap_or(0.0),
         if drained { "complete" } else { "NOT complete" },
-        match &recorded {
-            Some((r, _)) => r.summary(),
-            None => "no --sink: bytes stored not checked".to_owned(),
-        },
+        m.sink_summary(),
     );
-    let rss_json = json!({
-        "samples": rss_samples.len(),
-        "window_samples": rss_in(warm, deadline).count(),
-        "before_kib": rss_before_kib,
-        "at_warmup_kib": rss_at_warmup_kib,
-        "at_end_kib": rss_at_end_kib,
-        "window_min_kib": rss_window_min_kib,
-        "window_max_kib": rss_window_max_kib,
-        "max_mib": kib_to_mib(rss_max_kib),
-        "after_drain_kib": rss_after_drain_kib,
-        "slope_mb_per_min": rss_slope.map(|s| round(s, 4)),
-    });
     let lag_json = json!({
-        "samples": lag_samples.len(),
+        "samples": m.lag_samples.len(),
         "pending_bytes_max": max_of(&streaming, |l| l.pending_bytes),
         "pending_bytes_slope_mb_per_min": stats::slope(&pending_bytes_window).map(|s| round(s, 3)),
         "pending_batches_max": max_of(&streaming, |l| l.pending_batches),
@@ -369,45 +532,18 @@ pub async fn run(args: Args) -> Result<(), String> {
         "uploads": uploads,
     });
     let goals_json = json!({
-        "rss_slope_mb_per_min_max": args.goal_rss_slope_mb_per_min,
+        "rss_slope_mb_per_min_max": load.goal_rss_slope_mb_per_min,
         "oldest_pending_age_s_max": args.goal_lag_s,
         "rss_flat": rss_flat,
         "lag_bounded": lag_bounded,
         "no_loss": no_loss,
     });
-    let rss_series = RssSeries {
-        start,
-        samples: &rss_samples,
-        budget_bytes: first.get("pusher_memory_budget_bytes"),
-    };
-    print_result_with_rss(
-        "stream",
-        &args.target,
-        json!({
-            "sessions_requested": args.sessions,
-            "sessions": open,
-            "failures": failures.total(),
-            "failure_reasons": failures.to_json(),
-            "stream_errors": stream_errors.total(),
-            "stream_error_reasons": stream_errors.to_json(),
-            "seconds": args.seconds,
-            "frame_pcm_bytes": args.frame_bytes,
-            "frame_interval_ms": args.frame_interval_ms,
-            "conversation_s": args.conversation_s,
-            "pcm_bytes_sent": total.pcm_bytes,
-            "frames_sent": total.frames,
-            "conversations": total.conversations,
-            "client_late_max_ms": total.late_max.as_millis() as u64,
-            "close_s": round(closed.saturating_duration_since(deadline).as_secs_f64(), 2),
-            "warmup_s": args.warmup_s,
-            "rss": rss_json,
-            "lag": lag_json,
-            "sink": sink_json,
-            "goals": goals_json,
-        }),
-        &human,
-        Some(rss_series),
-    )
+    let mut fields = m.load_json(load);
+    fields["rss"] = m.rss_json();
+    fields["lag"] = lag_json;
+    fields["sink"] = json!(m.sink_json(&["puts", "puts_in_flight_max", "delay_ms"]));
+    fields["goals"] = goals_json;
+    print_result_with_rss("stream", &load.target, fields, &human, Some(m.rss_series()))
 }
 
 /// Writes the readings (see `--series`).
@@ -469,7 +605,7 @@ pub(super) async fn stream(
         sent.late_max = schedule.late_max();
         wire.clear();
         if plan.switches_before(index, sent.frames) {
-            let conversation = format!("{UID_PREFIX}-conv-{index}-{}", sent.conversations);
+            let conversation = format!("{}-conv-{index}-{}", plan.uid_prefix, sent.conversations);
             frames::push_binary_frame(
                 &frames::message(frames::CONVERSATION_ID, conversation.as_bytes()),
                 &mut wire,
@@ -504,6 +640,7 @@ mod tests {
 
     fn plan(sessions: usize, switch_every_frames: u64) -> Plan {
         Plan {
+            uid_prefix: UID_PREFIX,
             sessions,
             frame_bytes: 16_000,
             interval: Duration::from_secs(1),
