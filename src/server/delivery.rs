@@ -63,12 +63,12 @@ impl SessionEgress {
 
     /// The session's context for a job, made on first use.
     pub fn context(&mut self, uid: &Id, sample_rate_hz: u32) -> Arc<SessionContext> {
-        let settings = self.settings.clone().unwrap_or_default();
+        let settings = &self.settings;
         Arc::clone(self.context.get_or_insert_with(|| {
             Arc::new(SessionContext {
                 uid: *uid,
                 sample_rate_hz,
-                settings,
+                settings: settings.clone().unwrap_or_default(),
                 cancel: CancellationToken::new(),
             })
         }))
@@ -89,17 +89,48 @@ struct Waiting {
     stream: usize,
 }
 
+/// A count of jobs in flight with its bound.
+struct Quota {
+    used: Cell<usize>,
+    max: usize,
+}
+
+impl Quota {
+    fn new(max: usize) -> Quota {
+        Quota {
+            used: Cell::new(0),
+            max,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.used.get() < self.max
+    }
+
+    /// Counts one more if there is room.
+    fn try_take(&self) -> bool {
+        let room = self.has_room();
+        if room {
+            self.used.set(self.used.get() + 1);
+        }
+        room
+    }
+
+    fn release(&self) {
+        debug_assert!(self.used.get() > 0);
+        self.used.set(self.used.get() - 1);
+    }
+}
+
 /// This core's egress counts, queues and delay queue.
 pub struct CoreEgress {
     pub link: Arc<Link>,
-    deliveries: Cell<usize>,
-    deliveries_max: usize,
+    deliveries: Quota,
+    /// Payload bytes of the deliveries in flight (may pass `bytes_max` by one item).
     bytes: Cell<usize>,
     bytes_max: usize,
-    processes: Cell<usize>,
-    processes_max: usize,
-    settings_fetches: Cell<usize>,
-    settings_fetches_max: usize,
+    processes: Quota,
+    settings_fetches: Quota,
     waiting: RefCell<VecDeque<Waiting>>,
     waiting_max: usize,
     speaker_samples: RefCell<DelayQueue<Handle>>,
@@ -117,14 +148,11 @@ impl CoreEgress {
         let shares = CoreShares::of(config, shared.budget.workers as usize);
         CoreEgress {
             link: Arc::clone(&shared.egress_links[index]),
-            deliveries: Cell::new(0),
-            deliveries_max: shares.deliveries,
+            deliveries: Quota::new(shares.deliveries),
             bytes: Cell::new(0),
             bytes_max: shares.bytes,
-            processes: Cell::new(0),
-            processes_max: shares.processes,
-            settings_fetches: Cell::new(0),
-            settings_fetches_max: shares.settings_fetches,
+            processes: Quota::new(shares.processes),
+            settings_fetches: Quota::new(shares.settings_fetches),
             waiting: RefCell::new(VecDeque::with_capacity(sessions * ORDERED_STREAMS.len())),
             waiting_max: sessions * ORDERED_STREAMS.len(),
             speaker_samples: RefCell::new(DelayQueue::new(config.speaker_sample_queue_per_core)),
@@ -132,36 +160,32 @@ impl CoreEgress {
     }
 
     fn has_delivery_room(&self) -> bool {
-        self.deliveries.get() < self.deliveries_max && self.bytes.get() < self.bytes_max
+        self.deliveries.has_room() && self.bytes.get() < self.bytes_max
     }
 
-    /// Counts a delivery job of `bytes` in flight.
+    /// Counts a delivery job of `bytes` in flight (the caller saw [`Self::has_delivery_room`]).
     fn start_delivery(&self, bytes: usize) {
-        self.deliveries.set(self.deliveries.get() + 1);
+        assert!(self.deliveries.try_take(), "checked has_delivery_room");
         self.bytes.set(self.bytes.get() + bytes);
-        debug_assert!(self.deliveries.get() <= self.deliveries_max);
+    }
+
+    fn finish_delivery(&self, bytes: usize) {
+        self.deliveries.release();
+        self.bytes.set(self.bytes.get() - bytes);
     }
 
     /// True when a process call may start (and counts it).
     pub fn start_process(&self) -> bool {
-        if self.processes.get() >= self.processes_max {
-            return false;
-        }
-        self.processes.set(self.processes.get() + 1);
-        true
+        self.processes.try_take()
     }
 
     /// True when a settings fetch may start (and counts it); see [`CoreEgress::settings_fetched`].
     pub fn start_settings_fetch(&self) -> bool {
-        if self.settings_fetches.get() >= self.settings_fetches_max {
-            return false;
-        }
-        self.settings_fetches.set(self.settings_fetches.get() + 1);
-        true
+        self.settings_fetches.try_take()
     }
 
     pub fn settings_fetched(&self) {
-        self.settings_fetches.set(self.settings_fetches.get() - 1);
+        self.settings_fetches.release();
     }
 
     /// Hands a counted job over; the link has room for every counted job.
@@ -362,26 +386,16 @@ fn complete(core: &Core, completion: Completion) {
     let egress = &core.egress;
     match done {
         Done::Delivered(stream) => {
-            egress.deliveries.set(egress.deliveries.get() - 1);
-            egress.bytes.set(egress.bytes.get() - bytes);
+            egress.finish_delivery(bytes);
             let index = stream_index(stream);
-            core.slots.with_live(ticket.key, ticket.generation, |slot| {
-                slot.streams.egress.busy[index] = false;
-                if let Some(session) = slot.session.as_ref().filter(|s| !s.is_ended()) {
-                    let mut arena = core.arena.borrow_mut();
-                    dispatch(core, ticket, session, &mut slot.streams, &mut arena);
-                }
-            });
+            resume(core, ticket, |egress| egress.busy[index] = false);
         }
-        Done::SpeakerSample => {
-            egress.deliveries.set(egress.deliveries.get() - 1);
-            egress.bytes.set(egress.bytes.get() - bytes);
-        }
+        Done::SpeakerSample => egress.finish_delivery(bytes),
         Done::Processed {
             conversation,
             reply,
         } => {
-            egress.processes.set(egress.processes.get() - 1);
+            egress.processes.release();
             // A cancelled call (no reply) belonged to a session that has ended.
             let Some(reply) = reply else { return };
             let delivered = core.slots.with_live(ticket.key, ticket.generation, |slot| {
@@ -407,12 +421,18 @@ fn start_waiting(core: &Core) {
             return;
         };
         let Waiting { ticket, stream } = waiting;
-        core.slots.with_live(ticket.key, ticket.generation, |slot| {
-            slot.streams.egress.waiting[stream] = false;
-            if let Some(session) = slot.session.as_ref().filter(|s| !s.is_ended()) {
-                let mut arena = core.arena.borrow_mut();
-                dispatch(core, ticket, session, &mut slot.streams, &mut arena);
-            }
-        });
+        resume(core, ticket, |egress| egress.waiting[stream] = false);
     }
+}
+
+/// Updates the session's egress state with `mark`, then starts its next deliveries if the
+/// session (key and generation) is still there and going on.
+fn resume(core: &Core, ticket: Ticket, mark: impl FnOnce(&mut SessionEgress)) {
+    core.slots.with_live(ticket.key, ticket.generation, |slot| {
+        mark(&mut slot.streams.egress);
+        if let Some(session) = slot.session.as_ref().filter(|s| !s.is_ended()) {
+            let mut arena = core.arena.borrow_mut();
+            dispatch(core, ticket, session, &mut slot.streams, &mut arena);
+        }
+    });
 }
