@@ -321,9 +321,11 @@ pub fn queue_speaker_sample(core: &Core, owner: Owner, handle: Handle, arena: &m
         metrics.speaker_sample_queue_len.dec();
         core.shared.metrics.ring_dropped(Stream::SpeakerSample, 1);
     }
+    // The clock reads whole milliseconds, rounded down: one more keeps a request from firing
+    // before its full delay has passed.
     let due = core
         .now_ms()
-        .saturating_add_ms(config.speaker_sample_delay_s * 1000);
+        .saturating_add_ms(config.speaker_sample_delay_s * 1000 + 1);
     if let Some((_, evicted)) = queue.push(due, owner, handle) {
         arena.free(evicted);
         metrics.speaker_samples_dropped.inc();
