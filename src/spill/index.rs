@@ -7,8 +7,16 @@
 //!
 //! Invariants: at most `batches_max` entries; a batch's records are applied in log order, so
 //! `last` only moves forward; an entry leaves the index only when its upload is confirmed.
+//!
+//! Memory: the structures are sized for `batches_max` at start, and the pages a running server
+//! touches do not creep towards that size as batches come and go. Entries live in a slab that
+//! reuses the most recently freed slot, so its touched pages are those of the most batches ever
+//! indexed at once. The key map (small buckets, written at random places) and the closed queue
+//! (a ring whose head walks its whole capacity) are written through once at start.
 
 use std::collections::{HashMap, VecDeque};
+
+use slab::Slab;
 
 use super::record::{BatchOpen, Header, Kind, Location, RecordError, decode_batch_open};
 
@@ -56,15 +64,19 @@ pub enum IndexError {
     Payload(RecordError),
 }
 
-/// Memory one indexed batch costs: its entry and key in the hash map (with the map's control
-/// byte and load-factor slack, rounded up) and its slot in the closed queue.
-pub const ENTRY_BYTES: usize =
-    (std::mem::size_of::<BatchEntry>() + std::mem::size_of::<BatchKey>() + 1) * 8 / 7
-        + 1
-        + std::mem::size_of::<BatchKey>();
+/// Memory one indexed batch costs: its slab slot (the entry and the slab's tag), its key and
+/// slot number in the hash map (with the map's control byte and load-factor slack, rounded up)
+/// and its slot in the closed queue.
+pub const ENTRY_BYTES: usize = std::mem::size_of::<BatchEntry>()
+    + std::mem::size_of::<usize>()
+    + (std::mem::size_of::<(BatchKey, u32)>() + 1) * 8 / 7
+    + 1
+    + std::mem::size_of::<BatchKey>();
 
 pub struct Index {
-    batches: HashMap<BatchKey, BatchEntry>,
+    /// Key → slot in `entries`.
+    slots: HashMap<BatchKey, u32>,
+    entries: Slab<BatchEntry>,
     /// Closed batches in close order, waiting for their close to be durable.
     closed: VecDeque<BatchKey>,
     batches_max: usize,
@@ -74,33 +86,65 @@ pub struct Index {
 
 impl Index {
     pub fn new(batches_max: usize) -> Index {
-        assert!(batches_max > 0);
-        Index {
-            batches: HashMap::with_capacity(batches_max),
+        assert!(batches_max > 0 && batches_max <= u32::MAX as usize);
+        let mut index = Index {
+            slots: HashMap::with_capacity(batches_max),
+            entries: Slab::with_capacity(batches_max),
             closed: VecDeque::with_capacity(batches_max),
             batches_max,
             pending_audio_bytes: 0,
+        };
+        index.write_through();
+        index
+    }
+
+    /// Writes every bucket of the key map and every slot of the closed queue once, so that the
+    /// pages they will touch are resident from the start (see the module comment).
+    fn write_through(&mut self) {
+        let (slots_capacity, closed_capacity) = (self.slots.capacity(), self.closed.capacity());
+        for batch in 0..self.batches_max as u64 {
+            let key = BatchKey {
+                run: u64::MAX,
+                batch,
+            };
+            self.slots.insert(key, 0);
+            self.closed.push_back(key);
         }
+        self.slots.clear();
+        self.closed.clear();
+        debug_assert_eq!(self.slots.capacity(), slots_capacity);
+        debug_assert_eq!(self.closed.capacity(), closed_capacity);
     }
 
     pub fn len(&self) -> usize {
-        self.batches.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn is_full(&self) -> bool {
-        self.batches.len() >= self.batches_max
+        self.entries.len() >= self.batches_max
     }
 
     pub fn get(&self, key: &BatchKey) -> Option<&BatchEntry> {
-        self.batches.get(key)
+        let slot = *self.slots.get(key)?;
+        Some(&self.entries[slot as usize])
+    }
+
+    fn get_mut(&mut self, key: &BatchKey) -> Option<&mut BatchEntry> {
+        let slot = *self.slots.get(key)?;
+        Some(&mut self.entries[slot as usize])
+    }
+
+    fn remove(&mut self, key: &BatchKey) -> Option<BatchEntry> {
+        let slot = self.slots.remove(key)?;
+        Some(self.entries.remove(slot as usize))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &BatchEntry> {
-        self.batches.values()
+        self.entries.iter().map(|(_, entry)| entry)
     }
 
     /// What [`Index::apply`] would return for this record, without applying it: the writer
@@ -110,7 +154,7 @@ impl Index {
             run,
             batch: header.batch,
         };
-        match (header.kind, self.batches.get(&key)) {
+        match (header.kind, self.get(&key)) {
             (Kind::BatchOpen, Some(_)) => Err(IndexError::DuplicateOpen),
             (Kind::BatchOpen, None) if self.is_full() => Err(IndexError::Full),
             (Kind::BatchOpen, None) => Ok(Location::NONE),
@@ -163,31 +207,33 @@ impl Index {
         at: Location,
         now_unix_ms: u64,
     ) -> Result<Location, IndexError> {
-        if self.batches.contains_key(&key) {
+        if self.slots.contains_key(&key) {
             return Err(IndexError::DuplicateOpen);
         }
         if self.is_full() {
             return Err(IndexError::Full);
         }
         let open = decode_batch_open(payload).map_err(IndexError::Payload)?;
-        self.batches.insert(
+        let slot = self.entries.insert(BatchEntry {
             key,
-            BatchEntry {
-                key,
-                open,
-                first_segment: at.segment(),
-                last: at,
-                audio_bytes: 0,
-                audio_records: 0,
-                state: BatchState::Open,
-                opened_at_unix_ms: now_unix_ms,
-            },
+            open,
+            first_segment: at.segment(),
+            last: at,
+            audio_bytes: 0,
+            audio_records: 0,
+            state: BatchState::Open,
+            opened_at_unix_ms: now_unix_ms,
+        });
+        debug_assert!(
+            slot < self.batches_max,
+            "the slab holds at most batches_max"
         );
+        self.slots.insert(key, slot as u32);
         Ok(Location::NONE)
     }
 
     fn open_entry(&mut self, key: &BatchKey) -> Result<&mut BatchEntry, IndexError> {
-        match self.batches.get_mut(key) {
+        match self.get_mut(key) {
             Some(entry) if entry.state == BatchState::Open => Ok(entry),
             _ => Err(IndexError::NotOpen),
         }
@@ -197,7 +243,7 @@ impl Index {
     /// how many were closed.
     pub fn close_open(&mut self) -> usize {
         let mut closed = 0;
-        for entry in self.batches.values_mut() {
+        for (_, entry) in self.entries.iter_mut() {
             if entry.state == BatchState::Open {
                 entry.state = BatchState::Closed { at: entry.last };
                 self.closed.push_back(entry.key);
@@ -222,23 +268,21 @@ impl Index {
             let Some(key) = self.closed.front().copied() else {
                 break;
             };
-            let entry = self
-                .batches
-                .get_mut(&key)
-                .expect("closed batches are indexed");
+            let entry = self.get_mut(&key).expect("closed batches are indexed");
             let BatchState::Closed { at } = entry.state else {
                 unreachable!("the closed queue holds closed batches only");
             };
             if at > durable {
                 break;
             }
-            self.closed.pop_front();
             if entry.audio_bytes == 0 {
-                self.batches.remove(&key);
+                self.closed.pop_front();
+                self.remove(&key);
                 dropped_empty += 1;
                 continue;
             }
             entry.state = BatchState::Uploading;
+            self.closed.pop_front();
             out.push(key);
             taken += 1;
         }
@@ -247,7 +291,7 @@ impl Index {
 
     /// The store confirmed the batch: it leaves the index.
     pub fn uploaded(&mut self, key: &BatchKey) -> Option<BatchEntry> {
-        let entry = self.batches.remove(key)?;
+        let entry = self.remove(key)?;
         self.pending_audio_bytes -= entry.audio_bytes;
         debug_assert_eq!(entry.state, BatchState::Uploading);
         Some(entry)
@@ -256,21 +300,21 @@ impl Index {
     /// The oldest segment any indexed batch may have records in; segments before it hold only
     /// uploaded batches.
     pub fn oldest_segment(&self) -> Option<u64> {
-        self.batches.values().map(|e| e.first_segment).min()
+        self.entries().map(|e| e.first_segment).min()
     }
 
     /// (batches, audio bytes) not yet uploaded; kept as the index changes, so reading it is O(1).
     pub fn pending(&self) -> (usize, u64) {
         debug_assert_eq!(
             self.pending_audio_bytes,
-            self.batches.values().map(|e| e.audio_bytes).sum::<u64>()
+            self.entries().map(|e| e.audio_bytes).sum::<u64>()
         );
-        (self.batches.len(), self.pending_audio_bytes)
+        (self.entries.len(), self.pending_audio_bytes)
     }
 
     /// When the oldest batch not yet uploaded opened (scans every entry).
     pub fn oldest_opened_unix_ms(&self) -> Option<u64> {
-        self.batches.values().map(|e| e.opened_at_unix_ms).min()
+        self.entries().map(|e| e.opened_at_unix_ms).min()
     }
 }
 
@@ -448,5 +492,55 @@ mod tests {
         out.clear();
         index.take_ready(Location::new(1, u32::MAX), 2, &mut out);
         assert_eq!(out.iter().map(|k| k.batch).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn slots_are_reused_without_mixing_up_entries() {
+        let mut index = Index::new(2);
+        let open = open_payload();
+        let mut out = Vec::new();
+        // Batches come and go, two at a time, far more of them than the index holds: each key
+        // must keep finding its own entry in the reused slots.
+        for batch in 1..=50u64 {
+            let at = |offset: u32| Location::new(batch, offset);
+            index
+                .apply(
+                    3,
+                    &header(Kind::BatchOpen, batch, open.len()),
+                    &open,
+                    at(0),
+                    batch,
+                )
+                .unwrap();
+            let audio = vec![7u8; batch as usize];
+            index
+                .apply(
+                    3,
+                    &header(Kind::Audio, batch, audio.len()),
+                    &audio,
+                    at(100),
+                    0,
+                )
+                .unwrap();
+            index
+                .apply(3, &header(Kind::BatchClose, batch, 1), &[1], at(200), 0)
+                .unwrap();
+            if batch > 1 {
+                let older = BatchKey {
+                    run: 3,
+                    batch: batch - 1,
+                };
+                let entry = index.uploaded(&older).expect("the older batch is indexed");
+                assert_eq!((entry.key, entry.audio_bytes), (older, batch - 1));
+            }
+            assert_eq!(index.take_ready(at(200), 1, &mut out), 0);
+            let key = BatchKey { run: 3, batch };
+            let entry = index.get(&key).unwrap();
+            assert_eq!(entry.opened_at_unix_ms, batch);
+            assert_eq!(entry.audio_bytes, batch);
+            assert_eq!(index.pending(), (1, batch));
+        }
+        assert_eq!(out.len(), 50);
+        assert_eq!(index.oldest_segment(), Some(50));
     }
 }
