@@ -43,9 +43,25 @@ test-python: build python-deps
 bench:
 	CARGO="$(CARGO)" bench/run.sh
 
-## Instruction counts of the receive path under callgrind, checked against
-## perf/instructions/baseline.json (perf/README.md); installs valgrind with apt-get if missing.
+## The perf/ kit (perf/README.md). PERF picks the parts (default: all three, in this order):
+##   instructions  callgrind instruction counts of the receive path against
+##                 perf/instructions/baseline.json; fails when one grew > 10 % (installs valgrind)
+##   flamegraph    perf + inferno flamegraph of the ingest scenario, top functions by self time
+##                 (installs linux-perf with apt-get and inferno with cargo install, if missing)
+##   drivers       ingest and latency on io_uring and on epoll, side by side
+## e.g. `make perf PERF=instructions`, `make perf PERF="flamegraph drivers"`. Stops at the first part
+## that fails. flamegraph and drivers load the machine (bench/run.sh): run nothing else meanwhile.
+PERF_PARTS := instructions flamegraph drivers
+PERF ?= $(PERF_PARTS)
 perf:
-	command -v valgrind >/dev/null || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends valgrind; }
-	CARGO="$(CARGO)" PYTHON="$(PYTHON)" perf/instructions/run.sh
+	$(if $(filter-out $(PERF_PARTS),$(PERF)),$(error make perf: unknown part in PERF="$(PERF)" (known: $(PERF_PARTS))))
+	$(if $(filter instructions,$(PERF)),command -v valgrind >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends valgrind; })
+	$(if $(filter flamegraph,$(PERF)),command -v perf >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends linux-perf; })
+	$(if $(filter flamegraph,$(PERF)),command -v inferno-flamegraph >/dev/null || \
+		test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/inferno-flamegraph" || \
+		$(CARGO) install --locked inferno)
+	$(if $(filter instructions,$(PERF)),CARGO="$(CARGO)" PYTHON="$(PYTHON)" perf/instructions/run.sh)
+	$(if $(filter flamegraph,$(PERF)),CARGO="$(CARGO)" perf/flamegraph/run.sh)
+	$(if $(filter drivers,$(PERF)),CARGO="$(CARGO)" perf/drivers/run.sh)

@@ -7,19 +7,21 @@
 #
 # BENCH_ASSERT=1: after the last scenario, `pusher-bench check` reads the result files of this
 # invocation and the exit code is 1 if any goal was not met (chaos: rss_flat,
-# peak_under_budget, all_104_answered_or_cancelled, no_loss; stream: rss_flat, lag_bounded,
-# no_loss; outage: rss_flat, no_loss, recovered; latency: p99_ms < 10, process_p99_ms < 10; idle: kib_per_session <= 2; ingest: gb_per_server_cpu_s >= 2;
+# peak_under_budget, all_104_answered_or_cancelled, no_loss, reconnected, cleaned_up; stream: rss_flat, lag_bounded,
+# no_loss; outage: rss_flat, no_loss, recovered; latency: p99_ms < 10, process_p99_ms < 10; idle: kib_per_session <= 2 (the largest of its steps); ingest: gb_per_server_cpu_s >= 2;
 # log: log_to_disk_ratio >= 0.8). A goal that cannot be judged (null, e.g. no memory budget
 # exposed) does not fail. Without BENCH_ASSERT the goals are only reported.
 #
 # Environment (defaults in brackets):
-#   SCENARIO            scenarios to run, in order                   [idle ingest]
+#   SCENARIO            scenarios to run, in order: the default set runs in about 8 minutes
+#                       on a 2-core machine       [idle ingest latency chaos outage]
 #   DRIVER              server io driver: auto, uring, epoll         [auto]
 #   WORKERS             server worker threads                        [2]
 #   PORT                server port on 127.0.0.1                     [18765]
-#   IDLE_SESSIONS       idle: sessions to open                       [10000]
-#   IDLE_HOLD_S         idle: seconds to hold them after settling    [30]
-#   IDLE_SOURCE_IPS     idle: client source IPs, comma-separated     [kernel's choice]
+#   IDLE_STEPS          idle: sessions open at each step, ascending  [1000,10000,18000]
+#   IDLE_CLIENTS        idle: client processes holding the sessions  [3]
+#   IDLE_HOLD_S         idle: seconds to hold them after settling, per step [20]
+#   IDLE_SOURCE_IPS     idle: client source IPs, comma-separated     [127.0.0.2 .. 127.0.0.5]
 #   INGEST_CONNECTIONS  ingest: streaming sessions                   [16]
 #   INGEST_SECONDS      ingest: seconds of streaming                 [20]
 #   INGEST_FRAME_BYTES  ingest: PCM bytes per 101 frame              [16000]
@@ -42,7 +44,7 @@
 #   STREAM_SERIES       stream: file for every RSS and /metrics reading (JSON)
 #                                          [bench/results/stream-series-<date>.json]
 #   OUTAGE_SESSIONS     outage: sessions at real-time rate           [300]
-#   OUTAGE_SECONDS      outage: seconds of streaming                 [150]
+#   OUTAGE_SECONDS      outage: seconds of streaming                 [130]
 #   OUTAGE_FAIL_FROM_S  outage: the store is down from this second of streaming  [30]
 #   OUTAGE_FAIL_FOR_S   outage: ... for this many seconds (puts answered 503)    [60]
 #   OUTAGE_CONVERSATION_S  outage: conversation switch period, s     [30]
@@ -53,6 +55,11 @@
 #                                          [bench/results/outage-series-<date>.json]
 #   CHAOS_SECONDS       chaos: seconds of load                       [60]
 #   CHAOS_COOLDOWN_S    chaos: seconds of sampling after the load    [15]
+#   CHAOS_MODE          chaos: sessions run: leak1 (104s only), leak2 (audio only), both [both]
+#   CHAOS_DISCONNECT_INTERVAL_S  chaos: every session reconnects (same uid, new conversation)
+#                       every this many seconds, spread; 0: never    [0]
+#   CHAOS_DISCONNECT    chaos: how it ends a connection first: close (Close 1000) or drop (FIN
+#                       without a Close frame)                       [close]
 #   CHAOS_PROCESS_SESSIONS  chaos: sessions sending a 104 every 100 ms  [30]
 #   CHAOS_AUDIO_SESSIONS    chaos: sessions sending 16,000 B of audio every 50 ms, each user
 #                       with an audio_bytes app                      [15]
@@ -63,7 +70,7 @@
 #   CHAOS_SERIES        chaos: file for every RSS and /metrics reading (JSON)
 #                                          [bench/results/chaos-series-<date>.json]
 #   LATENCY_SESSIONS    latency: sessions sending one 102 per second [1000]
-#   LATENCY_SECONDS     latency: seconds of sending                  [60]
+#   LATENCY_SECONDS     latency: seconds of sending                  [30]
 #   LATENCY_SOURCE_IPS  latency: client source IPs, comma-separated  [127.0.0.2 .. 127.0.0.5]
 #   LATENCY_PROCESS_SHARE  latency: share of the sessions also sending 104s  [1]
 #   LATENCY_PROCESS_INTERVAL_MS  latency: time between a session's 104s  [10000]
@@ -76,6 +83,16 @@
 #   RESULTS             file the JSON lines are appended to          [bench/results/results.json]
 #   CARGO               cargo command                                [cargo]
 #   BENCH_ASSERT        1: exit 1 when a goal of a scenario run was not met [0]
+#   PROFILER            a command run in the background during each scenario's load, with the
+#                       server's pid appended as its last word; it gets SIGINT when the load
+#                       ends and run.sh waits for it (perf/flamegraph: `perf record ... -p`) []
+#   PEER_TARGET         peer mode: another server speaking the same protocol, ws://host:port;
+#                       each scenario then also runs against it, and `pusher-bench compare`
+#                       puts the pair in one table and one RSS plot (bench/README.md, "Peer
+#                       mode"). run.sh neither starts nor stops the peer; it must call the
+#                       simulator on SINK_PORT (processor, webhooks, hooks, S3)     []
+#   PEER_PID            peer mode: the peer's process id (RSS and CPU from /proc) []
+#   PEER_NAME           peer mode: its name in the results, tables and plots [peer]
 #
 # The servers get PUSHER_ENCRYPTION_SECRET from the environment, or a fixed bench-only one (the
 # audio sent is silence). `ingest` runs with private-cloud sync off (a settings file), so it
@@ -84,13 +101,14 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SCENARIO=${SCENARIO:-idle ingest}
+SCENARIO=${SCENARIO:-idle ingest latency chaos outage}
 DRIVER=${DRIVER:-auto}
 WORKERS=${WORKERS:-2}
 PORT=${PORT:-18765}
-IDLE_SESSIONS=${IDLE_SESSIONS:-10000}
-IDLE_HOLD_S=${IDLE_HOLD_S:-30}
-IDLE_SOURCE_IPS=${IDLE_SOURCE_IPS:-}
+IDLE_STEPS=${IDLE_STEPS:-1000,10000,18000}
+IDLE_CLIENTS=${IDLE_CLIENTS:-3}
+IDLE_HOLD_S=${IDLE_HOLD_S:-20}
+IDLE_SOURCE_IPS=${IDLE_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
 INGEST_SECONDS=${INGEST_SECONDS:-20}
 INGEST_FRAME_BYTES=${INGEST_FRAME_BYTES:-16000}
@@ -112,7 +130,7 @@ STREAM_UPLOAD_CONCURRENCY=${STREAM_UPLOAD_CONCURRENCY:-64}
 STREAM_DRAIN_TIMEOUT_S=${STREAM_DRAIN_TIMEOUT_S:-300}
 STREAM_SERIES=${STREAM_SERIES:-}
 OUTAGE_SESSIONS=${OUTAGE_SESSIONS:-300}
-OUTAGE_SECONDS=${OUTAGE_SECONDS:-150}
+OUTAGE_SECONDS=${OUTAGE_SECONDS:-130}
 OUTAGE_FAIL_FROM_S=${OUTAGE_FAIL_FROM_S:-30}
 OUTAGE_FAIL_FOR_S=${OUTAGE_FAIL_FOR_S:-60}
 OUTAGE_CONVERSATION_S=${OUTAGE_CONVERSATION_S:-30}
@@ -122,6 +140,9 @@ OUTAGE_DRAIN_TIMEOUT_S=${OUTAGE_DRAIN_TIMEOUT_S:-300}
 OUTAGE_SERIES=${OUTAGE_SERIES:-}
 CHAOS_SECONDS=${CHAOS_SECONDS:-60}
 CHAOS_COOLDOWN_S=${CHAOS_COOLDOWN_S:-15}
+CHAOS_MODE=${CHAOS_MODE:-both}
+CHAOS_DISCONNECT_INTERVAL_S=${CHAOS_DISCONNECT_INTERVAL_S:-0}
+CHAOS_DISCONNECT=${CHAOS_DISCONNECT:-close}
 CHAOS_PROCESS_SESSIONS=${CHAOS_PROCESS_SESSIONS:-30}
 CHAOS_AUDIO_SESSIONS=${CHAOS_AUDIO_SESSIONS:-15}
 CHAOS_PROCESSOR_DELAY_MS=${CHAOS_PROCESSOR_DELAY_MS:-5000}
@@ -130,7 +151,7 @@ CHAOS_STORE_DELAY_MS=${CHAOS_STORE_DELAY_MS:-2000}
 CHAOS_DRAIN_TIMEOUT_S=${CHAOS_DRAIN_TIMEOUT_S:-300}
 CHAOS_SERIES=${CHAOS_SERIES:-}
 LATENCY_SESSIONS=${LATENCY_SESSIONS:-1000}
-LATENCY_SECONDS=${LATENCY_SECONDS:-60}
+LATENCY_SECONDS=${LATENCY_SECONDS:-30}
 LATENCY_SOURCE_IPS=${LATENCY_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 LATENCY_PROCESS_SHARE=${LATENCY_PROCESS_SHARE:-1}
 LATENCY_PROCESS_INTERVAL_MS=${LATENCY_PROCESS_INTERVAL_MS:-10000}
@@ -141,10 +162,19 @@ BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
 RESULTS=${RESULTS:-bench/results/results.json}
 CARGO=${CARGO:-cargo}
 BENCH_ASSERT=${BENCH_ASSERT:-0}
+PROFILER=${PROFILER:-}
+PEER_TARGET=${PEER_TARGET:-}
+PEER_PID=${PEER_PID:-}
+PEER_NAME=${PEER_NAME:-peer}
 
 SERVER=target/release/pusher
 BENCH=target/release/pusher-bench
 TARGET=127.0.0.1:$PORT
+
+if [[ -n $PEER_TARGET ]] && ! kill -0 "${PEER_PID:?PEER_PID: the process id of the peer, with PEER_TARGET}" 2>/dev/null; then
+    echo "run.sh: no process $PEER_PID (PEER_PID) to measure the peer at $PEER_TARGET" >&2
+    exit 1
+fi
 
 for scenario in $SCENARIO; do
     case $scenario in
@@ -307,16 +337,64 @@ bench() {
     shift
     local result_file
     result_file=$(dirname "$RESULTS")/$scenario-$(date -u +%Y%m%dT%H%M%SZ).json
+    local profiler_pid=
+    if [[ -n $PROFILER ]]; then
+        # PROFILER is a command line: unquoted, so that it splits into words.
+        $PROFILER "$server_pid" >&2 &
+        profiler_pid=$!
+    fi
     "$BENCH" "$scenario" --target "$TARGET" --pid "$server_pid" \
         --label "driver=$DRIVER" --label "driver_resolved=$(resolved_driver)" \
         --label "workers=$WORKERS" --label "commit=$commit" --label "date=$(date -u +%FT%TZ)" \
         --result-file "$result_file" "$@" | tee -a "$RESULTS"
+    if [[ -n $profiler_pid ]]; then
+        kill -INT "$profiler_pid" 2>/dev/null || true
+        # A profiler ended by SIGINT exits non-zero (perf record: 130); its output tells.
+        wait "$profiler_pid" || true
+    fi
     result_files+=("$result_file")
     if ! kill -0 "$server_pid" 2>/dev/null; then
         echo "run.sh: the server died during '$scenario':" >&2
         tail -n 20 "$server_log" >&2
         exit 1
     fi
+    if [[ -n $PEER_TARGET ]]; then
+        bench_peer "$scenario" "$result_file" "$@"
+    fi
+}
+
+# bench_peer SCENARIO PUSHER_RESULT_FILE [pusher-bench flags...]: the same scenario against the
+# peer (its result file is pusher's with -$PEER_NAME), then `pusher-bench compare` on the pair:
+# the table on stdout and in <pusher's result file>-compare.md, the plot in ...-compare.svg.
+bench_peer() {
+    local scenario=$1 pusher_file=$2
+    shift 2
+    if [[ $scenario == log ]]; then
+        echo "run.sh: log measures pusher's spill log; not run against the peer" >&2
+        return 0
+    fi
+    # The fresh pusher server is done: the peer gets the machine to itself.
+    stop_server
+    if [[ -n $sink_pid ]]; then
+        # A fresh S3 sink: its record is compared with what the peer was sent.
+        stop_sink
+        start_sink
+    fi
+    # The peer's own --series file beside pusher's.
+    local args=() previous=
+    for arg in "$@"; do
+        [[ $previous == --series ]] && arg=${arg%.json}-$PEER_NAME.json
+        args+=("$arg")
+        previous=$arg
+    done
+    local peer_file=${pusher_file%.json}-$PEER_NAME.json
+    echo "== $scenario against the peer $PEER_NAME ($PEER_TARGET, pid $PEER_PID)" >&2
+    "$BENCH" "$scenario" --target "$PEER_TARGET" --target-pid "$PEER_PID" \
+        --target-name "$PEER_NAME" --label "commit=$commit" --label "date=$(date -u +%FT%TZ)" \
+        --result-file "$peer_file" "${args[@]}" | tee -a "$RESULTS"
+    peer_files+=("$peer_file")
+    "$BENCH" compare --svg "${pusher_file%.json}-compare.svg" "$pusher_file" "$peer_file" |
+        tee "${pusher_file%.json}-compare.md"
 }
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -324,17 +402,22 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then
     commit=$commit-dirty
 fi
 mkdir -p "$(dirname "$RESULTS")"
-# The result files written by this invocation (for BENCH_ASSERT).
+# The result files written by this invocation (for BENCH_ASSERT), and the peer's.
 result_files=()
+peer_files=()
 
 for scenario in $SCENARIO; do
     echo "== $scenario (driver $DRIVER, $WORKERS workers)" >&2
     server_env=()
     case $scenario in
         idle)
-            start_server idle --max-sessions-per-core 9000
-            bench idle --sessions "$IDLE_SESSIONS" --hold-s "$IDLE_HOLD_S" \
-                ${IDLE_SOURCE_IPS:+--source-ips "$IDLE_SOURCE_IPS"}
+            # The default slots: as many as the server's open-files limit allows (9,712 per
+            # core with 2 workers and 20,000 files), logged at start. A fixed 9,000 per core
+            # refused some of 18,000 sessions, as the kernel does not split them evenly.
+            start_server idle
+            grep -m 1 'session slots capped' "$server_log" >&2 || true
+            bench idle --steps "$IDLE_STEPS" --clients "$IDLE_CLIENTS" --hold-s "$IDLE_HOLD_S" \
+                --source-ips "$IDLE_SOURCE_IPS"
             ;;
         ingest)
             # Private-cloud sync off: the session path alone, comparable with the core results.
@@ -416,7 +499,8 @@ for scenario in $SCENARIO; do
             start_server chaos --store s3://bench/chaos --settings "$work/chaos-settings.toml" \
                 --processor-url "http://127.0.0.1:$SINK_PORT/processor"
             bench chaos --downstream-listen "127.0.0.1:$SINK_PORT" \
-                --seconds "$CHAOS_SECONDS" --cooldown-s "$CHAOS_COOLDOWN_S" \
+                --seconds "$CHAOS_SECONDS" --cooldown-s "$CHAOS_COOLDOWN_S" --mode "$CHAOS_MODE" \
+                --disconnect-interval-s "$CHAOS_DISCONNECT_INTERVAL_S" --disconnect "$CHAOS_DISCONNECT" \
                 --process-sessions "$CHAOS_PROCESS_SESSIONS" --audio-sessions "$CHAOS_AUDIO_SESSIONS" \
                 --processor-delay-ms "$CHAOS_PROCESSOR_DELAY_MS" \
                 --webhook-delay-ms "$CHAOS_WEBHOOK_DELAY_MS" --store-delay-ms "$CHAOS_STORE_DELAY_MS" \
@@ -444,8 +528,11 @@ for scenario in $SCENARIO; do
     # Free the disk at once (the log scenario writes gigabytes).
     rm -rf "$work/data-$scenario"
 done
-echo "results appended to $RESULTS; result files: ${result_files[*]}" >&2
-# Print every goal's verdict; with BENCH_ASSERT=1 a goal not met is the exit code.
+echo "results appended to $RESULTS; result files: ${result_files[*]} ${peer_files[*]}" >&2
+# One table of every run of this invocation (the peer's too).
+"$BENCH" summary "${result_files[@]}" "${peer_files[@]}"
+# Print every goal's verdict of pusher's runs; with BENCH_ASSERT=1 a goal not met is the exit
+# code (the peer's goals are in the summary and the comparisons, not in the exit code).
 if [[ $BENCH_ASSERT == 1 ]]; then
     "$BENCH" check "${result_files[@]}"
 else

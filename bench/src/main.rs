@@ -2,6 +2,7 @@
 //! (the server's /proc entry and its /metrics), and a simulator of the services pusher calls
 //! (processor, webhooks, hooks, a slow S3 endpoint). See bench/README.md.
 
+mod compare;
 mod disk;
 mod downstream;
 mod frames;
@@ -28,8 +29,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Open many idle sessions (103, then heartbeats) and measure server RSS per session.
+    /// Open many idle sessions (103, then heartbeats) from several client processes, step by
+    /// step, and measure server RSS per session at each step.
     Idle(load::idle::Args),
+    /// One client process of `idle` (started by it; commands on stdin, counts on stdout).
+    #[command(hide = true)]
+    IdleClient(load::idle::ClientArgs),
     /// Stream 101 audio as fast as possible and measure throughput and server CPU per byte.
     Ingest(load::ingest::Args),
     /// The ingest load, measuring the spill log's append rate from /metrics (beside the disk's).
@@ -51,6 +56,12 @@ enum Scenario {
     /// Read result files (`--result-file`), print each goal, and fail (exit 1) when a goal was
     /// not met or a file is malformed (`BENCH_ASSERT=1` in bench/run.sh).
     Check(CheckArgs),
+    /// Put result files of one scenario side by side (pusher and a peer, io_uring and epoll):
+    /// one markdown table, a column per file, and with --svg one RSS plot, a line per file.
+    Compare(compare::CompareArgs),
+    /// One markdown table of result files (an invocation of bench/run.sh): scenario, target,
+    /// headline figures, goals met.
+    Summary(compare::SummaryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,8 +106,14 @@ fn check(args: &CheckArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Scenario::Check(args) = &cli.scenario {
-        return match check(args) {
+    let offline = match &cli.scenario {
+        Scenario::Check(args) => Some(check(args)),
+        Scenario::Compare(args) => Some(compare::compare(args)),
+        Scenario::Summary(args) => Some(compare::summary(args)),
+        _ => None,
+    };
+    if let Some(outcome) = offline {
+        return match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("pusher-bench: {message}");
@@ -122,6 +139,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.scenario {
             Scenario::Idle(args) => load::idle::run(args).await,
+            Scenario::IdleClient(args) => load::idle::run_client(args).await,
             Scenario::Ingest(args) => load::ingest::run(args).await,
             Scenario::Log(args) => load::log::run(args).await,
             Scenario::Stream(args) => load::stream::run(args).await,
@@ -129,7 +147,9 @@ fn main() -> ExitCode {
             Scenario::Outage(args) => load::outage::run(args).await,
             Scenario::Latency(args) => load::latency::run(args).await,
             Scenario::Downstream(args) => downstream::run(args).await,
-            Scenario::Check(_) => unreachable!("handled before the runtime starts"),
+            Scenario::Check(_) | Scenario::Compare(_) | Scenario::Summary(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

@@ -1,8 +1,9 @@
 //! What the tool measures of a process (normally the server): resident set from
 //! `/proc/PID/status`, CPU time (user + system) from `/proc/PID/stat`, and the same per thread
-//! from `/proc/PID/task/TID/stat`.
+//! from `/proc/PID/task/TID/stat`; CPU use per interval between periodic readings.
 
 use std::io;
+use std::time::Instant;
 
 /// A process observed through `/proc`.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +33,14 @@ impl Process {
         let ticks =
             parse_cpu_ticks(&stat).ok_or_else(|| self.malformed("stat", "no utime/stime"))?;
         Ok(ticks as f64 / clock_ticks_per_s() as f64)
+    }
+
+    /// Resident set and CPU time so far, read together (one sample of a periodic sampler).
+    pub fn usage(&self) -> io::Result<Usage> {
+        Ok(Usage {
+            rss_kib: self.rss_kib()?,
+            cpu_s: self.cpu_s()?,
+        })
     }
 
     /// Every thread's name and CPU time so far (threads that end while being listed are
@@ -76,6 +85,50 @@ impl Process {
             format!("/proc/{}/{file}: {what}", self.pid),
         )
     }
+}
+
+/// One reading of a process: resident set (KiB) and CPU time so far (user + system, s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub rss_kib: u64,
+    pub cpu_s: f64,
+}
+
+/// Readings of one quantity, `(time, value)`, oldest first.
+pub type Readings<T> = Vec<(Instant, T)>;
+
+/// Periodic [`Usage`] readings split into `(time, RSS KiB)` and `(time, CPU seconds so far)`.
+pub fn split_usage(samples: &[(Instant, Usage)]) -> (Readings<u64>, Readings<f64>) {
+    samples
+        .iter()
+        .map(|&(at, usage)| ((at, usage.rss_kib), (at, usage.cpu_s)))
+        .unzip()
+}
+
+/// CPU use between consecutive readings `(time, CPU seconds so far)`, oldest first: one
+/// `(end of the interval, % of one core)` per interval; an interval of zero length is skipped.
+pub fn cpu_percent(readings: &[(Instant, f64)]) -> Vec<(Instant, f64)> {
+    readings
+        .windows(2)
+        .filter_map(|pair| {
+            let ((from, cpu_from), (to, cpu_to)) = (pair[0], pair[1]);
+            let seconds = to.saturating_duration_since(from).as_secs_f64();
+            (seconds > 0.0).then(|| (to, (cpu_to - cpu_from) / seconds * 100.0))
+        })
+        .collect()
+}
+
+/// Average and peak CPU use (% of one core) over readings `(time, CPU seconds so far)`: the
+/// average is the CPU time between the first and last reading over the time between them, the
+/// peak the busiest interval. `None` with fewer than two readings apart in time.
+pub fn cpu_avg_peak_percent(readings: &[(Instant, f64)]) -> Option<(f64, f64)> {
+    let (&(first_at, first_cpu), &(last_at, last_cpu)) = (readings.first()?, readings.last()?);
+    let seconds = last_at.saturating_duration_since(first_at).as_secs_f64();
+    let peak = cpu_percent(readings)
+        .into_iter()
+        .map(|(_, percent)| percent)
+        .reduce(f64::max)?;
+    (seconds > 0.0).then(|| ((last_cpu - first_cpu) / seconds * 100.0, peak))
 }
 
 /// One thread of a process: its name (`comm`, at most 15 bytes) and CPU time.
@@ -171,10 +224,62 @@ mod tests {
     }
 
     #[test]
+    fn cpu_percent_is_per_interval_of_one_core() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        // 0.25 s of CPU in the first 500 ms, 0.5 s in the next 500 ms, none in the last
+        // 1000 ms; a repeated time is skipped.
+        let readings = [
+            (at(0), 10.0),
+            (at(500), 10.25),
+            (at(1000), 10.75),
+            (at(1000), 10.75),
+            (at(2000), 10.75),
+        ];
+        let percent = cpu_percent(&readings);
+        assert_eq!(
+            percent,
+            [(at(500), 50.0), (at(1000), 100.0), (at(2000), 0.0)]
+        );
+        let (avg, peak) = cpu_avg_peak_percent(&readings).unwrap();
+        assert!((avg - 37.5).abs() < 1e-9, "{avg}");
+        assert_eq!(peak, 100.0);
+        assert_eq!(cpu_avg_peak_percent(&readings[..1]), None);
+        assert_eq!(cpu_avg_peak_percent(&[]), None);
+    }
+
+    #[test]
+    fn usage_splits_into_rss_and_cpu_readings() {
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(500);
+        let samples = [
+            (
+                t0,
+                Usage {
+                    rss_kib: 100,
+                    cpu_s: 1.0,
+                },
+            ),
+            (
+                t1,
+                Usage {
+                    rss_kib: 120,
+                    cpu_s: 1.5,
+                },
+            ),
+        ];
+        let (rss, cpu) = split_usage(&samples);
+        assert_eq!(rss, [(t0, 100), (t1, 120)]);
+        assert_eq!(cpu, [(t0, 1.0), (t1, 1.5)]);
+    }
+
+    #[test]
     fn this_process_can_be_measured() {
         let me = Process::current();
         assert!(me.rss_kib().unwrap() > 0);
         assert!(me.cpu_s().unwrap() >= 0.0);
+        let usage = me.usage().unwrap();
+        assert!(usage.rss_kib > 0 && usage.cpu_s >= 0.0);
         let threads = me.threads().unwrap();
         assert!(!threads.is_empty());
         let (count, cpu_s) = me.threads_named(&threads[0].name).unwrap();

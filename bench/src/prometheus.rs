@@ -28,6 +28,13 @@ impl Scrape {
         Scrape { samples }
     }
 
+    /// Whether the scrape has any of pusher's series (`pusher_*`).
+    pub fn is_pusher(&self) -> bool {
+        self.samples
+            .iter()
+            .any(|(name, _, _)| name.starts_with("pusher_"))
+    }
+
     /// The value of the series `name` without labels.
     pub fn get(&self, name: &str) -> Option<f64> {
         self.samples
@@ -114,6 +121,26 @@ fn label_value(labels: &str, key: &str) -> Option<String> {
 pub async fn scrape(addr: SocketAddr) -> Result<Scrape, String> {
     let text = http::get_ok_text(addr, "/metrics", SCRAPE_TIMEOUT).await?;
     Ok(Scrape::parse(&text))
+}
+
+/// Scrapes `/metrics` on `addr` for figures only pusher gives: `None` when the target does not
+/// answer it with pusher's series (a peer that is not pusher), after a note on stderr naming
+/// `what` goes missing. The figures read from it are then null and the goals that need them
+/// not judged.
+pub async fn scrape_pusher(addr: SocketAddr, what: &str) -> Option<Scrape> {
+    match scrape(addr).await {
+        Ok(scrape) if scrape.is_pusher() => Some(scrape),
+        Ok(_) => {
+            eprintln!(
+                "note: no pusher_* series in {addr}/metrics (not pusher?): {what} not measured"
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("note: {e} (not pusher?): {what} not measured");
+            None
+        }
+    }
 }
 
 /// `name{labels} value [timestamp]` → `(name, labels, value)`. Label values are quoted and may
@@ -236,6 +263,44 @@ mod tests {
         assert_eq!(label_value(r#"a="x""#, "c"), None);
         assert_eq!(label_value(r#"a=x"#, "a"), None);
         assert_eq!(label_value("", "a"), None);
+    }
+
+    #[test]
+    fn only_a_scrape_with_pusher_series_is_pusher() {
+        assert!(Scrape::parse(TEXT).is_pusher());
+        assert!(!Scrape::parse("python_gc_objects_collected_total 12\nup 1\n").is_pusher());
+        assert!(!Scrape::parse("").is_pusher());
+    }
+
+    #[tokio::test]
+    async fn a_target_without_pusher_metrics_gives_none() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A peer answering 404, then one answering other metrics, then pusher's.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answers = [
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nup 1\n".to_owned(),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{TEXT}",
+                TEXT.len()
+            ),
+        ];
+        let server = tokio::spawn(async move {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await.unwrap();
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        assert!(scrape_pusher(addr, "test").await.is_none(), "404");
+        assert!(scrape_pusher(addr, "test").await.is_none(), "not pusher's");
+        let pusher = scrape_pusher(addr, "test").await.unwrap();
+        assert_eq!(pusher.get("pusher_spill_pending_bytes"), Some(4_500_000.0));
+        server.await.unwrap();
+        // Nothing listening at all.
+        assert!(scrape_pusher(addr, "test").await.is_none(), "refused");
     }
 
     #[test]

@@ -6,12 +6,12 @@
 //! {"format": 1, "scenario": "chaos", "labels": {"commit": "...", ...},
 //!  "goals": {"rss_flat": {"value": 0.12, "op": "<", "limit": 1.0, "unit": "MB/min", "met": true}, ...},
 //!  "figures": {...every field of the result line but scenario, labels...},
-//!  "series": {"rss": [[s, KiB], ...]}}
+//!  "series": {"rss": [[s, KiB], ...], "cpu": [[s, % of one core], ...]}}
 //! ```
 //!
 //! `met` is `true`, `false`, or `null` when the goal could not be judged (for instance no memory
 //! budget on a server without `pusher_memory_budget_bytes`); `series` is `{}` for a scenario that
-//! does not sample RSS.
+//! does not sample RSS and CPU.
 
 use serde_json::{Map, Value, json};
 
@@ -188,6 +188,8 @@ pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
                     &at("goals.all_104_answered_or_cancelled"),
                 ),
                 Goal::flag("no_loss", &at("goals.no_loss")),
+                Goal::flag("reconnected", &at("goals.reconnected")),
+                Goal::flag("cleaned_up", &at("goals.cleaned_up")),
             ]
         }
         _ => Vec::new(),
@@ -314,6 +316,8 @@ mod tests {
                 "peak_under_budget": peak_under,
                 "all_104_answered_or_cancelled": true,
                 "no_loss": no_loss,
+                "reconnected": null,
+                "cleaned_up": true,
             },
         })
     }
@@ -343,8 +347,10 @@ mod tests {
             goals.keys().collect::<Vec<_>>(),
             [
                 "all_104_answered_or_cancelled",
+                "cleaned_up",
                 "no_loss",
                 "peak_under_budget",
+                "reconnected",
                 "rss_flat"
             ]
         );
@@ -361,8 +367,10 @@ mod tests {
             goal_outcomes(&file).unwrap(),
             [
                 ("all_104_answered_or_cancelled".to_owned(), Some(true)),
+                ("cleaned_up".to_owned(), Some(true)),
                 ("no_loss".to_owned(), Some(true)),
                 ("peak_under_budget".to_owned(), Some(true)),
+                ("reconnected".to_owned(), None),
                 ("rss_flat".to_owned(), Some(true)),
             ]
         );
@@ -434,6 +442,56 @@ mod tests {
         let none = result_file("latency", json!({}), fields(Value::Null), None);
         validate(&none).unwrap();
         assert_eq!(met(&none, "process_p99_ms"), Value::Null);
+    }
+
+    #[test]
+    fn an_idle_result_file_keeps_every_step_and_judges_the_largest() {
+        let step = |requested: u64, sessions: u64, kib: f64| {
+            json!({"sessions_requested": requested, "sessions": sessions, "kib_per_session": kib,
+                   "marginal_kib_per_session": kib, "failures": 0, "sessions_lost": 0})
+        };
+        let fields = |largest_kib: f64| {
+            object(json!({
+                "sessions_requested": 18000, "sessions": 18000, "clients": 3,
+                "source_ips": ["127.0.0.2", "127.0.0.3"], "kib_per_session": largest_kib,
+                "steps": [step(1000, 1000, 3.1), step(10000, 10000, 1.5),
+                          step(18000, 18000, largest_kib)],
+            }))
+        };
+        let file = result_file("idle", json!({"target": "pusher"}), fields(1.4), None);
+        validate(&file).unwrap();
+        assert_eq!(file["series"], json!({}));
+        assert_eq!(file["figures"]["steps"].as_array().unwrap().len(), 3);
+        assert_eq!(file["figures"]["steps"][0]["kib_per_session"], 3.1);
+        assert_eq!(
+            file["goals"]["kib_per_session"],
+            json!({"value": 1.4, "op": "<=", "limit": 2.0, "unit": "KiB", "met": true})
+        );
+        let file = result_file("idle", json!({}), fields(2.3), None);
+        assert_eq!(
+            goal_outcomes(&file).unwrap(),
+            [("kib_per_session".to_owned(), Some(false))]
+        );
+    }
+
+    #[test]
+    fn a_sampled_result_file_carries_rss_and_cpu_series() {
+        let mut file = result_file(
+            "stream",
+            json!({}),
+            object(json!({"cpu": {"intervals": 2, "avg_pct": 37.5, "peak_pct": 50.0}})),
+            Some(json!([[0.0, 20000], [0.5, 20100], [1.0, 20200]])),
+        );
+        file["series"]["cpu"] = json!([[0.5, 25.0], [1.0, 50.0]]);
+        validate(&file).unwrap();
+        assert_eq!(file["figures"]["cpu"]["peak_pct"], 50.0);
+        let mut bad = file.clone();
+        bad["series"]["cpu"] = json!([[0.5, null]]);
+        let error = validate(&bad).unwrap_err();
+        assert!(error.contains("series cpu"), "{error}");
+        let mut bad = file.clone();
+        bad["series"]["cpu"] = json!({"0.5": 25.0});
+        assert_eq!(validate(&bad).unwrap_err(), "series cpu is not an array");
     }
 
     #[test]

@@ -762,13 +762,17 @@ def test_disk_full_slows_senders_and_drops_nothing(driver, start_server, moto, f
         "500",
         env=s3_env(fault_proxy.endpoint),
     )
-    # 9.6 MB at 8 kHz in 1 s frames: over 4 times the disk budget, so that the sender stalls with
-    # frames still to send even after the socket buffers on both sides have filled.
-    total_frames = 600
+    # At 8 kHz in 1 s frames: over 4 times the disk budget plus the most the kernel may buffer for
+    # the server's socket (receive-buffer autotuning grows up to tcp_rmem's maximum, 32 MiB on
+    # some machines), so that the sender stalls with frames still to send even after the socket
+    # buffers on both sides have filled.
+    frame_bytes = 16000
+    rmem_max = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])
+    total_frames = max(600, (rmem_max + 4 * spill_max) // frame_bytes + 1)
     stream = Stream(
         "full-user",
         8000,
-        16000,
+        frame_bytes,
         [("103", "full-1"), ("audio", 250), ("102", "full-2"), ("audio", total_frames - 250)],
         sndbuf=16384,
     )

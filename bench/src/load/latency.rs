@@ -21,6 +21,7 @@
 //! round-trip percentiles of every answered 104, the transcript ring's drops and the hook
 //! deliveries by result from `/metrics`, the server's CPU time and RSS.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ use super::{
 use crate::downstream::{self, Route, RouteArgs, parse_rate};
 use crate::frames;
 use crate::proc_stats::Process;
-use crate::prometheus;
+use crate::prometheus::{self, Scrape};
 
 const UID_PREFIX: &str = "latency";
 /// How long a session waits for the end of the stream after sending its Close.
@@ -218,7 +219,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let downstream = downstream::start(args.downstream_listen, args.routes.clone()).await?;
     let server = Process::new(args.target.pid);
     let addr = args.target.addr;
-    let before = prometheus::scrape(addr).await?;
+    let before = prometheus::scrape_pusher(addr, "ring drops and deliveries").await;
     let rss_before_kib = server.rss_kib().map_err(|e| e.to_string())?;
     eprintln!(
         "latency: opening {} sessions to {addr} ({} at a time)",
@@ -282,22 +283,17 @@ pub async fn run(args: Args) -> Result<(), String> {
     let settle_s = closed.elapsed().as_secs_f64();
     let cpu_s = server.cpu_s().map_err(|e| e.to_string())? - cpu_before_s;
     let rss_after_kib = server.rss_kib().map_err(|e| e.to_string())?;
-    let after = prometheus::scrape(addr).await?;
+    let counts = match &before {
+        Some(before) => prometheus::scrape_pusher(addr, "ring drops and deliveries")
+            .await
+            .map(|after| Counts::between(before, &after)),
+        None => None,
+    };
 
     let hook = downstream.route(Route::Hook);
     let latency = downstream::latency_summary(&downstream.latencies_ns(Route::Hook));
     let processor = downstream.route(Route::Processor);
     let round_trip = downstream::latency_summary(&round_trips_ns);
-    let ring_drops =
-        after.growth_by_labels(&before, "pusher_ring_dropped_items_total", &["stream"]);
-    let deliveries = after.growth_by_labels(
-        &before,
-        "pusher_egress_requests_total",
-        &["target", "result"],
-    );
-    let dropped = after.growth_by_labels(&before, "pusher_egress_dropped_items_total", &["target"]);
-    let discarded = after.value("pusher_egress_items_discarded_at_session_end_total")
-        - before.value("pusher_egress_items_discarded_at_session_end_total");
     let missing = sent as i64 - hook.segments as i64;
     let percentiles = |summary: &serde_json::Value| {
         let ms = |field: &str| {
@@ -325,7 +321,7 @@ pub async fn run(args: Args) -> Result<(), String> {
          {process_errors} other errors {}; {processes_missing} missing; {} unknown, {} repeated, {} malformed; \
          processor {} requests, {} failed\n\
          \x20 104 → 201 round trip: {}\n\
-         \x20 ring drops {}; {discarded} items discarded at session end; deliveries {}; server CPU {cpu_s:.1}s, RSS {:.1} → {:.1} MiB",
+         \x20 ring drops {}; {} items discarded at session end; deliveries {}; server CPU {cpu_s:.1}s, RSS {:.1} → {:.1} MiB",
         args.sessions,
         failures.total(),
         stream_errors.total(),
@@ -347,8 +343,15 @@ pub async fn run(args: Args) -> Result<(), String> {
         processor.requests,
         processor.failed,
         percentiles(&round_trip),
-        counts_json(&ring_drops),
-        counts_json(&deliveries),
+        counts
+            .as_ref()
+            .map_or(json!("n/a"), |c| counts_json(&c.ring_drops)),
+        counts
+            .as_ref()
+            .map_or(json!("n/a"), |c| count_json(c.discarded)),
+        counts
+            .as_ref()
+            .map_or(json!("n/a"), |c| counts_json(&c.deliveries)),
         rss_before_kib as f64 / 1024.0,
         rss_after_kib as f64 / 1024.0,
     );
@@ -391,16 +394,48 @@ pub async fn run(args: Args) -> Result<(), String> {
                 "processor_failed": processor.failed,
             },
             "process_latency_ms": round_trip,
-            "ring_drops": counts_json(&ring_drops),
-            "egress_requests": counts_json(&deliveries),
-            "egress_dropped_items": counts_json(&dropped),
-            "items_discarded_at_session_end": count_json(discarded),
+            "ring_drops": counts.as_ref().map(|c| counts_json(&c.ring_drops)),
+            "egress_requests": counts.as_ref().map(|c| counts_json(&c.deliveries)),
+            "egress_dropped_items": counts.as_ref().map(|c| counts_json(&c.dropped)),
+            "items_discarded_at_session_end": counts.as_ref().map(|c| count_json(c.discarded)),
             "server_cpu_s": round(cpu_s, 2),
             "rss_before_kib": rss_before_kib,
             "rss_after_kib": rss_after_kib,
         }),
         &human,
     )
+}
+
+/// pusher's counts over the run, from its /metrics before and after (none against a peer).
+struct Counts {
+    ring_drops: BTreeMap<String, f64>,
+    deliveries: BTreeMap<String, f64>,
+    dropped: BTreeMap<String, f64>,
+    discarded: f64,
+}
+
+impl Counts {
+    fn between(before: &Scrape, after: &Scrape) -> Counts {
+        let discarded = "pusher_egress_items_discarded_at_session_end_total";
+        Counts {
+            ring_drops: after.growth_by_labels(
+                before,
+                "pusher_ring_dropped_items_total",
+                &["stream"],
+            ),
+            deliveries: after.growth_by_labels(
+                before,
+                "pusher_egress_requests_total",
+                &["target", "result"],
+            ),
+            dropped: after.growth_by_labels(
+                before,
+                "pusher_egress_dropped_items_total",
+                &["target"],
+            ),
+            discarded: after.value(discarded) - before.value(discarded),
+        }
+    }
 }
 
 #[cfg(test)]

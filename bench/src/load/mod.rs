@@ -16,7 +16,7 @@ pub mod stream;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::frames;
+use crate::proc_stats::{cpu_avg_peak_percent, cpu_percent};
 use crate::report;
 use crate::stats;
 use crate::svg;
@@ -38,12 +39,17 @@ pub const BYTES_PER_MB: f64 = 1e6;
 /// Options every scenario shares: the server to load and the process to measure.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Server address
-    #[arg(long = "target", value_name = "ADDR:PORT")]
+    /// Server to load: pusher or a peer speaking the same protocol (`ws://host:port` or
+    /// `host:port`; the scenarios choose the path themselves)
+    #[arg(long = "target", value_name = "ws://HOST:PORT", value_parser = parse_target)]
     pub addr: SocketAddr,
     /// Server process id, measured through /proc/PID
-    #[arg(long)]
+    #[arg(long = "target-pid", visible_alias = "pid", value_name = "PID")]
     pub pid: u32,
+    /// Name of the server in the result (its `target` label, the line in the RSS plot and the
+    /// column of `pusher-bench compare`); a `--label target=NAME` gives it too
+    #[arg(long, value_name = "NAME", default_value = "pusher")]
+    pub target_name: String,
     /// Local addresses to bind client sockets to, round-robin (e.g. 127.0.0.2,127.0.0.3);
     /// each gives its own ephemeral-port range [default: chosen by the kernel]
     #[arg(long, value_delimiter = ',', value_name = "IP,...")]
@@ -62,6 +68,49 @@ pub struct Target {
     /// RSS, a plot of it to FILE with the extension `.svg`
     #[arg(long, value_name = "FILE")]
     pub result_file: Option<std::path::PathBuf>,
+}
+
+/// `ws://host:port`, `ws://host:port/` or `host:port`, resolved to its first address. A path
+/// or query is refused (each scenario builds its own `/v1/trigger/listen?...`), and so is
+/// `wss://` (the load tool speaks plain TCP only).
+fn parse_target(text: &str) -> Result<SocketAddr, String> {
+    if text.starts_with("wss://") {
+        return Err(format!(
+            "{text}: wss:// is not supported (the load tool has no TLS); use ws://host:port"
+        ));
+    }
+    let authority = match text.split_once("://") {
+        Some(("ws", rest)) => rest.strip_suffix('/').unwrap_or(rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{text}: scheme {scheme}:// is not supported; use ws://host:port"
+            ));
+        }
+        None => text,
+    };
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!(
+            "{text}: give the server only (ws://host:port), without a path or query: each \
+             scenario chooses its own (/v1/trigger/listen?...)"
+        ));
+    }
+    authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: no address"))
+}
+
+impl Target {
+    /// The result's labels: `--label`s, and `target` = `--target-name` unless a label gives it.
+    pub fn labels(&self) -> Map<String, Value> {
+        let mut labels =
+            Map::from_iter([("target".to_owned(), Value::from(self.target_name.as_str()))]);
+        for (key, value) in &self.labels {
+            labels.insert(key.clone(), Value::from(value.as_str()));
+        }
+        labels
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -87,7 +136,12 @@ pub struct Failures {
 
 impl Failures {
     pub fn add(&mut self, reason: String) {
-        *self.by_reason.entry(reason).or_default() += 1;
+        self.add_count(reason, 1);
+    }
+
+    /// Adds `count` failures of one reason (e.g. counts another process reported).
+    pub fn add_count(&mut self, reason: String, count: usize) {
+        *self.by_reason.entry(reason).or_default() += count;
     }
 
     pub fn total(&self) -> usize {
@@ -388,8 +442,9 @@ pub async fn close_session(stream: &mut TcpStream, wait: Duration) -> Result<(),
     }
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit (one session = one descriptor).
-pub fn raise_open_files_limit() -> io::Result<()> {
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (one session = one descriptor),
+/// and returns the soft limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -406,15 +461,18 @@ pub fn raise_open_files_limit() -> io::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(limit.rlim_cur)
 }
 
-/// The server's RSS readings of a run, for the result file's `series` and the plot.
+/// The server's RSS and CPU readings of a run, for the result file's `series` and the plot.
 pub struct RssSeries<'a> {
     /// Time 0 of the series (the start of the load).
     pub start: Instant,
     /// `(time, KiB)` readings.
     pub samples: &'a [(Instant, u64)],
+    /// `(time, CPU seconds so far)` readings, taken with `samples`: the file's `series.cpu` has
+    /// one `[s, % of one core]` row per interval between them (s at its end).
+    pub cpu: &'a [(Instant, f64)],
     /// `pusher_memory_budget_bytes`, when known: a dashed line on the plot.
     pub budget_bytes: Option<f64>,
 }
@@ -443,11 +501,7 @@ pub fn print_result_with_rss(
         Value::Object(fields) => fields,
         other => Map::from_iter([("result".to_owned(), other)]),
     };
-    let labels: Map<String, Value> = target
-        .labels
-        .iter()
-        .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
-        .collect();
+    let labels = target.labels();
     let mut line = Map::new();
     line.insert("scenario".to_owned(), Value::from(scenario));
     line.extend(fields.clone());
@@ -460,7 +514,12 @@ pub fn print_result_with_rss(
     let rss_json = rss
         .as_ref()
         .map(|rss| series_json(rss.start, rss.samples, |&kib| Value::from(kib)));
-    let file = report::result_file(scenario, Value::Object(labels), fields, rss_json);
+    let mut file = report::result_file(scenario, Value::Object(labels.clone()), fields, rss_json);
+    if let Some(rss) = &rss {
+        file["series"]["cpu"] = series_json(rss.start, &cpu_percent(rss.cpu), |&percent| {
+            Value::from(round(percent, 1))
+        });
+    }
     write_json(path, &file)?;
     eprintln!("{scenario}: result file {}", path.display());
     if let Some(rss) = rss {
@@ -476,16 +535,11 @@ pub fn print_result_with_rss(
             .iter()
             .map(|&(at, kib)| (seconds(at), kib as f64 / 1024.0))
             .collect();
-        let name = target
-            .labels
-            .iter()
-            .find(|(key, _)| key == "target_name")
-            .map_or("pusher", |(_, value)| value.as_str());
-        let date = target
-            .labels
-            .iter()
-            .find(|(key, _)| key == "date")
-            .map_or(String::new(), |(_, value)| format!(", {value}"));
+        let name = labels["target"].as_str().unwrap_or("pusher");
+        let date = labels
+            .get("date")
+            .and_then(Value::as_str)
+            .map_or(String::new(), |value| format!(", {value}"));
         let svg = svg::rss_plot(
             &format!("{scenario}: server RSS over time{date}"),
             &[svg::Series { name, points }],
@@ -496,6 +550,23 @@ pub fn print_result_with_rss(
         eprintln!("{scenario}: RSS plot {}", svg_path.display());
     }
     Ok(())
+}
+
+/// The result's `cpu` object of periodic readings `(time, CPU seconds so far)` taken in
+/// [`from`, `to`]: the number of intervals between them, their average and the busiest one's
+/// CPU use, in % of one core (`null` with fewer than two readings).
+pub fn cpu_json(readings: &[(Instant, f64)], from: Instant, to: Instant) -> Value {
+    let window: Vec<(Instant, f64)> = readings
+        .iter()
+        .copied()
+        .filter(|&(at, _)| at >= from && at <= to)
+        .collect();
+    let (avg, peak) = cpu_avg_peak_percent(&window).unzip();
+    serde_json::json!({
+        "intervals": window.len().saturating_sub(1),
+        "avg_pct": avg.map(|percent| round(percent, 1)),
+        "peak_pct": peak.map(|percent| round(percent, 1)),
+    })
 }
 
 /// A count read from /metrics (a float there) as JSON: an integer when it is whole.
@@ -542,6 +613,88 @@ mod tests {
     }
 
     #[test]
+    fn a_target_is_a_ws_url_or_host_and_port_without_a_path() {
+        let addr: SocketAddr = "127.0.0.1:18865".parse().unwrap();
+        assert_eq!(parse_target("127.0.0.1:18865"), Ok(addr));
+        assert_eq!(parse_target("ws://127.0.0.1:18865"), Ok(addr));
+        assert_eq!(parse_target("ws://127.0.0.1:18865/"), Ok(addr));
+        assert_eq!(
+            parse_target("ws://localhost:18865").map(|a| a.port()),
+            Ok(18865)
+        );
+        let wss = parse_target("wss://127.0.0.1:443").unwrap_err();
+        assert!(wss.contains("wss:// is not supported"), "{wss}");
+        let http = parse_target("http://127.0.0.1:80").unwrap_err();
+        assert!(http.contains("scheme http://"), "{http}");
+        for with_path in [
+            "ws://127.0.0.1:1/v1/trigger/listen",
+            "ws://127.0.0.1:1/?uid=x",
+            "127.0.0.1:1/x",
+        ] {
+            let error = parse_target(with_path).unwrap_err();
+            assert!(error.contains("without a path or query"), "{error}");
+        }
+        assert!(parse_target("ws://127.0.0.1").is_err(), "no port");
+    }
+
+    #[derive(clap::Parser)]
+    struct TargetCli {
+        #[command(flatten)]
+        target: Target,
+    }
+
+    fn parse_cli(args: &[&str]) -> Result<Target, clap::Error> {
+        <TargetCli as clap::Parser>::try_parse_from(["pusher-bench"].iter().chain(args))
+            .map(|cli| cli.target)
+    }
+
+    #[test]
+    fn the_target_name_is_a_label_unless_one_is_given() {
+        let target = parse_cli(&[
+            "--target",
+            "ws://127.0.0.1:1",
+            "--pid",
+            "7",
+            "--label",
+            "driver=epoll",
+        ])
+        .unwrap();
+        assert_eq!(target.pid, 7);
+        assert_eq!(
+            Value::Object(target.labels()),
+            serde_json::json!({"target": "pusher", "driver": "epoll"})
+        );
+        let peer = parse_cli(&[
+            "--target",
+            "127.0.0.1:1",
+            "--target-pid",
+            "9",
+            "--target-name",
+            "python",
+        ])
+        .unwrap();
+        assert_eq!(peer.pid, 9);
+        assert_eq!(peer.labels()["target"], "python");
+        let labelled = parse_cli(&[
+            "--target",
+            "127.0.0.1:1",
+            "--target-pid",
+            "9",
+            "--target-name",
+            "python",
+            "--label",
+            "target=py2",
+        ])
+        .unwrap();
+        assert_eq!(labelled.labels()["target"], "py2");
+        let refused = parse_cli(&["--target", "wss://127.0.0.1:1", "--pid", "1"]).unwrap_err();
+        assert!(
+            refused.to_string().contains("wss:// is not supported"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn rss_slope_is_in_mb_per_minute_within_the_window() {
         let start = Instant::now();
         // 1 MB (976.5625 KiB) more every 30 s, then a jump after the window.
@@ -575,6 +728,68 @@ mod tests {
             series_json(start, &samples[1..], |&v| serde_json::json!(v)),
             serde_json::json!([[0.25, 9]])
         );
+    }
+
+    #[test]
+    fn cpu_figures_cover_the_readings_in_the_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 20 % of a core, then 60 %, then 100 % after the window.
+        let readings = [
+            (at(0), 1.0),
+            (at(500), 1.1),
+            (at(1000), 1.4),
+            (at(1500), 1.9),
+        ];
+        assert_eq!(
+            cpu_json(&readings, at(0), at(1000)),
+            serde_json::json!({"intervals": 2, "avg_pct": 40.0, "peak_pct": 60.0})
+        );
+        assert_eq!(
+            cpu_json(&readings, at(1500), at(2000)),
+            serde_json::json!({"intervals": 0, "avg_pct": null, "peak_pct": null})
+        );
+    }
+
+    #[test]
+    fn a_result_file_of_a_sampled_run_has_rss_and_cpu_series() {
+        let dir = std::env::temp_dir().join(format!("pusher-bench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stream-test.json");
+        let target = parse_cli(&[
+            "--target",
+            "127.0.0.1:1",
+            "--pid",
+            "1",
+            "--result-file",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let rss = [(at(0), 20_000), (at(500), 20_480), (at(1000), 20_480)];
+        let cpu = [(at(0), 3.0), (at(500), 3.1), (at(1000), 3.35)];
+        let series = RssSeries {
+            start,
+            samples: &rss,
+            cpu: &cpu,
+            budget_bytes: None,
+        };
+        let fields = serde_json::json!({"cpu": cpu_json(&cpu, at(0), at(1000))});
+        print_result_with_rss("stream", &target, fields, "test", Some(series)).unwrap();
+        let file: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        report::validate(&file).unwrap();
+        assert_eq!(
+            file["series"]["rss"],
+            serde_json::json!([[0.0, 20000], [0.5, 20480], [1.0, 20480]])
+        );
+        assert_eq!(
+            file["series"]["cpu"],
+            serde_json::json!([[0.5, 20.0], [1.0, 50.0]])
+        );
+        assert_eq!(file["figures"]["cpu"]["avg_pct"], 35.0);
+        assert_eq!(file["figures"]["cpu"]["peak_pct"], 50.0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::private_cloud::Lag;
 use super::stream::{Load, run_load};
@@ -125,7 +125,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let level = before_max.map(|b| (b * 1.1).max(b + BYTES_PER_MB));
     let recovery_s = level.and_then(|level| time_to_fall(&pending, fail_to_s, level));
     let healthy = transitions(&series(|l| l.store_healthy));
-    let first = Lag::of(&m.first);
+    let first = m.first.as_ref().map(Lag::of).unwrap_or_default();
     let last = m.lag_samples.last().map(|&(_, l)| l).unwrap_or(first);
     let delta = |f: fn(&Lag) -> f64| f(&last) - f(&first);
     let all: Vec<Lag> = m.lag_samples.iter().map(|&(_, l)| l).collect();
@@ -133,7 +133,11 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     let rss_flat = m.rss_slope().map(|s| s < load.goal_rss_slope_mb_per_min);
     let no_loss = m.no_loss();
-    let recovered = recovered(m.after_drain.as_ref(), args.goal_pending_bytes);
+    // Not judged without pusher's /metrics (a peer): the backlog cannot be read.
+    let recovered = m
+        .first
+        .as_ref()
+        .map(|_| recovered(m.after_drain.as_ref(), args.goal_pending_bytes));
     let mb =
         |bytes: Option<f64>| bytes.map_or("n/a".to_owned(), |b| format!("{:.1}", b / BYTES_PER_MB));
 
@@ -212,7 +216,11 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut fields = m.load_json(load);
     fields["rss"] = m.rss_json();
     fields["outage"] = outage_json;
-    fields["lag"] = lag_json;
+    fields["lag"] = if m.first.is_some() {
+        lag_json
+    } else {
+        Value::Null
+    };
     fields["sink"] = json!(m.sink_json(&["puts", "puts_in_flight_max", "delay_ms"]));
     fields["goals"] = goals_json;
     print_result_with_rss("outage", &load.target, fields, &human, Some(m.rss_series()))

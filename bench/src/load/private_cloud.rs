@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::downstream;
+use crate::http;
 use crate::prometheus::{self, Scrape};
 
 /// Period of the /metrics reads while waiting for the uploads to finish.
@@ -184,6 +185,27 @@ pub async fn wait_for_drain(addr: SocketAddr, deadline: Instant) -> Option<Lag> 
         tokio::time::sleep(DRAIN_POLL).await;
     }
     None
+}
+
+/// For a target without pusher's `/metrics` (a peer), where the upload lag cannot be read:
+/// polls the sink's record (`GET /_sink/objects`) until it holds every byte of `sent` (PCM bytes
+/// by uid), at most until `deadline`. Whether it did.
+pub async fn wait_for_sink(
+    sink: SocketAddr,
+    sent: &BTreeMap<String, u64>,
+    deadline: Instant,
+) -> bool {
+    while Instant::now() < deadline {
+        if let Ok(text) = http::get_ok_text(sink, "/_sink/objects", Duration::from_secs(30)).await
+            && let Ok(recorded) = serde_json::from_str::<Value>(&text)
+            && let Ok(stored) = stored_objects(&recorded)
+            && reconcile(sent, &stored).bytes_missing == 0
+        {
+            return true;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    false
 }
 
 #[cfg(test)]

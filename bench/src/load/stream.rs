@@ -28,14 +28,17 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::private_cloud::{Lag, Reconciliation, reconcile, stored_objects, wait_for_drain};
+use super::private_cloud::{
+    Lag, Reconciliation, reconcile, stored_objects, wait_for_drain, wait_for_sink,
+};
 use super::{
-    BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, close_session, open_sessions,
-    print_result_with_rss, round, rss_slope_mb_per_min, series_json, spread, write_json,
+    BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, close_session, cpu_json,
+    open_sessions, print_result_with_rss, round, rss_slope_mb_per_min, series_json, spread,
+    write_json,
 };
 use crate::frames;
 use crate::http;
-use crate::proc_stats::Process;
+use crate::proc_stats::{Process, cpu_percent, split_usage};
 use crate::prometheus::{self, Scrape};
 use crate::sampler::Sampler;
 use crate::stats;
@@ -81,7 +84,8 @@ pub struct Load {
     /// Longest wait after the close for every batch to be uploaded
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub drain_timeout_s: u64,
-    /// Also write every reading to this file (JSON: `rss` as [s, KiB], `lag` as [s, pending
+    /// Also write every reading to this file (JSON: `rss` as [s, KiB], `cpu` as [s, % of one
+    /// core over the interval ending at s], `lag` as [s, pending
     /// bytes, pending batches, oldest pending age s, uploads in flight, queued, uploaded], with s
     /// counted from the start of streaming)
     #[arg(long, value_name = "FILE")]
@@ -151,8 +155,9 @@ pub(super) struct Sent {
 /// store received.
 pub(super) struct Measured {
     pub rss_before_kib: u64,
-    /// The /metrics reading before the load.
-    pub first: Scrape,
+    /// The /metrics reading before the load; `None` against a target without pusher's
+    /// metrics (a peer): no upload lag, no budget.
+    pub first: Option<Scrape>,
     pub open: usize,
     pub failures: Failures,
     pub total: Sent,
@@ -169,6 +174,8 @@ pub(super) struct Measured {
     pub after_drain: Option<Lag>,
     pub drained_at: Instant,
     pub rss_samples: Vec<(Instant, u64)>,
+    /// The server's CPU time so far (s), read with each RSS reading.
+    pub cpu_samples: Vec<(Instant, f64)>,
     pub lag_samples: Vec<(Instant, Lag)>,
     pub rss_after_drain_kib: u64,
     /// Bytes sent vs stored, and the sink's `/_sink/objects` answer (with a sink).
@@ -197,8 +204,11 @@ pub(super) async fn run_load(
     let server = Process::new(load.target.pid);
     let addr = load.target.addr;
     let rss_before_kib = server.rss_kib().map_err(|e| e.to_string())?;
-    let first = prometheus::scrape(addr).await?;
-    if first.get("pusher_spill_pending_bytes").is_none() {
+    let first = prometheus::scrape_pusher(addr, "upload lag and memory budget").await;
+    if first
+        .as_ref()
+        .is_some_and(|first| first.get("pusher_spill_pending_bytes").is_none())
+    {
         return Err("pusher_spill_pending_bytes is not in the server's /metrics".to_owned());
     }
     if let Some(sink) = sink {
@@ -207,7 +217,7 @@ pub(super) async fn run_load(
 
     let rss = Sampler::start(
         Duration::from_millis(load.rss_every_ms.max(10)),
-        move || async move { server.rss_kib().ok() },
+        move || async move { server.usage().ok() },
     );
     let t0 = Instant::now();
     let progress_every = (PROGRESS_EVERY.as_millis() as u64 / load.metrics_every_ms.max(1)).max(1);
@@ -278,14 +288,22 @@ pub(super) async fn run_load(
         closed.saturating_duration_since(deadline).as_secs_f64()
     );
 
-    let after_drain =
-        wait_for_drain(addr, closed + Duration::from_secs(load.drain_timeout_s)).await;
+    let drain_deadline = closed + Duration::from_secs(load.drain_timeout_s);
+    let after_drain = match (&first, sink) {
+        (Some(_), _) => wait_for_drain(addr, drain_deadline).await,
+        // No upload lag to read: wait until the sink has every byte (or the timeout).
+        (None, Some(sink)) => {
+            wait_for_sink(sink, &sent_by_uid, drain_deadline).await;
+            None
+        }
+        (None, None) => None,
+    };
     let drained_at = Instant::now();
-    let rss_samples = rss.finish().await;
+    let (rss_samples, cpu_samples) = split_usage(&rss.finish().await);
     let lag_samples = lag.finish().await;
     let rss_after_drain_kib = server.rss_kib().map_err(|e| e.to_string())?;
     if let Some(path) = &load.series {
-        write_series(path, start, &rss_samples, &lag_samples)?;
+        write_series(path, start, &rss_samples, &cpu_samples, &lag_samples)?;
     }
 
     let recorded = match sink {
@@ -314,6 +332,7 @@ pub(super) async fn run_load(
         after_drain,
         drained_at,
         rss_samples,
+        cpu_samples,
         lag_samples,
         rss_after_drain_kib,
         recorded,
@@ -344,7 +363,7 @@ impl Measured {
 
     /// `pusher_memory_budget_bytes` before the load, if exposed.
     pub fn budget_bytes(&self) -> Option<f64> {
-        self.first.get("pusher_memory_budget_bytes")
+        self.first.as_ref()?.get("pusher_memory_budget_bytes")
     }
 
     /// The upload-lag readings while streaming.
@@ -430,16 +449,24 @@ impl Measured {
             "client_late_max_ms": self.total.late_max.as_millis() as u64,
             "close_s": round(self.closed.saturating_duration_since(self.deadline).as_secs_f64(), 2),
             "warmup_s": load.warmup_s,
+            "cpu": self.cpu_json(),
         })
     }
 
-    /// The first two lines of the human summary: the load and the server's RSS.
+    /// The server's CPU use while streaming (`start..deadline`), from the periodic readings.
+    fn cpu_json(&self) -> Value {
+        cpu_json(&self.cpu_samples, self.start, self.deadline)
+    }
+
+    /// The first two lines of the human summary: the load and the server's RSS and CPU.
     pub fn summary(&self, name: &str, load: &Load) -> String {
+        let cpu = self.cpu_json();
         format!(
             "{name}: {}/{} sessions ({} failed to open, {} stream errors), {:.1} MB of PCM in {} \
              frames, {} conversations, client late by at most {} ms\n\
              \x20 server RSS {:.1} MiB before, {:.1}..{:.1} MiB after the {}s warm-up, {:.1} MiB \
-             max{}, {:.1} MiB after the drain; slope after warm-up {} MB/min (goal < {})",
+             max{}, {:.1} MiB after the drain; slope after warm-up {} MB/min (goal < {}); server \
+             CPU while streaming {} % of a core on average, {} % at most",
             self.open,
             load.sessions,
             self.failures.total(),
@@ -461,6 +488,8 @@ impl Measured {
             self.rss_slope()
                 .map_or("n/a".to_owned(), |s| format!("{s:.3}")),
             load.goal_rss_slope_mb_per_min,
+            cpu["avg_pct"],
+            cpu["peak_pct"],
         )
     }
 
@@ -469,6 +498,7 @@ impl Measured {
         RssSeries {
             start: self.start,
             samples: &self.rss_samples,
+            cpu: &self.cpu_samples,
             budget_bytes: self.budget_bytes(),
         }
     }
@@ -477,7 +507,7 @@ impl Measured {
 pub async fn run(args: Args) -> Result<(), String> {
     let load = &args.load;
     let m = run_load(load, UID_PREFIX, args.sink, || {}).await?;
-    let uploaded_before = Lag::of(&m.first).uploaded;
+    let uploaded_before = m.first.as_ref().map(|first| Lag::of(first).uploaded);
     let minutes_since_start =
         |at: Instant| at.saturating_duration_since(m.start).as_secs_f64() / 60.0;
     let rss_slope = m.rss_slope();
@@ -495,7 +525,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         .collect();
     let drained = m.after_drain.is_some();
     let drain_s = m.drain_s();
-    let uploads = m.after_drain.map(|lag| lag.uploaded - uploaded_before);
+    let uploads = m
+        .after_drain
+        .zip(uploaded_before)
+        .map(|(lag, before)| lag.uploaded - before);
 
     let rss_flat = rss_slope.map(|s| s < load.goal_rss_slope_mb_per_min);
     let lag_bounded = oldest_age_max_s.map(|age| drained && age <= args.goal_lag_s as f64);
@@ -540,7 +573,12 @@ pub async fn run(args: Args) -> Result<(), String> {
     });
     let mut fields = m.load_json(load);
     fields["rss"] = m.rss_json();
-    fields["lag"] = lag_json;
+    // Without pusher's /metrics there is no upload lag to report.
+    fields["lag"] = if m.first.is_some() {
+        lag_json
+    } else {
+        Value::Null
+    };
     fields["sink"] = json!(m.sink_json(&["puts", "puts_in_flight_max", "delay_ms"]));
     fields["goals"] = goals_json;
     print_result_with_rss("stream", &load.target, fields, &human, Some(m.rss_series()))
@@ -551,10 +589,12 @@ fn write_series(
     path: &std::path::Path,
     start: Instant,
     rss: &[(Instant, u64)],
+    cpu: &[(Instant, f64)],
     lag: &[(Instant, Lag)],
 ) -> Result<(), String> {
     let series = json!({
         "rss": series_json(start, rss, |&kib| json!([kib])),
+        "cpu": series_json(start, &cpu_percent(cpu), |&percent| json!([round(percent, 1)])),
         "lag": series_json(start, lag, |l| {
             json!([
                 l.pending_bytes,
