@@ -25,6 +25,8 @@
 #   INGEST_CONNECTIONS  ingest: streaming sessions                   [16]
 #   INGEST_SECONDS      ingest: seconds of streaming                 [20]
 #   INGEST_FRAME_BYTES  ingest: PCM bytes per 101 frame              [16000]
+#   INGEST_DRIVERS      ingest: the io drivers it runs on, one server each, compared side by
+#                       side, when DRIVER is auto (otherwise DRIVER alone) [uring epoll]
 #   LOG_CONNECTIONS     log: streaming sessions                      [16]
 #   LOG_SECONDS         log: seconds of streaming                    [20]
 #   LOG_FRAME_BYTES     log: PCM bytes per 101 frame                 [16000]
@@ -112,6 +114,7 @@ IDLE_SOURCE_IPS=${IDLE_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
 INGEST_SECONDS=${INGEST_SECONDS:-20}
 INGEST_FRAME_BYTES=${INGEST_FRAME_BYTES:-16000}
+INGEST_DRIVERS=${INGEST_DRIVERS:-uring epoll}
 LOG_CONNECTIONS=${LOG_CONNECTIONS:-16}
 LOG_SECONDS=${LOG_SECONDS:-20}
 LOG_FRAME_BYTES=${LOG_FRAME_BYTES:-16000}
@@ -421,10 +424,22 @@ for scenario in $SCENARIO; do
             ;;
         ingest)
             # Private-cloud sync off: the session path alone, comparable with the core results.
+            # With DRIVER=auto, once per driver of INGEST_DRIVERS, then side by side.
             printf '[default]\nprivate_cloud_sync_enabled = false\n' >"$work/no-cloud.toml"
-            start_server ingest --settings "$work/no-cloud.toml"
-            bench ingest --connections "$INGEST_CONNECTIONS" --seconds "$INGEST_SECONDS" \
-                --frame-bytes "$INGEST_FRAME_BYTES"
+            asked_driver=$DRIVER
+            ingest_files=()
+            for ingest_driver in $([[ $asked_driver == auto ]] && echo "$INGEST_DRIVERS" || echo "$asked_driver"); do
+                DRIVER=$ingest_driver
+                start_server "ingest-$ingest_driver" --settings "$work/no-cloud.toml"
+                bench ingest --connections "$INGEST_CONNECTIONS" --seconds "$INGEST_SECONDS" \
+                    --frame-bytes "$INGEST_FRAME_BYTES"
+                ingest_files+=("${result_files[-1]}")
+                stop_server
+            done
+            DRIVER=$asked_driver
+            if ((${#ingest_files[@]} > 1)); then
+                "$BENCH" compare "${ingest_files[@]}" | tee "${ingest_files[0]%.json}-drivers.md" >&2
+            fi
             ;;
         log)
             wait_for_quiet

@@ -112,6 +112,7 @@ impl Outcome {
             "frames_per_s": round(self.frames as f64 / seconds, 0),
             "server_cpu_s": round(self.server_cpu_s, 2),
             "gb_per_server_cpu_s": round(self.bytes as f64 / 1e9 / self.server_cpu_s, 3),
+            "frames_per_server_cpu_s": round(self.frames as f64 / self.server_cpu_s, 0),
             "client_cpu_s": round(self.client_cpu_s, 2),
             "server_rss_after_kib": self.server_rss_after_kib,
             "failures": self.failures.total(),
@@ -130,7 +131,7 @@ impl Outcome {
         let seconds = self.seconds();
         format!(
             "{} sessions, {:.1} MB in {seconds:.1}s = {:.1} MB/s, {:.0} frames/s; \
-             server CPU {:.2}s = {:.2} GB per CPU-second; client CPU {:.2}s; \
+             server CPU {:.2}s = {:.2} GB and {:.0} frames per CPU-second; client CPU {:.2}s; \
              {} failed to open, {} stream errors",
             self.open,
             self.bytes as f64 / 1e6,
@@ -138,6 +139,7 @@ impl Outcome {
             self.frames as f64 / seconds,
             self.server_cpu_s,
             self.bytes as f64 / 1e9 / self.server_cpu_s,
+            self.frames as f64 / self.server_cpu_s,
             self.client_cpu_s,
             self.failures.total(),
             self.stream_errors.total(),
