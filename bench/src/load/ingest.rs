@@ -7,18 +7,23 @@
 //! every byte sent, and its CPU time is measured.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::{Failures, Session, Target, close_session, open_sessions, print_result, round};
+use super::{
+    Failures, Session, Target, close_session, open_sessions, print_result, round, spawn_progress,
+};
 use crate::frames;
 use crate::proc_stats::Process;
 
 /// How long a session waits for the server's Close (and end of stream) after sending its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// Time between progress lines while streaming.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -185,9 +190,27 @@ pub async fn measure(args: &Args) -> Result<Outcome, String> {
     let client_cpu_before = client.cpu_s().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
+    let bytes_sent = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let bytes_sent = Arc::clone(&bytes_sent);
+        spawn_progress(started, deadline, PROGRESS_EVERY, move || {
+            let cpu_s = server
+                .cpu_s()
+                .map_or(f64::NAN, |now| now - server_cpu_before);
+            format!(
+                "{:.0} MB sent; server CPU {cpu_s:.1}s",
+                bytes_sent.load(Ordering::Relaxed) as f64 / 1e6
+            )
+        })
+    };
     let mut streams = JoinSet::new();
     for session in opened.sessions {
-        streams.spawn(stream(session, Arc::clone(&batch), deadline));
+        streams.spawn(stream(
+            session,
+            Arc::clone(&batch),
+            deadline,
+            Arc::clone(&bytes_sent),
+        ));
     }
     let mut total = Sent::default();
     let mut stream_errors = Failures::default();
@@ -200,6 +223,7 @@ pub async fn measure(args: &Args) -> Result<Outcome, String> {
         }
     }
     let ended = Instant::now();
+    progress.abort();
     Ok(Outcome {
         open,
         failures,
@@ -214,15 +238,22 @@ pub async fn measure(args: &Args) -> Result<Outcome, String> {
     })
 }
 
-/// Writes batches until `deadline`, then closes: sends a Close and reads until the server has
-/// answered and ended the stream.
-async fn stream(mut session: Session, batch: Arc<Batch>, deadline: Instant) -> Sent {
+/// Writes batches until `deadline` (adding what it wrote to `bytes_sent`, for the progress
+/// line), then closes: sends a Close and reads until the server has answered and ended the
+/// stream.
+async fn stream(
+    mut session: Session,
+    batch: Arc<Batch>,
+    deadline: Instant,
+    bytes_sent: Arc<AtomicU64>,
+) -> Sent {
     let mut sent = Sent::default();
     while Instant::now() < deadline {
         if let Err(e) = session.stream.write_all(&batch.bytes).await {
             sent.error = Some(format!("write: {e}"));
             return sent;
         }
+        bytes_sent.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
         sent.bytes += batch.bytes.len() as u64;
         sent.frames += batch.frames;
     }

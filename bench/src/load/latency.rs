@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use super::answers::{Answers, read_201s};
 use super::{
     Failures, Schedule, Session, Target, count_json, counts_json, open_sessions, print_result,
-    round, spread,
+    round, spawn_progress, spread,
 };
 use crate::downstream::{self, Route, RouteArgs, parse_rate};
 use crate::frames;
@@ -45,6 +45,8 @@ const UID_PREFIX: &str = "latency";
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
 /// Period of the checks for outstanding segments after the close.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// Time between progress lines while sending.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Text of every segment: one second of speech, as the transcription service sends it.
 const SEGMENT_TEXT: &str = "so I was thinking we could meet tomorrow morning to go over the plan";
 
@@ -245,6 +247,16 @@ pub async fn run(args: Args) -> Result<(), String> {
     let deadline = start + Duration::from_secs(args.seconds);
     let interval = Duration::from_millis(args.interval_ms);
     let process_interval = Duration::from_millis(args.process_interval_ms);
+    let progress = spawn_progress(start, deadline, PROGRESS_EVERY, move || {
+        match (server.rss_kib(), server.cpu_s()) {
+            (Ok(kib), Ok(cpu_s)) => format!(
+                "server RSS {:.1} MiB, CPU {:.1}s",
+                kib as f64 / 1024.0,
+                cpu_s - cpu_before_s
+            ),
+            (Err(e), _) | (_, Err(e)) => format!("server not readable: {e}"),
+        }
+    });
     let mut clients = JoinSet::new();
     for session in opened.sessions {
         let first = start + spread(interval, session.index, args.sessions);
@@ -275,6 +287,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             stream_errors.add(error);
         }
     }
+    progress.abort();
     let closed = Instant::now();
     let settle_deadline = closed + Duration::from_secs(args.settle_s);
     while downstream.route(Route::Hook).segments < sent && Instant::now() < settle_deadline {

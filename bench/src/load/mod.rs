@@ -324,6 +324,25 @@ async fn read_upgrade_response(stream: &mut TcpStream) -> Result<(), String> {
     }
 }
 
+/// Prints a progress line to stderr every `every` until `deadline` (at most
+/// (deadline - start) / every lines): the seconds since `start`, then what `line` returns.
+/// The task ends by itself at the deadline.
+pub fn spawn_progress(
+    start: Instant,
+    deadline: Instant,
+    every: Duration,
+    mut line: impl FnMut() -> String + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut at = start + every;
+        while at < deadline {
+            tokio::time::sleep_until(at.into()).await;
+            eprintln!("  [{:>4.0}s] {}", (at - start).as_secs_f64(), line());
+            at += every;
+        }
+    })
+}
+
 /// Offset of session `index` of `count` within `interval`, so that the sessions' messages are
 /// spread evenly in time.
 pub fn spread(interval: Duration, index: usize, count: usize) -> Duration {
@@ -811,6 +830,29 @@ mod tests {
         assert_eq!(spread(second, 500, 1000), Duration::from_millis(500));
         assert_eq!(spread(second, 999, 1000), Duration::from_millis(999));
         assert_eq!(spread(second, 0, 0), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_lines_come_every_period_until_the_deadline() {
+        let clock = tokio::time::Instant::now();
+        let start = clock.into_std();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&lines);
+        let progress = spawn_progress(
+            start,
+            start + Duration::from_secs(12),
+            Duration::from_secs(5),
+            move || {
+                seen.lock().unwrap().push(clock.elapsed().as_secs());
+                String::new()
+            },
+        );
+        progress.await.unwrap();
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [5, 10],
+            "none at or after the deadline"
+        );
     }
 
     #[tokio::test(start_paused = true)]
