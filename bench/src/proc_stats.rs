@@ -5,6 +5,8 @@
 use std::io;
 use std::time::Instant;
 
+use crate::stats;
+
 /// A process observed through `/proc`.
 #[derive(Debug, Clone, Copy)]
 pub struct Process {
@@ -108,13 +110,8 @@ pub fn split_usage(samples: &[(Instant, Usage)]) -> (Readings<u64>, Readings<f64
 /// CPU use between consecutive readings `(time, CPU seconds so far)`, oldest first: one
 /// `(end of the interval, % of one core)` per interval; an interval of zero length is skipped.
 pub fn cpu_percent(readings: &[(Instant, f64)]) -> Vec<(Instant, f64)> {
-    readings
-        .windows(2)
-        .filter_map(|pair| {
-            let ((from, cpu_from), (to, cpu_to)) = (pair[0], pair[1]);
-            let seconds = to.saturating_duration_since(from).as_secs_f64();
-            (seconds > 0.0).then(|| (to, (cpu_to - cpu_from) / seconds * 100.0))
-        })
+    stats::interval_rates(readings)
+        .map(|(_, to, cpu_s_per_s)| (to, cpu_s_per_s * 100.0))
         .collect()
 }
 

@@ -1,5 +1,7 @@
 //! Small statistics over measured series, pure.
 
+use std::time::Instant;
+
 /// Least-squares slope of `y` over `x` (units of y per unit of x); `None` with fewer than two
 /// points or when every `x` is the same.
 pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
@@ -42,6 +44,19 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     // The tolerance keeps q × n = 7.000000000000001 (0.07 × 100) at rank 7.
     let rank = (q * sorted.len() as f64 - 1e-9).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Rates of a counter read at times `(time, count so far)`, oldest first: one
+/// `(start, end, count per second)` per pair of consecutive readings; a pair of equal times
+/// is skipped.
+pub fn interval_rates(
+    readings: &[(Instant, f64)],
+) -> impl Iterator<Item = (Instant, Instant, f64)> + '_ {
+    readings.windows(2).filter_map(|pair| {
+        let ((from, count_from), (to, count_to)) = (pair[0], pair[1]);
+        let seconds = to.saturating_duration_since(from).as_secs_f64();
+        (seconds > 0.0).then(|| (from, to, (count_to - count_from) / seconds))
+    })
 }
 
 /// Largest of `values`; `None` when empty.

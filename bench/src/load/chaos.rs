@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinSet;
 
@@ -57,7 +58,7 @@ use super::private_cloud::{
 use super::{
     BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, count_json, counts_json,
     cpu_json, open_session, open_sessions, print_result_with_rss, round, rss_slope_mb_per_min,
-    series_json, spread, write_json,
+    sample_metrics, series_json, spread, write_json,
 };
 use crate::downstream::{self, Route, RouteArgs};
 use crate::frames;
@@ -282,8 +283,31 @@ impl Lifetime {
         Schedule::new(first, self.interval, end)
     }
 
-    fn is_last(&self, end: Instant) -> bool {
-        self.ends.last() == Some(&end)
+    /// How the connection that ends at `end` is ended: the last one with a Close, the others
+    /// as `--disconnect` says.
+    fn ending(&self, end: Instant) -> Ending {
+        if self.ends.last() == Some(&end) {
+            Ending::Close
+        } else {
+            self.ending
+        }
+    }
+
+    /// After connection `n` (ending at `end`) is over: the stream of the next one, or `None`
+    /// when that was the last, it `failed`, or no reconnect succeeded before the deadline. The
+    /// disconnect and every reconnect attempt are counted in `cycles`.
+    async fn next_connection(
+        &self,
+        n: usize,
+        end: Instant,
+        failed: bool,
+        cycles: &mut Cycles,
+    ) -> Option<TcpStream> {
+        if self.ends.last() == Some(&end) || failed {
+            return None;
+        }
+        cycles.disconnects += 1;
+        Some(self.reconnect(n + 1, cycles).await?.stream)
     }
 
     /// Opens the session again with conversation `<prefix>-conv-<index>-r<n>`, every
@@ -350,12 +374,10 @@ async fn process_client(session: Session, life: Lifetime) -> ProcessOutcome {
     let mut outcome = ProcessOutcome::default();
     let mut stream = session.stream;
     for (n, &end) in life.ends.iter().enumerate() {
-        let last = life.is_last(end);
-        let ending = if last { Ending::Close } else { life.ending };
         let from = outcome.sent;
         let (reader, writer) = stream.into_split();
         let ((sent, late_max, write_error), (answered, mut answers, read_error)) = tokio::join!(
-            send_104s(writer, &uid, from, life.schedule(n, end), ending),
+            send_104s(writer, &uid, from, life.schedule(n, end), life.ending(end)),
             read_201s(reader, &uid, end + CLOSE_WAIT)
         );
         let ids = from..from + sent;
@@ -366,12 +388,12 @@ async fn process_client(session: Session, life: Lifetime) -> ProcessOutcome {
         outcome.answers.add(answers);
         outcome.late_max = outcome.late_max.max(late_max);
         outcome.error = write_error.or(read_error);
-        if last || outcome.error.is_some() {
-            break;
-        }
-        outcome.cycles.disconnects += 1;
-        match life.reconnect(n + 1, &mut outcome.cycles).await {
-            Some(session) => stream = session.stream,
+        let failed = outcome.error.is_some();
+        match life
+            .next_connection(n, end, failed, &mut outcome.cycles)
+            .await
+        {
+            Some(next) => stream = next,
             None => break,
         }
     }
@@ -428,23 +450,21 @@ async fn audio_client(session: Session, life: Lifetime, frame_bytes: usize) -> A
     };
     let mut stream = session.stream;
     for (n, &end) in life.ends.iter().enumerate() {
-        let last = life.is_last(end);
-        let ending = if last { Ending::Close } else { life.ending };
         let (reader, writer) = stream.into_split();
         let ((frames, late_max, write_error), read_error) = tokio::join!(
-            send_audio(writer, frame_bytes, life.schedule(n, end), ending),
+            send_audio(writer, frame_bytes, life.schedule(n, end), life.ending(end)),
             read_to_end(reader, end + CLOSE_WAIT)
         );
         outcome.frames += frames;
         outcome.pcm_bytes += frames * frame_bytes as u64;
         outcome.late_max = outcome.late_max.max(late_max);
         outcome.error = write_error.or(read_error);
-        if last || outcome.error.is_some() {
-            break;
-        }
-        outcome.cycles.disconnects += 1;
-        match life.reconnect(n + 1, &mut outcome.cycles).await {
-            Some(session) => stream = session.stream,
+        let failed = outcome.error.is_some();
+        match life
+            .next_connection(n, end, failed, &mut outcome.cycles)
+            .await
+        {
+            Some(next) => stream = next,
             None => break,
         }
     }
@@ -580,21 +600,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         move || async move { server.usage().ok() },
     );
     let t0 = Instant::now();
-    let progress_every = (PROGRESS_EVERY.as_millis() as u64 / args.metrics_every_ms.max(1)).max(1);
-    let mut readings = 0u64;
-    let gauges = Sampler::start(
+    let gauges = sample_metrics(
+        addr,
         Duration::from_millis(args.metrics_every_ms.max(10)),
-        move || {
-            let reading = readings;
-            readings += 1;
-            async move {
-                let gauges = Gauges::of(&prometheus::scrape(addr).await.ok()?);
-                if reading.is_multiple_of(progress_every) {
-                    print_progress(t0, &server, &gauges);
-                }
-                Some(gauges)
-            }
-        },
+        PROGRESS_EVERY,
+        Gauges::of,
+        move |gauges| print_progress(t0, &server, gauges),
     );
 
     let (process_sessions, audio_sessions) = args
@@ -1037,7 +1048,7 @@ fn print_progress(t0: Instant, server: &Process, gauges: &Gauges) {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     use super::*;
     use crate::load::answers::fake_server::{answer_frames, read_until_close};

@@ -245,13 +245,9 @@ pub async fn run(args: Args) -> Result<(), String> {
 /// MB/s between consecutive samples of a byte counter, for the intervals wholly inside
 /// `[from, to]`.
 fn interval_rates(samples: &[(Instant, f64)], from: Instant, to: Instant) -> Vec<f64> {
-    samples
-        .windows(2)
-        .filter(|w| w[0].0 >= from && w[1].0 <= to)
-        .filter_map(|w| {
-            let seconds = (w[1].0 - w[0].0).as_secs_f64();
-            (seconds > 0.0).then(|| (w[1].1 - w[0].1) / 1e6 / seconds)
-        })
+    stats::interval_rates(samples)
+        .filter(|&(start, end, _)| start >= from && end <= to)
+        .map(|(_, _, bytes_per_s)| bytes_per_s / 1e6)
         .collect()
 }
 

@@ -29,7 +29,9 @@ use tokio::task::JoinSet;
 
 use crate::frames;
 use crate::proc_stats::{cpu_avg_peak_percent, cpu_percent};
+use crate::prometheus::{self, Scrape};
 use crate::report;
+use crate::sampler::Sampler;
 use crate::stats;
 use crate::svg;
 
@@ -339,6 +341,32 @@ pub fn spawn_progress(
             tokio::time::sleep_until(at.into()).await;
             eprintln!("  [{:>4.0}s] {}", (at - start).as_secs_f64(), line());
             at += every;
+        }
+    })
+}
+
+/// Samples pusher's `/metrics` at `addr` every `every` into a `T` (`reading`; a failed scrape
+/// is not kept) and calls `progress` with about one reading in `progress_every`.
+pub fn sample_metrics<T: Send + 'static>(
+    addr: SocketAddr,
+    every: Duration,
+    progress_every: Duration,
+    reading: fn(&Scrape) -> T,
+    progress: impl Fn(&T) + Send + Sync + 'static,
+) -> Sampler<T> {
+    let progress = Arc::new(progress);
+    let readings_per_progress = (progress_every.as_nanos() / every.as_nanos().max(1)).max(1);
+    let mut readings = 0u128;
+    Sampler::start(every, move || {
+        let shows_progress = readings.is_multiple_of(readings_per_progress);
+        readings += 1;
+        let progress = Arc::clone(&progress);
+        async move {
+            let value = reading(&prometheus::scrape(addr).await.ok()?);
+            if shows_progress {
+                progress(&value);
+            }
+            Some(value)
         }
     })
 }

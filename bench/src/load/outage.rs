@@ -21,11 +21,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::{Map, json};
 
 use super::private_cloud::Lag;
 use super::stream::{Load, run_load};
-use super::{BYTES_PER_MB, print_result_with_rss, round};
+use super::{BYTES_PER_MB, round};
 use crate::downstream::{self, Route, RouteArgs};
 use crate::stats;
 
@@ -213,17 +213,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         "no_loss": no_loss,
         "recovered": recovered,
     });
-    let mut fields = m.load_json(load);
-    fields["rss"] = m.rss_json();
-    fields["outage"] = outage_json;
-    fields["lag"] = if m.first.is_some() {
-        lag_json
-    } else {
-        Value::Null
-    };
-    fields["sink"] = json!(m.sink_json(&["puts", "puts_in_flight_max", "delay_ms"]));
-    fields["goals"] = goals_json;
-    print_result_with_rss("outage", &load.target, fields, &human, Some(m.rss_series()))
+    let extra = Map::from_iter([("outage".to_owned(), outage_json)]);
+    m.print_result("outage", load, lag_json, goals_json, extra, &human)
 }
 
 #[cfg(test)]

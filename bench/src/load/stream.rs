@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
@@ -33,8 +33,8 @@ use super::private_cloud::{
 };
 use super::{
     BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, close_session, cpu_json,
-    open_sessions, print_result_with_rss, round, rss_slope_mb_per_min, series_json, spread,
-    write_json,
+    open_sessions, print_result_with_rss, round, rss_slope_mb_per_min, sample_metrics, series_json,
+    spread, write_json,
 };
 use crate::frames;
 use crate::http;
@@ -220,21 +220,12 @@ pub(super) async fn run_load(
         move || async move { server.usage().ok() },
     );
     let t0 = Instant::now();
-    let progress_every = (PROGRESS_EVERY.as_millis() as u64 / load.metrics_every_ms.max(1)).max(1);
-    let mut readings = 0u64;
-    let lag = Sampler::start(
+    let lag = sample_metrics(
+        addr,
         Duration::from_millis(load.metrics_every_ms.max(10)),
-        move || {
-            let reading = readings;
-            readings += 1;
-            async move {
-                let lag = Lag::of(&prometheus::scrape(addr).await.ok()?);
-                if reading.is_multiple_of(progress_every) {
-                    print_progress(t0, &server, &lag);
-                }
-                Some(lag)
-            }
-        },
+        PROGRESS_EVERY,
+        Lag::of,
+        move |lag| print_progress(t0, &server, lag),
     );
 
     eprintln!(
@@ -493,6 +484,38 @@ impl Measured {
         )
     }
 
+    /// Prints the result of `scenario`: the load, `rss`, `lag` (null without pusher's /metrics:
+    /// there is no upload lag to report), `sink`, `goals` and the scenario's `extra` fields.
+    pub fn print_result(
+        &self,
+        scenario: &str,
+        load: &Load,
+        lag: Value,
+        goals: Value,
+        extra: Map<String, Value>,
+        human: &str,
+    ) -> Result<(), String> {
+        let mut fields = self.load_json(load);
+        fields["rss"] = self.rss_json();
+        fields["lag"] = if self.first.is_some() {
+            lag
+        } else {
+            Value::Null
+        };
+        fields["sink"] = json!(self.sink_json(&["puts", "puts_in_flight_max", "delay_ms"]));
+        fields["goals"] = goals;
+        for (key, value) in extra {
+            fields[key] = value;
+        }
+        print_result_with_rss(
+            scenario,
+            &load.target,
+            fields,
+            human,
+            Some(self.rss_series()),
+        )
+    }
+
     /// The RSS readings for the result file and the plot.
     pub fn rss_series(&self) -> RssSeries<'_> {
         RssSeries {
@@ -571,17 +594,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         "lag_bounded": lag_bounded,
         "no_loss": no_loss,
     });
-    let mut fields = m.load_json(load);
-    fields["rss"] = m.rss_json();
-    // Without pusher's /metrics there is no upload lag to report.
-    fields["lag"] = if m.first.is_some() {
-        lag_json
-    } else {
-        Value::Null
-    };
-    fields["sink"] = json!(m.sink_json(&["puts", "puts_in_flight_max", "delay_ms"]));
-    fields["goals"] = goals_json;
-    print_result_with_rss("stream", &load.target, fields, &human, Some(m.rss_series()))
+    m.print_result("stream", load, lag_json, goals_json, Map::new(), &human)
 }
 
 /// Writes the readings (see `--series`).
