@@ -840,6 +840,15 @@ mod tests {
         }
     }
 
+    /// Polls `done` every 5 ms until it holds; panics naming `what` after 10 s.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < give_up, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn started(routes: RouteArgs) -> (Arc<Downstream>, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -919,15 +928,17 @@ mod tests {
     async fn puts_in_the_outage_window_are_answered_503() {
         let mut args = routes(0, 0, 0.0);
         args.store_fail_from_s = Some(0.0);
-        args.store_fail_for_s = 0.3;
+        args.store_fail_for_s = 1.0;
         let (downstream, addr) = started(args).await;
+        // The window began inside `started`, so it is over by this instant + 1.0 s.
+        let downstream_started = Instant::now();
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let put = async |stream: &mut TcpStream| {
             request(stream, "PUT", "/b/chunks/u/c/1.bin", "{}").await
         };
         assert_eq!(put(&mut stream).await, "HTTP/1.1 503 Service Unavailable");
         assert_eq!(put(&mut stream).await, "HTTP/1.1 503 Service Unavailable");
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        tokio::time::sleep_until((downstream_started + Duration::from_millis(1050)).into()).await;
         assert_eq!(put(&mut stream).await, "HTTP/1.1 200 OK");
         let store = downstream.route(Route::Store);
         assert_eq!(
@@ -1072,9 +1083,15 @@ mod tests {
         let request = "POST /processor HTTP/1.1\r\nContent-Type: application/json\r\n\
                        Content-Length: 2\r\n\r\n{}";
         dropped.write_all(request.as_bytes()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(downstream.route(Route::Processor).in_flight, 1);
+        until("the call in flight", || {
+            downstream.route(Route::Processor).in_flight == 1
+        })
+        .await;
         drop(dropped);
+        until("the drop noticed", || {
+            downstream.route(Route::Processor).abandoned == 1
+        })
+        .await;
         let mut kept = TcpStream::connect(addr).await.unwrap();
         let started = Instant::now();
         assert_eq!(
@@ -1092,7 +1109,7 @@ mod tests {
             ),
             (2, 1, 1, 0)
         );
-        // The drop was noticed at once, before the second call arrived.
+        // The drop was noticed during the delay, before the second call arrived.
         assert_eq!((processor.in_flight, processor.in_flight_max), (0, 1));
     }
 
