@@ -143,10 +143,11 @@ impl Core {
         self.gauges.sessions_open.set(self.slots.len() as i64);
     }
 
+    /// The gauges change before the counter: whoever saw the close counted has the gauges too.
     pub fn session_closed(&self, code: u16) {
         self.shared.sessions_open.fetch_sub(1, Ordering::Relaxed);
-        self.shared.metrics.closed(code).inc();
         self.gauges.sessions_open.set(self.slots.len() as i64);
+        self.shared.metrics.closed(code).inc();
     }
 
     /// Refreshes gauges and relays the drain's close signal to every open session.

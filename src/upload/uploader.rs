@@ -1134,7 +1134,8 @@ mod tests {
         for job in &jobs {
             running.handle.submit(job.clone()).unwrap();
         }
-        wait_until("30 uploads", || running.source.uploaded_count() == 30);
+        // `succeeded` counts after the source confirmed the upload: waiting on it covers both.
+        wait_until("30 uploads", || running.metrics.succeeded.get() == 30);
         assert_uploaded_once(&running, &jobs);
         assert_eq!(running.store.attempts_total(), 30);
         let m = &running.metrics;
@@ -1167,7 +1168,7 @@ mod tests {
         for job in &jobs {
             running.handle.submit(job.clone()).unwrap();
         }
-        wait_until("3 uploads", || running.source.uploaded_count() == 3);
+        wait_until("3 uploads", || running.metrics.succeeded.get() == 3);
         assert_uploaded_once(&running, &jobs);
         assert_eq!(running.store.attempts_total(), 3 + 7);
         let m = &running.metrics;
@@ -1225,7 +1226,7 @@ mod tests {
     #[test]
     fn concurrency_is_bounded() {
         let store = FakeStore {
-            delay: Duration::from_millis(30),
+            hold: AtomicBool::new(true),
             ..FakeStore::default()
         };
         let running = start_fake(&test_config(3), store, FakeSource::default(), 64);
@@ -1235,7 +1236,14 @@ mod tests {
         for job in &jobs {
             running.handle.submit(job.clone()).unwrap();
         }
-        wait_until("15 uploads", || running.source.uploaded_count() == 15);
+        // The held store keeps every started put in flight: 3 start, and no more while held.
+        wait_until("3 puts in flight", || {
+            running.store.in_flight.load(Ordering::Acquire) == 3
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(running.store.in_flight.load(Ordering::Acquire), 3);
+        running.store.hold.store(false, Ordering::Release);
+        wait_until("15 uploads", || running.metrics.succeeded.get() == 15);
         assert_uploaded_once(&running, &jobs);
         assert_eq!(running.store.max_in_flight.load(Ordering::Acquire), 3);
         running.handle.shutdown(Duration::from_secs(1));

@@ -350,8 +350,10 @@ def wait_uploaded(server, batches: int, timeout: float) -> dict:
 
     def done():
         m = metrics_of(server)
+        # The uploader counts a success after the spill log marked the batch uploaded.
         uploaded = m["pusher_spill_batches_uploaded_total"] >= batches
-        return m if uploaded and m["pusher_spill_pending_batches"] == 0 else None
+        succeeded = m["pusher_upload_succeeded_total"] >= batches
+        return m if uploaded and succeeded and m["pusher_spill_pending_batches"] == 0 else None
 
     try:
         return wait_until(done, timeout, f"{batches} batches uploaded and none pending", interval=0.1)
@@ -712,12 +714,11 @@ def test_kill_9_mid_stream_then_restart(driver, start_server, tmp_path):
     # A's third batch was open, and B's and C's current ones (unless the kill fell between a
     # conversation switch and the next frame).
     assert 1 <= closed <= 3, recovery
-    wait_until(
-        lambda: restarted.metric("pusher_spill_pending_batches") == 0,
-        30,
-        "every recovered batch uploaded",
-        interval=0.1,
-    )
+    # The pending-batches gauge is 0 until the writer first publishes it: wait for the count
+    # recovery found instead.
+    pending = re.search(r"spill log recovered.*?\bbatches=(\d+)", recovery)
+    assert pending, recovery[-3000:]
+    wait_uploaded(restarted, int(pending.group(1)), 30)
     objects = file_store_objects(restarted.data_dir / "cloud")
     audio = decode_objects(objects)  # every object decrypts: none is corrupt
     assert all(k.split("/")[1] in ("crash-a", "crash-b", "crash-c") for k in objects), sorted(objects)

@@ -1065,12 +1065,14 @@ mod tests {
         Arc::new(cli.target)
     }
 
-    fn lifetime(addr: SocketAddr, ends: Vec<Instant>, ending: Ending) -> Lifetime {
+    /// Sends every 20 ms from `first`; `ends` are measured from the same instant, so the count
+    /// of ticks before an end does not depend on how long the connect took.
+    fn lifetime(addr: SocketAddr, first: Instant, ends: Vec<Instant>, ending: Ending) -> Lifetime {
         Lifetime {
             target: target(addr),
             uid_prefix: PROCESS_PREFIX,
             index: 0,
-            first: Instant::now(),
+            first,
             interval: Duration::from_millis(20),
             ends,
             ending,
@@ -1100,10 +1102,11 @@ mod tests {
             stream.write_all(&wire).await.unwrap();
             read_until_close(&mut stream).await;
         });
-        let end = Instant::now() + Duration::from_millis(50);
+        let now = Instant::now();
+        let end = now + Duration::from_millis(50);
         let outcome = process_client(
             session(addr).await,
-            lifetime(addr, vec![end], Ending::Close),
+            lifetime(addr, now, vec![end], Ending::Close),
         )
         .await;
         server.await.unwrap();
@@ -1162,9 +1165,11 @@ mod tests {
         let now = Instant::now();
         let ends = vec![
             now + Duration::from_millis(50),
-            now + Duration::from_millis(120),
+            // Room for the reconnect and at least one tick after it on a loaded machine.
+            now + Duration::from_millis(400),
         ];
-        let outcome = process_client(session(addr).await, lifetime(addr, ends, Ending::Drop)).await;
+        let outcome =
+            process_client(session(addr).await, lifetime(addr, now, ends, Ending::Drop)).await;
         let (head, new_conversation) = server.await.unwrap();
         assert!(head.contains("uid=chaos-proc-0"), "{head}");
         assert!(
