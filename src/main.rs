@@ -59,6 +59,7 @@ struct ConfigArgs {
 }
 
 fn main() -> ExitCode {
+    pusher::memory::configure_allocator();
     let cli = Cli::parse();
     let (args, mode) = match cli.command {
         Command::Serve(args) => (args, Mode::Serve),

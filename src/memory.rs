@@ -57,6 +57,33 @@ fn grew(bytes: usize) {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay`: its place in `mi_option_e` (mimalloc.h, v3), which the
+/// bindings do not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// The environment variable by which an operator sets the purge delay instead.
+const PURGE_DELAY_VARIABLE: &str = "MIMALLOC_PURGE_DELAY";
+/// Milliseconds mimalloc keeps a wholly freed page resident before it gives the page back to the
+/// OS (mimalloc v3's default is 1,000; v2's was 10). Egress allocates and frees a connection's
+/// buffers with every process call; with 1 s of delay the freed pages of one call were often
+/// still resident when the next needed memory, and RSS crept up under the chaos load (see
+/// `docs/0007-resident-memory-under-churn.md`).
+pub const PURGE_DELAY_MS: i64 = 10;
+
+/// Sets pusher's allocator options: [`PURGE_DELAY_MS`], unless `MIMALLOC_PURGE_DELAY` is set
+/// (mimalloc has read it at load). Call first in `main`; any later time is also safe.
+pub fn configure_allocator() {
+    if std::env::var_os(PURGE_DELAY_VARIABLE).is_none() {
+        // SAFETY: mi_option_set takes any option index and value; 15 is a valid option.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
+/// mimalloc's purge delay in force, in milliseconds (-1: never purges).
+pub fn purge_delay_ms() -> i64 {
+    // SAFETY: mi_option_get takes any option index; 15 is a valid option.
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+}
+
 /// Heap bytes in use now and at peak, as [`CountingAllocator`] counted them (0 when the
 /// process runs another global allocator, as unit tests do).
 #[derive(Debug, Clone, Copy)]

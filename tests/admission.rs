@@ -18,6 +18,7 @@ on_both_drivers!(
     silent_or_partial_handshake_is_cut_off,
     oversized_request_head_gets_431,
     refusal_before_the_whole_head_is_read_is_not_lost_to_a_reset,
+    allocator_purge_delay_is_ours_unless_the_operator_sets_it,
 );
 
 async fn bad_or_missing_query_is_refused_with_400(driver: &str) {
@@ -148,6 +149,11 @@ async fn plain_routes_answer(driver: &str) {
         "{memory}"
     );
     assert!(memory["pusher_debug"].is_object(), "{memory}");
+    assert_eq!(
+        memory["pusher_debug"]["allocator_purge_delay_ms"],
+        pusher::memory::PURGE_DELAY_MS,
+        "{memory}"
+    );
     // A listen path without the upgrade headers is not a session.
     let plain = server.get(&format!("{LISTEN}?uid=u")).await;
     assert_eq!(plain.status, 400, "{plain:?}");
@@ -284,4 +290,14 @@ async fn refusal_before_the_whole_head_is_read_is_not_lost_to_a_reset(driver: &s
         .await
         .expect("the 431 is followed by a clean close, not a reset");
     assert_eq!(response.status, 431, "{response:?}");
+}
+
+async fn allocator_purge_delay_is_ours_unless_the_operator_sets_it(driver: &str) {
+    let server = Server::start_with_env(driver, &[], &[("MIMALLOC_PURGE_DELAY", "250")]).await;
+    let memory = server.get("/debug/memory").await;
+    let memory: serde_json::Value = serde_json::from_str(&memory.body).expect("JSON");
+    assert_eq!(
+        memory["pusher_debug"]["allocator_purge_delay_ms"], 250,
+        "{memory}"
+    );
 }

@@ -1,5 +1,5 @@
 //! The egress thread(s): a tokio runtime with one shared HTTP client (reqwest, rustls, pooled
-//! connections). One dispatcher task per core takes jobs off that core's [`Link`] and spawns a
+//! connections; a process call closes its own, see [`send`]). One dispatcher task per core takes jobs off that core's [`Link`] and spawns a
 //! task per job; the task reports its [`Completion`] back through the same link.
 //!
 //! Invariants: tokio futures run only here, never on a worker thread; every attempt runs under
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONNECTION, CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 
 use super::answer::{FailReason, ProcessOutcome, relay_message};
@@ -512,6 +512,12 @@ impl std::fmt::Display for SendError {
 }
 
 /// One HTTP attempt under `target`'s timeout (connect, request and answer body).
+///
+/// A process call asks for `Connection: close`: it runs for seconds, so a kept connection saves
+/// little, and each pooled connection (up to `processor_in_flight_max` of them) would touch a
+/// little more of its buffers with every call it carries, raising resident memory for minutes
+/// (see `docs/0007-resident-memory-under-churn.md`). The processor closes first, so the closed
+/// sockets wait out TIME_WAIT on its side, not as pusher's ephemeral ports.
 async fn send(
     context: &Context,
     target: TargetKind,
@@ -524,6 +530,9 @@ async fn send(
         .client
         .request(method, url)
         .timeout(target.timeout(&context.config));
+    if target == TargetKind::Processor {
+        request = request.header(CONNECTION, "close");
+    }
     if let Some((body, content_type)) = body {
         request = request.header(CONTENT_TYPE, content_type).body(body);
     }

@@ -95,7 +95,7 @@ fn debug_memory(shared: &Shared) -> String {
             "{{\"rss_mb\":{:.1},\"asyncio_tasks\":{},\"traced_current_mb\":{:.1},",
             "\"traced_peak_mb\":{:.1},\"pusher_debug\":{{\"queue_drops\":{{{}}},",
             "\"queue_max_len\":{{{}}},\"sessions\":{},\"budget_mb\":{:.1},",
-            "\"heap_committed_mb\":{:.1}}}}}"
+            "\"heap_committed_mb\":{:.1},\"allocator_purge_delay_ms\":{}}}}}"
         ),
         memory::rss_bytes() as f64 / MIB,
         shared.background_tasks(),
@@ -108,5 +108,6 @@ fn debug_memory(shared: &Shared) -> String {
             .load(std::sync::atomic::Ordering::Relaxed),
         shared.budget.total_bytes() as f64 / MIB,
         commit.current_bytes as f64 / MIB,
+        memory::purge_delay_ms(),
     )
 }

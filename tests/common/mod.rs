@@ -94,6 +94,12 @@ impl Server {
     /// Starts `pusher serve --driver <driver> <flags>` (with `--workers 2` unless `flags`
     /// name a count) and waits until `/health` answers 200.
     pub async fn start(driver: &str, flags: &[&str]) -> Server {
+        Server::start_with_env(driver, flags, &[]).await
+    }
+
+    /// [`Server::start`] with `env` added to the environment. `RUST_LOG` and the allocator's
+    /// `MIMALLOC_*` variables are removed first, so only `env` sets them.
+    pub async fn start_with_env(driver: &str, flags: &[&str], env: &[(&str, &str)]) -> Server {
         for _ in 0..5 {
             let port = free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -111,7 +117,9 @@ impl Server {
                 })
                 .args(flags)
                 .env_remove("RUST_LOG")
+                .env_remove("MIMALLOC_PURGE_DELAY")
                 .env("PUSHER_ENCRYPTION_SECRET", TEST_ENCRYPTION_SECRET)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone the log handle"))
                 .stderr(log)

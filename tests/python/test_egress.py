@@ -823,6 +823,8 @@ def test_process_results(driver, start_server, tmp_path, downstreams):
     assert len(calls) == 1
     call = calls[0]
     assert (call.method, call.target, call.content_type) == ("POST", "/v1/process", "application/json")
+    # One connection per call (docs/0007-resident-memory-under-churn.md).
+    assert call.headers.get("connection") == "close", call.headers
     # Every field kept, in order, with "uid" appended last.
     assert list(call.json().items()) == list(original.items()) + [("uid", "proc-1")]
     assert 2.0 <= times["timeout"] < 4.5, f"timeout 201 after {times['timeout']:.3f} s"
