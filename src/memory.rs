@@ -64,9 +64,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_VARIABLE: &str = "MIMALLOC_PURGE_DELAY";
 /// Milliseconds mimalloc keeps a wholly freed page resident before it gives the page back to the
 /// OS (mimalloc v3's default is 1,000; v2's was 10). Egress allocates and frees a connection's
-/// buffers with every process call; with 1 s of delay the freed pages of one call were often
-/// still resident when the next needed memory, and RSS crept up under the chaos load (see
-/// `docs/0007-resident-memory-under-churn.md`).
+/// buffers with every process call; under the chaos load RSS still rose 1.23 MB/min with the
+/// 1 s delay and 0.35–0.63 MB/min with this one (`docs/0007-resident-memory-under-churn.md`).
 pub const PURGE_DELAY_MS: i64 = 10;
 
 /// Sets pusher's allocator options: [`PURGE_DELAY_MS`], unless `MIMALLOC_PURGE_DELAY` is set

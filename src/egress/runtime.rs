@@ -1,6 +1,7 @@
 //! The egress thread(s): a tokio runtime with one shared HTTP client (reqwest, rustls, pooled
-//! connections; a process call closes its own, see [`send`]). One dispatcher task per core takes jobs off that core's [`Link`] and spawns a
-//! task per job; the task reports its [`Completion`] back through the same link.
+//! connections; a process call closes its own, see `send`). One dispatcher task per core
+//! takes jobs off that core's [`Link`] and spawns a task per job; the task reports its
+//! [`Completion`] back through the same link.
 //!
 //! Invariants: tokio futures run only here, never on a worker thread; every attempt runs under
 //! its target's timeout, so no delivery outlives `timeout × (1 + retries)` (plus one relay); a
@@ -516,8 +517,9 @@ impl std::fmt::Display for SendError {
 /// A process call asks for `Connection: close`: it runs for seconds, so a kept connection saves
 /// little, and each pooled connection (up to `processor_in_flight_max` of them) would touch a
 /// little more of its buffers with every call it carries, raising resident memory for minutes
-/// (see `docs/0007-resident-memory-under-churn.md`). The processor closes first, so the closed
-/// sockets wait out TIME_WAIT on its side, not as pusher's ephemeral ports.
+/// (see `docs/0007-resident-memory-under-churn.md`). The processor, asked to close, mostly closes
+/// first, so most closed sockets wait out TIME_WAIT on its side rather than holding pusher's
+/// ephemeral ports.
 async fn send(
     context: &Context,
     target: TargetKind,

@@ -66,7 +66,7 @@ pub enum MessageKind {
 /// What a call to [`Decoder::decode`] found. Ranges index the caller's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A complete (possibly reassembled) data message; payload is buf[range], unmasked.
+    /// A complete (possibly reassembled) data message; payload is `buf[range]`, unmasked.
     /// Text messages have already been checked to be valid UTF-8.
     Message {
         kind: MessageKind,
