@@ -33,6 +33,18 @@ except ImportError:  # fail, never skip: the interop check is the point of these
 T0 = 1_700_000_000.1234
 BATCH_SECONDS = 60
 
+
+@pytest.fixture
+def start_server(start_server):
+    """conftest's `start_server` with a 20 s close timeout: a session's Close waits until its
+    audio is durable, and on a shared CI disk an fdatasync can take longer than the default 3 s
+    (then the connection would be dropped, 1006, and a test expecting 1000 would fail)."""
+
+    def start(driver: str, *extra_args: str, env: dict | None = None):
+        return start_server(driver, "--close-timeout-ms", "20000", *extra_args, env=env)
+
+    return start
+
 # --- the client ----------------------------------------------------------------------------------
 
 
