@@ -1,7 +1,7 @@
 //! The egress thread(s): a tokio runtime with one shared HTTP client (reqwest, rustls, pooled
-//! connections; a process call closes its own, see `send`). One dispatcher task per core
-//! takes jobs off that core's [`Link`] and spawns a task per job; the task reports its
-//! [`Completion`] back through the same link.
+//! connections, except for targets that do not keep one: `TargetKind::keeps_connection`). One
+//! dispatcher task per core takes jobs off that core's [`Link`] and spawns a task per job; the
+//! task reports its [`Completion`] back through the same link.
 //!
 //! Invariants: tokio futures run only here, never on a worker thread; every attempt runs under
 //! its target's timeout, so no delivery outlives `timeout × (1 + retries)` (plus one relay); a
@@ -512,14 +512,10 @@ impl std::fmt::Display for SendError {
     }
 }
 
-/// One HTTP attempt under `target`'s timeout (connect, request and answer body).
-///
-/// A process call asks for `Connection: close`: it runs for seconds, so a kept connection saves
-/// little, and each pooled connection (up to `processor_in_flight_max` of them) would touch a
-/// little more of its buffers with every call it carries, raising resident memory for minutes
-/// (see `docs/0007-resident-memory-under-churn.md`). The processor, asked to close, mostly closes
-/// first, so most closed sockets wait out TIME_WAIT on its side rather than holding pusher's
-/// ephemeral ports.
+/// One HTTP attempt under `target`'s timeout (connect, request and answer body), on a pooled
+/// connection unless the target does not keep one (then `Connection: close`; the downstream,
+/// asked to close, mostly closes first, so most closed sockets wait out TIME_WAIT on its side
+/// rather than holding pusher's ephemeral ports).
 async fn send(
     context: &Context,
     target: TargetKind,
@@ -532,7 +528,7 @@ async fn send(
         .client
         .request(method, url)
         .timeout(target.timeout(&context.config));
-    if target == TargetKind::Processor {
+    if !target.keeps_connection() {
         request = request.header(CONNECTION, "close");
     }
     if let Some((body, content_type)) = body {

@@ -79,6 +79,15 @@ impl TargetKind {
         })
     }
 
+    /// Whether an attempt may use a pooled connection and leave it for the next. A process
+    /// call runs for seconds, so a kept connection saves little, and each pooled one (up to
+    /// `processor_in_flight_max`) touched a little more of its buffers with every call it
+    /// carried, raising resident memory for minutes (`docs/0007-resident-memory-under-churn.md`):
+    /// it asks for `Connection: close` instead.
+    pub fn keeps_connection(self) -> bool {
+        self != TargetKind::Processor
+    }
+
     /// True for deliveries whose `200 {"message": …}` answer may be relayed (downstream.md §1).
     pub fn may_relay(self) -> bool {
         matches!(
@@ -144,6 +153,17 @@ mod tests {
         assert_eq!(labels.len(), TARGET_KINDS.len());
         for (i, kind) in TARGET_KINDS.iter().enumerate() {
             assert_eq!(kind.index(), i);
+        }
+    }
+
+    #[test]
+    fn only_process_calls_close_their_connection() {
+        for kind in TARGET_KINDS {
+            assert_eq!(
+                kind.keeps_connection(),
+                kind != TargetKind::Processor,
+                "{kind:?}"
+            );
         }
     }
 }

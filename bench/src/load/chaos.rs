@@ -401,22 +401,44 @@ async fn process_client(session: Session, life: Lifetime) -> ProcessOutcome {
 }
 
 /// Sends a 104 per tick (conversation `<uid>-<n>`, n counting from `first_id`), then at the
-/// schedule's deadline ends the connection: the count sent, the largest lateness and the write
-/// error if any.
+/// schedule's deadline ends the connection: see [`send_per_tick`].
 async fn send_104s(
-    mut writer: OwnedWriteHalf,
+    writer: OwnedWriteHalf,
     uid: &str,
     first_id: u64,
-    mut schedule: Schedule,
+    schedule: Schedule,
     ending: Ending,
 ) -> (u64, Duration, Option<String>) {
-    let mut sent = 0;
-    while schedule.tick().await {
-        let id = format!("{uid}-{}", first_id + sent);
-        let payload = json!({"conversation_id": id, "language": "en"});
+    send_per_tick(writer, schedule, ending, "104", |sent, wire| {
+        let payload =
+            json!({"conversation_id": format!("{uid}-{}", first_id + sent), "language": "en"});
         let message = frames::message(frames::PROCESS_CONVERSATION, payload.to_string().as_bytes());
-        if let Err(e) = writer.write_all(&frames::binary_frame(&message)).await {
-            return (sent, schedule.late_max(), Some(format!("104 write: {e}")));
+        frames::push_binary_frame(&message, wire);
+    })
+    .await
+}
+
+/// Writes the frame `frame(sent_so_far, wire)` puts into `wire` once per tick of `schedule`,
+/// then at its deadline ends the connection: the count sent, the largest lateness and the
+/// first write error (named after `what`) if any.
+async fn send_per_tick(
+    mut writer: OwnedWriteHalf,
+    mut schedule: Schedule,
+    ending: Ending,
+    what: &str,
+    mut frame: impl FnMut(u64, &mut Vec<u8>),
+) -> (u64, Duration, Option<String>) {
+    let mut sent = 0;
+    let mut wire = Vec::new();
+    while schedule.tick().await {
+        wire.clear();
+        frame(sent, &mut wire);
+        if let Err(e) = writer.write_all(&wire).await {
+            return (
+                sent,
+                schedule.late_max(),
+                Some(format!("{what} write: {e}")),
+            );
         }
         sent += 1;
     }
@@ -472,34 +494,21 @@ async fn audio_client(session: Session, life: Lifetime, frame_bytes: usize) -> A
 }
 
 /// Sends a 101 of `frame_bytes` per tick (the current time as its timestamp), then at the
-/// schedule's deadline ends the connection: the frames sent, the largest lateness and the write
-/// error if any.
+/// schedule's deadline ends the connection: see [`send_per_tick`].
 async fn send_audio(
-    mut writer: OwnedWriteHalf,
+    writer: OwnedWriteHalf,
     frame_bytes: usize,
-    mut schedule: Schedule,
+    schedule: Schedule,
     ending: Ending,
 ) -> (u64, Duration, Option<String>) {
-    let mut sent = 0;
-    let mut wire = Vec::with_capacity(frames::frame_bytes(frame_bytes + 12));
-    while schedule.tick().await {
+    send_per_tick(writer, schedule, ending, "101", |_, wire| {
         let timestamp_s = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        wire.clear();
-        frames::push_binary_frame(&frames::audio_message(timestamp_s, frame_bytes), &mut wire);
-        if let Err(e) = writer.write_all(&wire).await {
-            return (sent, schedule.late_max(), Some(format!("101 write: {e}")));
-        }
-        sent += 1;
-    }
-    tokio::time::sleep_until(schedule.deadline().into()).await;
-    (
-        sent,
-        schedule.late_max(),
-        ending.end(&mut writer).await.err(),
-    )
+        frames::push_binary_frame(&frames::audio_message(timestamp_s, frame_bytes), wire);
+    })
+    .await
 }
 
 /// Reads (and discards) what the server sends until it ends the stream, at the latest `until`.
