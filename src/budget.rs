@@ -20,6 +20,8 @@ pub struct ItemSizes {
     pub slot_bytes: u64,
     /// Upper bound of one connection task (its future plus the runtime's task header).
     pub connection_task_bytes: u64,
+    /// Upper bound of one handshake task (accept to upgrade).
+    pub handshake_task_bytes: u64,
     /// One receive buffer.
     pub recv_buffer_bytes: u64,
     /// One entry of a droppable-stream ring (item plus the queue's slot stamp).
@@ -104,8 +106,13 @@ impl Budget {
                 sizes.recv_buffer_bytes,
             ),
             line(
-                "handshake buffers",
+                "handshake tasks",
                 w * config.handshake_buffers_per_core as u64,
+                sizes.handshake_task_bytes,
+            ),
+            line(
+                "request-head scratch buffers",
+                w,
                 config.max_request_header_bytes as u64,
             ),
             line(
@@ -254,6 +261,7 @@ mod tests {
     const SIZES: ItemSizes = ItemSizes {
         slot_bytes: 512,
         connection_task_bytes: 1024,
+        handshake_task_bytes: 4096,
         recv_buffer_bytes: 1 << 20,
         ring_entry_bytes: 24,
         arena_block_meta_bytes: 32,
@@ -271,7 +279,8 @@ mod tests {
         let expected = sessions * 512
             + sessions * 1024
             + 2 * 64 * (1 << 20)
-            + 2 * 256 * 8192
+            + 2 * 256 * 4096
+            + 2 * 8192
             + 2 * (32 << 20)
             + 2 * 65_536 * 32
             + sessions * 70 * 24

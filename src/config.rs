@@ -106,8 +106,10 @@ pub struct Config {
     pub max_sessions_per_core: usize,
     /// Receive buffers per worker, each `Decoder::buffer_bytes_required` bytes.
     pub recv_buffers_per_core: usize,
-    /// Request-head buffers per worker, `max_request_header_bytes` each; a connection holds one
-    /// only until its head is parsed. None free → 503.
+    /// Connections per worker between accept and upgrade (each a task, no buffer: heads are
+    /// peeked into one scratch buffer per worker). None free → the accept loop waits and new
+    /// connections wait in the kernel's accept backlog (the name is kept from when each held a
+    /// head buffer).
     pub handshake_buffers_per_core: usize,
     /// Largest WebSocket message accepted; larger → close 1009.
     pub max_message_bytes: usize,
@@ -119,7 +121,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// After pusher sends a Close, how long it waits for the peer's.
     pub close_timeout_ms: u64,
-    /// On SIGTERM, how long open sessions get to end before close 1001.
+    /// Once a drain began (SIGTERM or `POST /__internal/drain`), how long open sessions get to
+    /// end before close 1001.
     pub drain_grace_ms: u64,
     /// Bytes of outbound frames a session may have unsent; beyond it the peer is dropped.
     pub outbound_pending_bytes_max: usize,
@@ -405,7 +408,8 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_RECV_BUFFERS_PER_CORE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recv_buffers_per_core: Option<usize>,
-    /// Request-head buffers per worker; none free → 503 [default: 256]
+    /// Connections per worker between accept and upgrade; more wait in the accept backlog
+    /// [default: 256]
     #[arg(long, env = "PUSHER_HANDSHAKE_BUFFERS_PER_CORE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_buffers_per_core: Option<usize>,
@@ -429,7 +433,8 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_CLOSE_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub close_timeout_ms: Option<u64>,
-    /// Grace period for open sessions on SIGTERM [default: 30000]
+    /// Grace period for open sessions once a drain began (SIGTERM or POST /__internal/drain)
+    /// [default: 30000]
     #[arg(long, env = "PUSHER_DRAIN_GRACE_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_grace_ms: Option<u64>,

@@ -14,8 +14,10 @@ on_both_drivers!(
     auth_token_is_required_for_upgrades,
     metrics_token_is_required_for_metrics,
     plain_routes_answer,
-    full_server_refuses_with_503_until_a_slot_frees,
+    full_server_turns_sessions_away_with_1013_until_a_slot_frees,
     silent_or_partial_handshake_is_cut_off,
+    probes_answer_while_silent_peers_hold_every_handshake_slot,
+    a_burst_larger_than_the_handshake_slots_waits_and_is_upgraded,
     oversized_request_head_gets_431,
     refusal_before_the_whole_head_is_read_is_not_lost_to_a_reset,
     allocator_purge_delay_is_ours_unless_the_operator_sets_it,
@@ -107,6 +109,27 @@ async fn metrics_token_is_required_for_metrics(driver: &str) {
     // At least the /health of the start-up wait, the two refused scrapes and this one.
     let metrics = Metrics(right.body);
     assert!(metrics.value("pusher_http_requests_total") >= 4);
+    // A lowercase scheme is the same scheme (RFC 9110 §11.1).
+    let lower = http_get(
+        server.addr,
+        "/metrics",
+        &[("Authorization", "bearer m-token")],
+    )
+    .await;
+    assert_eq!(lower.status, 200, "{lower:?}");
+    // The token guards /debug/memory too (Omi's METRICS_SECRET guards both).
+    let memory = http_get(server.addr, "/debug/memory", &[]).await;
+    assert_eq!(memory.status, 401, "{memory:?}");
+    let memory = http_get(
+        server.addr,
+        "/debug/memory",
+        &[("Authorization", "Bearer m-token")],
+    )
+    .await;
+    assert_eq!(memory.status, 200, "{memory:?}");
+    // The probes are never guarded.
+    assert_eq!(server.get("/health").await.status, 200);
+    assert_eq!(server.get("/ready").await.status, 200);
     // The metrics token does not guard upgrades.
     let mut ws = server.connect("u").await;
     assert_eq!(close_with(&mut ws, 1000).await, 1000);
@@ -122,7 +145,22 @@ async fn plain_routes_answer(driver: &str) {
         (health.status, health.body.as_str()),
         (200, r#"{"status":"healthy"}"#)
     );
-    assert_eq!(server.get("/readyz").await.status, 200);
+    for path in ["/ready", "/readyz"] {
+        let ready = server.get(path).await;
+        assert_eq!(
+            (ready.status, ready.body.as_str()),
+            (200, r#"{"status":"ready"}"#),
+            "{path}"
+        );
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("pusher_ready"), 1);
+    assert_eq!(metrics.value("pusher_drain_in_progress"), 0);
+    assert_eq!(metrics.value("pusher_active_ws_connections"), 0);
+    // The drain is served to POST only; a GET changes nothing.
+    let get = server.get("/__internal/drain").await;
+    assert_eq!((get.status, get.header("Allow")), (405, Some("POST")));
+    assert_eq!(server.get("/ready").await.status, 200);
     let label = if driver == "uring" {
         "io_uring"
     } else {
@@ -159,31 +197,29 @@ async fn plain_routes_answer(driver: &str) {
     assert_eq!(plain.status, 400, "{plain:?}");
 }
 
-async fn full_server_refuses_with_503_until_a_slot_frees(driver: &str) {
+async fn full_server_turns_sessions_away_with_1013_until_a_slot_frees(driver: &str) {
     let server = Server::start(driver, &["--workers", "1", "--max-sessions-per-core", "2"]).await;
     let mut first = server.connect("u-1").await;
     let mut second = server.connect("u-2").await;
-    let refused = server
-        .try_connect("uid=u-3", None)
-        .await
-        .expect_err("a third session is refused");
-    assert_eq!(refused.status, 503, "{refused:?}");
-    let retry_after: u32 = refused
-        .header("Retry-After")
-        .and_then(|v| v.parse().ok())
-        .expect("503 has a numeric Retry-After");
-    assert!(retry_after > 0);
-    let ready = server.get("/readyz").await;
+    // The upgrade completes (the listen client's breaker counts no failure), then 1013.
+    assert_eq!(server.connect_turned_away("u-3").await, 1013);
+    let ready = server.get("/ready").await;
     assert_eq!(
         (ready.status, ready.body.as_str()),
         (503, r#"{"status":"full"}"#)
     );
+    let metrics = server.metrics().await;
     assert_eq!(
-        server
-            .metric("pusher_sessions_refused_total{reason=\"capacity\"}")
-            .await,
+        metrics.value("pusher_sessions_turned_away_total{reason=\"full\"}"),
         1
     );
+    assert_eq!(
+        metrics.value("pusher_sessions_refused_total{reason=\"capacity\"}"),
+        0,
+        "no HTTP refusal"
+    );
+    assert_eq!(metrics.value("pusher_ready"), 0);
+    assert_eq!(metrics.value("pusher_active_ws_connections"), 2);
     // The sessions already open are not disturbed.
     send(&mut second, 104, br#"{"conversation_id": "still-here"}"#).await;
     assert_eq!(
@@ -191,10 +227,10 @@ async fn full_server_refuses_with_503_until_a_slot_frees(driver: &str) {
         "still-here"
     );
     assert_eq!(close_with(&mut first, 1000).await, 1000);
-    server.wait_status("/readyz", 200).await;
+    server.wait_status("/ready", 200).await;
     let mut third = server.connect("u-3").await;
     send(&mut third, 100, &[]).await;
-    assert_eq!(server.get("/readyz").await.status, 503);
+    assert_eq!(server.get("/ready").await.status, 503);
     assert_eq!(close_with(&mut third, 1000).await, 1000);
     assert_eq!(close_with(&mut second, 1000).await, 1000);
     assert_eq!(server.metric("pusher_sessions_opened_total").await, 3);
@@ -242,6 +278,76 @@ async fn silent_or_partial_handshake_is_cut_off(driver: &str) {
     // A prompt client is unaffected by the short timeout.
     let mut ws = server.connect("u").await;
     assert_eq!(close_with(&mut ws, 1000).await, 1000);
+}
+
+async fn probes_answer_while_silent_peers_hold_every_handshake_slot(driver: &str) {
+    // 4 slots on one core; 6 silent peers and 6 that stall mid-head, far more than the slots,
+    // under the default 10 s handshake timeout.
+    let server = Server::start(
+        driver,
+        &["--workers", "1", "--handshake-buffers-per-core", "4"],
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..12 {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        if i % 2 == 1 {
+            stream
+                .write_all(format!("GET {LISTEN}?uid=u HTTP/1.1\r\nHost: x\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Well inside the handshake timeout: the probes do not wait for the stalled peers to time out.
+    let limit = Duration::from_secs(3);
+    for path in ["/health", "/ready"] {
+        let response = within(limit, path, http_get(server.addr, path, &[])).await;
+        assert_eq!(response.status, 200, "{path}: {response:?}");
+    }
+    let mut ws = within(limit, "an upgrade", server.connect("canary")).await;
+    send(&mut ws, 104, br#"{"conversation_id": "c"}"#).await;
+    assert_eq!(expect_result(&mut ws).await["conversation_id"], "c");
+    let evicted = server.metric("pusher_handshakes_evicted_total").await;
+    assert!(evicted >= 3, "stalled peers were evicted: {evicted}");
+    assert!(
+        server.metrics().await.sum("pusher_handshakes_in_flight") <= 4,
+        "never more than the slots"
+    );
+    drop(held);
+}
+
+async fn a_burst_larger_than_the_handshake_slots_waits_and_is_upgraded(driver: &str) {
+    let server = Server::start(
+        driver,
+        &["--workers", "1", "--handshake-buffers-per-core", "2"],
+    )
+    .await;
+    // 200 upgrades at once through 2 slots: the rest wait in the accept backlog, none is
+    // refused and none is evicted (each sent its request at once).
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let url = server.url(&format!("uid=burst-{i}"));
+        burst.spawn(async move {
+            tokio_tungstenite::connect_async(url)
+                .await
+                .map(|(ws, _)| ws)
+        });
+    }
+    let mut sessions = Vec::new();
+    while let Some(joined) = within(STEP * 2, "the burst", burst.join_next()).await {
+        sessions.push(
+            joined
+                .expect("join")
+                .expect("every upgrade of the burst succeeds"),
+        );
+    }
+    assert_eq!(sessions.len(), 200);
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("pusher_handshakes_evicted_total"), 0);
+    assert_eq!(metrics.value("pusher_active_ws_connections"), 200);
+    assert_eq!(metrics.sum("pusher_sessions_refused_total"), 0);
 }
 
 async fn oversized_request_head_gets_431(driver: &str) {

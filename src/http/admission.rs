@@ -11,6 +11,7 @@ use crate::id::Id;
 
 pub const LISTEN_PATH: &str = "/v1/trigger/listen";
 pub const ECHO_PATH: &str = "/test/echo";
+pub const DRAIN_PATH: &str = "/__internal/drain";
 
 /// Sample rate when the query has none (protocol.md §1).
 pub const SAMPLE_RATE_DEFAULT_HZ: u32 = 8_000;
@@ -22,7 +23,10 @@ pub enum Route {
     Listen,
     Echo,
     Health,
+    /// `/ready` (the Omi chart's readiness probe) and `/readyz` (kept for existing users).
     Ready,
+    /// `POST /__internal/drain`: the chart's preStop hook.
+    Drain,
     Metrics,
     DebugMemory,
     NotFound,
@@ -34,7 +38,8 @@ pub fn route(path: &str, echo_enabled: bool) -> Route {
         LISTEN_PATH => Route::Listen,
         ECHO_PATH if echo_enabled => Route::Echo,
         "/health" => Route::Health,
-        "/readyz" => Route::Ready,
+        "/ready" | "/readyz" => Route::Ready,
+        DRAIN_PATH => Route::Drain,
         "/metrics" => Route::Metrics,
         "/debug/memory" => Route::DebugMemory,
         _ => Route::NotFound,
@@ -59,14 +64,24 @@ pub struct ListenParams {
     pub sample_rate_hz: u32,
 }
 
+/// The authorization scheme pusher accepts.
+const BEARER: &[u8] = b"bearer";
+
 /// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
 pub fn check_bearer(request: &Request<'_>, token: Option<&str>) -> Result<(), Refusal> {
     let Some(token) = token else {
         return Ok(());
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1); one or more spaces follow it.
     let presented = request
         .authorization
-        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .and_then(|value| {
+            let (scheme, rest) = value.split_at_checked(BEARER.len())?;
+            scheme
+                .eq_ignore_ascii_case(BEARER)
+                .then(|| rest.trim_ascii_start())
+                .filter(|_| rest.first() == Some(&b' '))
+        })
         .unwrap_or(b"");
     if bool::from(presented.ct_eq(token.as_bytes())) {
         Ok(())
@@ -172,6 +187,8 @@ mod tests {
             websocket_key: Some(b"dGhlIHNhbXBsZSBub25jZQ=="),
             websocket_version: Some(b"13"),
             authorization,
+            accept: None,
+            forwarded: false,
         }
     }
 
@@ -181,6 +198,9 @@ mod tests {
         assert_eq!(route("/test/echo", false), Route::NotFound);
         assert_eq!(route("/test/echo", true), Route::Echo);
         assert_eq!(route("/metrics", false), Route::Metrics);
+        assert_eq!(route("/ready", false), Route::Ready);
+        assert_eq!(route("/readyz", false), Route::Ready);
+        assert_eq!(route("/__internal/drain", false), Route::Drain);
         assert_eq!(route("/nope", false), Route::NotFound);
     }
 
@@ -224,6 +244,9 @@ mod tests {
         assert!(check_bearer(&request(Some(b"Bearer t0k")), Some("t0k")).is_ok());
         assert!(check_bearer(&request(Some(b"Bearer t0")), Some("t0k")).is_err());
         assert!(check_bearer(&request(Some(b"Basic t0k")), Some("t0k")).is_err());
+        assert!(check_bearer(&request(Some(b"bearer t0k")), Some("t0k")).is_ok());
+        assert!(check_bearer(&request(Some(b"BEARER  t0k")), Some("t0k")).is_ok());
+        assert!(check_bearer(&request(Some(b"Bearert0k")), Some("t0k")).is_err());
     }
 
     #[test]

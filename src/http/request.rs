@@ -19,6 +19,11 @@ pub struct Request<'b> {
     pub websocket_key: Option<&'b [u8]>,
     pub websocket_version: Option<&'b [u8]>,
     pub authorization: Option<&'b [u8]>,
+    /// `Accept` (content negotiation of `/metrics`).
+    pub accept: Option<&'b [u8]>,
+    /// A `Forwarded` or `X-Forwarded-For` header is present: the request came through a proxy,
+    /// whatever its peer address says.
+    pub forwarded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +86,8 @@ pub fn parse(buf: &[u8], max_head_bytes: usize) -> Result<Parsed<'_>, HeadError>
         websocket_key: None,
         websocket_version: None,
         authorization: None,
+        accept: None,
+        forwarded: false,
     };
     for header in raw.headers.iter() {
         apply_header(&mut request, header.name, header.value);
@@ -102,6 +109,11 @@ fn apply_header<'b>(request: &mut Request<'b>, name: &str, value: &'b [u8]) {
         request.websocket_version = Some(trim(value));
     } else if name.eq_ignore_ascii_case("authorization") {
         request.authorization = Some(trim(value));
+    } else if name.eq_ignore_ascii_case("accept") {
+        request.accept = Some(trim(value));
+    } else if name.eq_ignore_ascii_case("forwarded") || name.eq_ignore_ascii_case("x-forwarded-for")
+    {
+        request.forwarded = true;
     }
 }
 
@@ -146,6 +158,27 @@ mod tests {
         );
         assert_eq!(request.websocket_version, Some(&b"13"[..]));
         assert_eq!(request.authorization, Some(&b"Bearer abc"[..]));
+        assert_eq!(request.accept, None);
+        assert!(!request.forwarded);
+    }
+
+    #[test]
+    fn reads_accept_and_sees_forwarding_headers() {
+        for (forwarding, expected) in [
+            ("", false),
+            ("Forwarded: for=10.0.0.1\r\n", true),
+            ("x-forwarded-for: 10.0.0.1\r\n", true),
+            ("X-Forwarded-Host: a\r\n", false),
+        ] {
+            let head = format!(
+                "POST /__internal/drain HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n{forwarding}\r\n"
+            );
+            let Ok(Parsed::Complete { request, .. }) = parse(head.as_bytes(), 8192) else {
+                panic!("incomplete: {head}");
+            };
+            assert_eq!(request.accept, Some(&b"text/plain"[..]));
+            assert_eq!(request.forwarded, expected, "{forwarding}");
+        }
     }
 
     #[test]

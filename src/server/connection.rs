@@ -1,6 +1,6 @@
-//! One connection's task: read the request head, answer or upgrade, then run the WebSocket
-//! session until it closes. All parsing is delegated to the sans-I/O modules; this file only
-//! waits for readiness, moves bytes and keeps the deadlines.
+//! One session's task, from its 101 (made by [`super::handshake`]) until it closes. All parsing
+//! is delegated to the sans-I/O modules; this file only waits for readiness, moves bytes and
+//! keeps the deadlines.
 //!
 //! Invariants: a connection owns a receive buffer only while it has unparsed bytes; it stops
 //! reading while it has unsent bytes (the peer's own backpressure); every path out of
@@ -8,82 +8,47 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use super::core::Core;
-use super::endpoints;
 use super::outbound::{self, Outbound, SendError};
 use super::outputs;
 use super::pool::PooledBuf;
-use super::slots::Slot;
-use crate::egress::Ticket;
-use crate::egress::job::{Job, Work};
-use crate::http::admission::{self, ListenParams, Route};
-use crate::http::request::{self, Parsed, Request};
-use crate::http::response::{write_response, write_switching_protocols};
-use crate::id::Id;
-use crate::metrics::Refusal;
+use super::task::spawn_bounded;
 use crate::protocol;
 use crate::session::Millis;
-use crate::settings::UserSettings;
 use crate::websocket::close;
 use crate::websocket::frame::{self, Opcode};
-use crate::websocket::handshake::accept_key;
 use crate::websocket::{Decoder, Event, MessageKind};
 
 /// Upper bound of one connection task's memory: the future below plus monoio's task header.
 /// Checked at every spawn; used by the budget.
 pub const TASK_BYTES_MAX: usize = 768;
-/// Bytes monoio adds around a spawned future (header, scheduler links, output slot).
-const TASK_HEADER_BYTES: usize = 128;
 /// Reads per readiness wake-up before yielding to the core's other connections.
 const READS_PER_WAKEUP_MAX: usize = 4;
 /// Wait before looking again for room in the spill hand-off when ending a session.
 const SPILL_RETRY: Duration = Duration::from_millis(10);
 /// Wait before trying again when every receive buffer of the core is lent out.
 const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
-/// How long a handshake waits for a settings fetch beyond the fetch's own timeout.
-const SETTINGS_WAIT_MARGIN: Duration = Duration::from_secs(1);
-/// A `Retry-After` for 503 refusals, in seconds.
-const RETRY_AFTER_S: &str = "5";
-/// After a refusal sent before the whole request was read, how long pusher keeps reading and
-/// dropping what the client still sends: closing with unread input would reset the connection
-/// and could destroy the answer before the client reads it (RFC 9112 §9.6).
-const LINGER_MAX: Duration = Duration::from_secs(1);
 /// A close frame: header, code and at most 123 bytes of reason.
 const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
 
-pub fn spawn(core: Rc<Core>, stream: TcpStream) {
-    let task = serve(core, stream);
+/// Starts the session of a completed upgrade.
+pub fn spawn(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
     static LOGGED: std::sync::Once = std::sync::Once::new();
-    LOGGED.call_once(|| {
-        tracing::info!(
-            task_bytes = std::mem::size_of_val(&task),
-            task_bytes_max = TASK_BYTES_MAX,
-            "connection task size"
-        );
-    });
-    assert!(
-        std::mem::size_of_val(&task) + TASK_HEADER_BYTES <= TASK_BYTES_MAX,
-        "connection task is {} bytes; raise TASK_BYTES_MAX",
-        std::mem::size_of_val(&task)
+    spawn_bounded(
+        serve(core, stream, upgraded),
+        TASK_BYTES_MAX,
+        "connection",
+        &LOGGED,
     );
-    monoio::spawn(task);
 }
 
-/// The whole life of a connection. The session loop is inline (not a nested future) so the
-/// task holds one copy of the stream and the core handle.
-async fn serve(core: Rc<Core>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+/// The whole life of a session.
+async fn serve(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
     let fd = stream.as_raw_fd();
-    // The handshake's state (timeouts, response building) is boxed for its short life, so an
-    // idle session's task carries only the session loop.
-    let Some(upgraded) = Box::pin(handshake(&core, &stream, fd)).await else {
-        return;
-    };
     let mut conn = Connection::new(Rc::clone(&core), fd, upgraded);
     while conn.phase != Phase::Done {
         core.slots.arm(conn.key, conn.next_deadline());
@@ -114,304 +79,11 @@ async fn serve(core: Rc<Core>, stream: TcpStream) {
     Box::pin(conn.finish(&stream)).await;
 }
 
-/// A completed upgrade: the slot taken and any bytes that followed the request head.
-struct Upgraded {
-    key: usize,
-    echo: bool,
-    early: Option<(PooledBuf, usize)>,
-}
-
-/// Reads the request head within the handshake timeout and answers it.
-async fn handshake(core: &Rc<Core>, stream: &TcpStream, fd: RawFd) -> Option<Upgraded> {
-    let config = &core.shared.config;
-    let deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
-    let Some(mut head) = core.head_pool.take() else {
-        core.shared.metrics.refused(Refusal::Capacity).inc();
-        let mut out = Vec::new();
-        write_response(
-            &mut out,
-            503,
-            "text/plain",
-            &[("Retry-After", RETRY_AFTER_S)],
-            b"busy\n",
-        );
-        if write_all(stream, fd, &out, deadline).await {
-            linger(stream, fd).await;
-        }
-        return None;
-    };
-    let mut filled = 0;
-    loop {
-        match monoio::time::timeout_at(deadline.into(), stream.readable(false)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return None,
-            Err(_) => {
-                core.shared.metrics.refused(Refusal::HandshakeTimeout).inc();
-                return None;
-            }
-        }
-        match outbound::recv(fd, &mut head[filled..]) {
-            Ok(0) => return None,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return None,
-        }
-        match request::parse(&head[..filled], config.max_request_header_bytes) {
-            Ok(Parsed::Partial) => continue,
-            Ok(Parsed::Complete {
-                request,
-                head_bytes,
-            }) => {
-                let early = &head[head_bytes..filled];
-                return answer(core, stream, fd, &request, early, deadline).await;
-            }
-            Err(err) => {
-                core.shared.metrics.refused(Refusal::BadRequest).inc();
-                let mut out = Vec::new();
-                write_response(
-                    &mut out,
-                    err.status(),
-                    "text/plain",
-                    &[],
-                    b"bad request head\n",
-                );
-                if write_all(stream, fd, &out, deadline).await {
-                    linger(stream, fd).await;
-                }
-                return None;
-            }
-        }
-    }
-}
-
-/// Routes the request: plain routes are answered and closed, upgrades admitted or refused.
-async fn answer(
-    core: &Rc<Core>,
-    stream: &TcpStream,
-    fd: RawFd,
-    request: &Request<'_>,
-    early: &[u8],
-    deadline: Instant,
-) -> Option<Upgraded> {
-    let shared = &core.shared;
-    let route = admission::route(request.path, shared.config.test_echo_route);
-    let mut out = Vec::new();
-    if !matches!(route, Route::Listen | Route::Echo) {
-        endpoints::respond(shared, route, request, &mut out);
-        write_all(stream, fd, &out, deadline).await;
-        return None;
-    }
-    let admitted = match admit(core, route, request) {
-        Ok(admitted) => admitted,
-        Err(refused) => {
-            refuse(core, stream, fd, refused, deadline).await;
-            return None;
-        }
-    };
-    let settings = match &admitted.params {
-        Some(params) => match settings_for(core, &params.uid, deadline).await {
-            Ok(settings) => Some(settings),
-            Err(refused) => {
-                refuse(core, stream, fd, refused, deadline).await;
-                return None;
-            }
-        },
-        None => None,
-    };
-    let upgraded = match open(core, &admitted, settings, early) {
-        Ok(upgraded) => upgraded,
-        Err(refused) => {
-            refuse(core, stream, fd, refused, deadline).await;
-            return None;
-        }
-    };
-    let mut response = [0u8; 160];
-    let len = write_switching_protocols(&mut response, &accept_key(admitted.key));
-    if !write_all(stream, fd, &response[..len], deadline).await {
-        close_slot(core, upgraded.key, close::GOING_AWAY);
-        return None;
-    }
-    Some(upgraded)
-}
-
-/// Answers a refused upgrade with its status and one-line reason.
-async fn refuse(core: &Core, stream: &TcpStream, fd: RawFd, refused: Refused, deadline: Instant) {
-    let (refusal, status, reason) = refused;
-    core.shared.metrics.refused(refusal).inc();
-    let retry: &[(&str, &str)] = if status == 503 {
-        &[("Retry-After", RETRY_AFTER_S)]
-    } else {
-        &[]
-    };
-    let mut body = reason.as_bytes().to_vec();
-    body.push(b'\n');
-    let mut out = Vec::new();
-    write_response(&mut out, status, "text/plain; charset=utf-8", retry, &body);
-    write_all(stream, fd, &out, deadline).await;
-}
-
-type Refused = (Refusal, u16, &'static str);
-
-/// An upgrade that passed the rules: its WebSocket key and, for the listen route, its query.
-struct Admitted<'b> {
-    key: &'b [u8],
-    params: Option<ListenParams>,
-}
-
-/// The upgrade rules in order: token (401), query (400), handshake headers (400/405/426), drain
-/// and capacity (503). Settings (503) and the slot come next ([`settings_for`], [`open`]).
-fn admit<'b>(core: &Core, route: Route, request: &Request<'b>) -> Result<Admitted<'b>, Refused> {
-    let shared = &core.shared;
-    let as_refused = |r: admission::Refusal, kind| (kind, r.status, r.reason);
-    admission::check_bearer(request, shared.config.auth_token.as_deref())
-        .map_err(|r| as_refused(r, Refusal::Unauthorized))?;
-    let params: Option<ListenParams> = match route {
-        Route::Listen => Some(
-            admission::parse_listen_query(request.query)
-                .map_err(|r| as_refused(r, Refusal::BadRequest))?,
-        ),
-        _ => None,
-    };
-    let key =
-        admission::check_websocket(request).map_err(|r| as_refused(r, Refusal::BadRequest))?;
-    check_capacity(core)?;
-    Ok(Admitted { key, params })
-}
-
-fn check_capacity(core: &Core) -> Result<(), Refused> {
-    if core.shared.is_draining() {
-        return Err((Refusal::Draining, 503, "draining: try another instance"));
-    }
-    if core.slots.is_full() {
-        return Err((Refusal::Capacity, 503, "no free session slot"));
-    }
-    if core.recv_pool.available() == 0 {
-        return Err((Refusal::Capacity, 503, "no free receive buffer"));
-    }
-    Ok(())
-}
-
-/// The user's settings: from the file or a fresh cache entry at once, else fetched through
-/// egress within the settings timeout (and the handshake deadline). Failure → 503.
-async fn settings_for(
-    core: &Core,
-    uid: &Id,
-    deadline: Instant,
-) -> Result<Arc<UserSettings>, Refused> {
-    let shared = &core.shared;
-    if let Some(settings) = shared.settings.cached(uid) {
-        if shared.settings.http().is_some() {
-            shared.egress_metrics.settings_cache_hits.inc();
-        }
-        return Ok(settings);
-    }
-    shared.egress_metrics.settings_cache_misses.inc();
-    const UNAVAILABLE: Refused = (Refusal::Settings, 503, "cannot load the user's settings");
-    if !core.egress.start_settings_fetch() {
-        return Err((
-            Refusal::Settings,
-            503,
-            "too many settings fetches in flight",
-        ));
-    }
-    let (reply, answer) = futures_channel::oneshot::channel();
-    let job = Job {
-        ticket: Ticket {
-            key: usize::MAX,
-            generation: 0,
-        },
-        session: None,
-        work: Box::new(Work::Settings { uid: *uid, reply }),
-        bytes: 0,
-    };
-    if core.egress.link.submit(job).is_err() {
-        core.egress.settings_fetched();
-        return Err(UNAVAILABLE);
-    }
-    // Egress applies the settings timeout to the request; this bound only backs it up.
-    let wait = Duration::from_millis(shared.config.settings_timeout_ms) + SETTINGS_WAIT_MARGIN;
-    let until = deadline.min(Instant::now() + wait);
-    let answer = monoio::time::timeout_at(until.into(), answer).await;
-    core.egress.settings_fetched();
-    match answer {
-        Ok(Ok(Ok(settings))) => Ok(settings),
-        _ => Err(UNAVAILABLE),
-    }
-}
-
-/// Takes the slot and opens the session (capacity is checked again: the settings fetch may
-/// have waited).
-fn open(
-    core: &Core,
-    admitted: &Admitted<'_>,
-    settings: Option<Arc<UserSettings>>,
-    early: &[u8],
-) -> Result<Upgraded, Refused> {
-    check_capacity(core)?;
-    let early = if early.is_empty() {
-        None
-    } else {
-        let mut buf = core.recv_pool.take().expect("checked above");
-        buf[..early.len()].copy_from_slice(early);
-        Some((buf, early.len()))
-    };
-    let slot = match (admitted.params, settings) {
-        (Some(params), Some(settings)) => outputs::open_session(core, params, settings),
-        _ => Slot::new(None, outputs::Streams::none()),
-    };
-    let slot_key = core.slots.insert(slot).expect("checked not full above");
-    core.session_opened();
-    Ok(Upgraded {
-        key: slot_key,
-        echo: admitted.params.is_none(),
-        early,
-    })
-}
-
-/// Writes all of `bytes` before `deadline`; false if the peer is gone or too slow.
-async fn write_all(stream: &TcpStream, fd: RawFd, bytes: &[u8], deadline: Instant) -> bool {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match outbound::send_now(fd, &[&bytes[sent..]]) {
-            Ok(0) => {
-                match monoio::time::timeout_at(deadline.into(), stream.writable(false)).await {
-                    Ok(Ok(())) => {}
-                    _ => return false,
-                }
-            }
-            Ok(n) => sent += n,
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
-/// Half-closes, then reads and drops input until the client closes too, for at most
-/// [`LINGER_MAX`], so the answer just written is not lost to a reset.
-async fn linger(stream: &TcpStream, fd: RawFd) {
-    // SAFETY: shutdown on our own descriptor; an error (peer gone) changes nothing.
-    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    let until = Instant::now() + LINGER_MAX;
-    loop {
-        match monoio::time::timeout_at(until.into(), stream.readable(false)).await {
-            Ok(Ok(())) => {}
-            _ => return,
-        }
-        // SAFETY: with MSG_TRUNC a TCP socket drops the bytes without writing to the buffer.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                std::ptr::null_mut(),
-                64 * 1024,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            )
-        };
-        if n == 0
-            || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
-        {
-            return;
-        }
-    }
+/// A completed upgrade: the session's slot.
+pub struct Upgraded {
+    pub key: usize,
+    /// The test-only echo route (no pusher session).
+    pub echo: bool,
 }
 
 /// Where a session is in its close handshake.
@@ -457,10 +129,10 @@ struct Connection {
 }
 
 impl Connection {
-    /// The session state right after the 101; bytes that came with the request head are
-    /// decoded at once.
+    /// The session state right after the 101 (bytes that followed the request head are still in
+    /// the socket).
     fn new(core: Rc<Core>, fd: RawFd, upgraded: Upgraded) -> Connection {
-        let mut conn = Connection {
+        Connection {
             decoder: Decoder::new(core.limits),
             fd,
             key: upgraded.key,
@@ -473,16 +145,7 @@ impl Connection {
             close_code: 1006,
             stalled_since: None,
             core,
-        };
-        if let Some((buf, filled)) = upgraded.early {
-            conn.recv = Some(buf);
-            conn.filled = filled;
-            conn.process();
-            if conn.filled == 0 {
-                conn.recv = None;
-            }
         }
-        conn
     }
 
     /// The earliest of: idle or close-handshake deadline, and the session's own timer.
@@ -883,7 +546,7 @@ impl Connection {
 }
 
 /// Frees the slot of an ended session and its rings, and counts the close.
-fn close_slot(core: &Core, key: usize, code: u16) {
+pub fn close_slot(core: &Core, key: usize, code: u16) {
     let ended = outputs::end_session(core, key, core.now_ms());
     debug_assert!(ended, "the session ended before its slot is freed");
     let slot = core.slots.remove(key);

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use super::Shared;
 use super::delivery::{self, CoreEgress};
+use super::handshake_slots::HandshakeSlots;
 use super::outbound::OutboundBudget;
 use super::pool::BufferPool;
 use super::slots::Slots;
@@ -62,7 +61,11 @@ impl SpillCore {
 pub struct Core {
     pub shared: Arc<Shared>,
     pub recv_pool: Rc<BufferPool>,
-    pub head_pool: Rc<BufferPool>,
+    /// Where request heads are peeked and parsed (one per core: a head is handled without
+    /// waiting, see `handshake`).
+    pub head_scratch: RefCell<Box<[u8]>>,
+    /// Connections between accept and upgrade.
+    pub handshakes: Rc<HandshakeSlots>,
     pub slots: Slots,
     pub arena: RefCell<PayloadArena>,
     pub outbound: OutboundBudget,
@@ -90,11 +93,7 @@ impl Core {
             Decoder::buffer_bytes_required(limits),
             Some(gauges.recv_buffers_in_use.clone()),
         );
-        let head_pool = BufferPool::new(
-            config.handshake_buffers_per_core,
-            config.max_request_header_bytes,
-            None,
-        );
+        let handshakes = HandshakeSlots::new(config.handshake_buffers_per_core);
         gauges
             .sessions_capacity
             .set(shared.sessions_per_core as i64);
@@ -102,11 +101,17 @@ impl Core {
             .recv_buffers_capacity
             .set(config.recv_buffers_per_core as i64);
         gauges
+            .handshakes_capacity
+            .set(config.handshake_buffers_per_core as i64);
+        gauges
             .arena_capacity_bytes
             .set(config.payload_arena_bytes_per_core as i64);
         Core {
             recv_pool,
-            head_pool,
+            head_scratch: RefCell::new(
+                vec![0u8; config.max_request_header_bytes].into_boxed_slice(),
+            ),
+            handshakes,
             slots: Slots::new(shared.sessions_per_core),
             arena: RefCell::new(PayloadArena::new(
                 config.payload_arena_bytes_per_core,
@@ -133,12 +138,9 @@ impl Core {
         Millis(self.epoch.elapsed().as_millis() as u64)
     }
 
-    pub fn spawn_connection(self: &Rc<Self>, stream: TcpStream) {
-        super::connection::spawn(Rc::clone(self), stream);
-    }
-
     pub fn session_opened(&self) {
         self.shared.sessions_open.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.active_ws_connections.inc();
         self.shared.metrics.sessions_opened.inc();
         self.gauges.sessions_open.set(self.slots.len() as i64);
     }
@@ -146,6 +148,7 @@ impl Core {
     /// The gauges change before the counter: whoever saw the close counted has the gauges too.
     pub fn session_closed(&self, code: u16) {
         self.shared.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.active_ws_connections.dec();
         self.gauges.sessions_open.set(self.slots.len() as i64);
         self.shared.metrics.closed(code).inc();
     }
@@ -159,8 +162,11 @@ impl Core {
             delivery::send_due_speaker_samples(&self, now);
             let arena = self.arena.borrow();
             self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
+            self.gauges
+                .handshakes_in_flight
+                .set(self.handshakes.len() as i64);
             drop(arena);
-            if self.shared.closing.load(Ordering::Relaxed) && !self.closing_signalled.get() {
+            if self.shared.drain.is_closing() && !self.closing_signalled.get() {
                 self.closing_signalled.set(true);
                 self.slots.signal_all();
             }

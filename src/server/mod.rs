@@ -12,15 +12,19 @@ mod core;
 mod delivery;
 pub mod driver;
 mod endpoints;
+mod handshake;
+mod handshake_slots;
 mod outbound;
 mod outputs;
 pub mod pool;
 mod shutdown;
 mod slots;
+mod task;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use crate::budget::{Budget, ItemSizes};
 use crate::config::Config;
@@ -69,6 +73,7 @@ fn item_sizes(config: &Config) -> ItemSizes {
     ItemSizes {
         slot_bytes: slots::SLOT_BYTES as u64,
         connection_task_bytes: connection::TASK_BYTES_MAX as u64,
+        handshake_task_bytes: handshake::HANDSHAKE_TASK_BYTES_MAX as u64,
         recv_buffer_bytes: Decoder::buffer_bytes_required(limits) as u64,
         ring_entry_bytes: outputs::RING_ENTRY_BYTES as u64,
         arena_block_meta_bytes: outputs::ARENA_BLOCK_META_BYTES as u64,
@@ -118,6 +123,65 @@ fn abort_on_panic() {
     }));
 }
 
+/// The drain's flags, shared by the main thread and the workers.
+///
+/// Invariant: `began_at_ms` is written once (from [`DrainState::NOT_BEGUN`]); `closing` only
+/// goes from false to true.
+pub struct DrainState {
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the drain began; [`DrainState::NOT_BEGUN`] while serving.
+    began_at_ms: AtomicU64,
+    /// The grace period is over: every open session is closed with 1001.
+    closing: AtomicBool,
+}
+
+impl DrainState {
+    const NOT_BEGUN: u64 = u64::MAX;
+
+    fn new() -> DrainState {
+        DrainState {
+            epoch: Instant::now(),
+            began_at_ms: AtomicU64::new(Self::NOT_BEGUN),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Milliseconds on the drain's clock (monotonic, from the process start).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// When the drain began, if it did.
+    pub fn began_at_ms(&self) -> Option<u64> {
+        let at = self.began_at_ms.load(Ordering::SeqCst);
+        (at != Self::NOT_BEGUN).then_some(at)
+    }
+
+    /// Begins the drain now unless it began already: (when it began, whether this call did it).
+    fn begin(&self) -> (u64, bool) {
+        let now = self.now_ms();
+        match self.began_at_ms.compare_exchange(
+            Self::NOT_BEGUN,
+            now,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => (now, true),
+            Err(earlier) => (earlier, false),
+        }
+    }
+
+    /// Tells the workers to close every open session (the grace period is over).
+    pub fn close_sessions(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// True once the workers must close every open session.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+}
+
 /// State every worker shares (read-mostly; atomics for the few flags and counts).
 pub struct Shared {
     pub config: Config,
@@ -126,10 +190,8 @@ pub struct Shared {
     pub driver: driver::Driver,
     pub sessions_per_core: usize,
     pub budget: Budget,
-    /// SIGTERM seen: refuse new sessions, readiness 503.
-    pub draining: AtomicBool,
-    /// Grace period over: close every open session with 1001.
-    pub closing: AtomicBool,
+    /// The drain as the workers see it (begun by a signal or `POST /__internal/drain`).
+    pub drain: DrainState,
     /// Sessions open over all cores.
     pub sessions_open: AtomicUsize,
     /// The durable audio log: one hand-off ring per worker, the writer, the index.
@@ -143,7 +205,28 @@ pub struct Shared {
 
 impl Shared {
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.drain.began_at_ms().is_some()
+    }
+
+    /// Begins the drain now unless it already began (idempotent); `via` names who asked, for
+    /// the log. Returns when the drain began (this call's time or the earlier one's).
+    pub fn begin_drain(&self, via: &str) -> u64 {
+        let (began_at_ms, first) = self.drain.begin();
+        if first {
+            self.metrics.drain_began();
+            tracing::info!(
+                via,
+                grace_ms = self.config.drain_grace_ms,
+                "draining: readiness 503, new sessions are closed with 1001 after their upgrade, \
+                 open sessions have the grace period to end"
+            );
+        }
+        began_at_ms
+    }
+
+    /// True when `/ready` answers 200: not draining and a session slot free somewhere.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && !self.is_full()
     }
 
     pub fn is_full(&self) -> bool {
@@ -243,8 +326,7 @@ pub fn run(config: Config) -> Result<(), String> {
         driver,
         sessions_per_core: plan.sessions_per_core,
         budget: plan.budget,
-        draining: AtomicBool::new(false),
-        closing: AtomicBool::new(false),
+        drain: DrainState::new(),
         sessions_open: AtomicUsize::new(0),
         spill,
         uploads: upload_metrics,

@@ -148,18 +148,78 @@ pub fn send_now(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
     }
 }
 
-/// Non-blocking `recv` into `buf`: Ok(0) is end of stream, WouldBlock means nothing to read.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+/// Non-blocking `recv` with `MSG_PEEK`: copies what waits in the socket into `buf` and leaves it
+/// there. Ok(0) is end of stream, WouldBlock means nothing waits.
+pub fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv_flags(fd, buf, libc::MSG_DONTWAIT | libc::MSG_PEEK)
+}
+
+/// True when bytes (or the end of the stream) wait in the socket.
+pub fn has_input(fd: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    !matches!(peek(fd, &mut byte), Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Drops the next `len` bytes of the socket, which must already wait there (they were peeked).
+pub fn discard(fd: RawFd, mut len: usize) -> io::Result<()> {
+    while len > 0 {
+        // SAFETY: with MSG_TRUNC a TCP socket drops the bytes without writing to the buffer.
         let n = unsafe {
             libc::recv(
                 fd,
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                len,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
             )
         };
+        match n {
+            n if n > 0 => len -= (n as usize).min(len),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops what waits in the socket: Ok(true) while the peer may send more, Ok(false) at the end
+/// of its stream.
+pub fn discard_available(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: with MSG_TRUNC a TCP socket drops the bytes without writing to the buffer.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            64 * 1024,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    };
+    match n {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(true),
+                _ => Err(err),
+            }
+        }
+    }
+}
+
+/// Non-blocking `recv` into `buf`: Ok(0) is end of stream, WouldBlock means nothing to read.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    recv_flags(fd, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_flags(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), flags) };
         if n >= 0 {
             return Ok(n as usize);
         }

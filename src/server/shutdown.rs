@@ -1,52 +1,64 @@
-//! Drain on SIGTERM (protocol.md §5): readiness turns 503 and new upgrades are refused at once;
-//! open sessions get `drain_grace_ms` to end, then are closed with 1001; a second SIGTERM or
-//! SIGINT exits at once.
+//! The drain on the main thread (protocol §5): runs [`crate::drain::Drain`] on the real clock,
+//! feeding it SIGTERM/SIGINT and the drain begun by `POST /__internal/drain` (seen through
+//! [`super::DrainState`]), and carries out what it decides: readiness 503 and new sessions
+//! turned away (the workers read the shared flag), open sessions closed with 1001 after the
+//! grace period, then a flush of the spill log and the exit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::Shared;
+use crate::drain::{Action, Drain, Limits};
 
-/// How often the drain loop looks at the open-session count and for a second signal.
+/// How often the main thread looks at the signals, the shared drain flag and the open-session
+/// count: the resolution of the grace period.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Longest wait for the spill writer to sync what the sessions handed over before exiting.
 const SPILL_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// Extra time after the close timeout for workers to finish their close handshakes.
-const CLOSE_SLACK: Duration = Duration::from_millis(500);
+const CLOSE_SLACK_MS: u64 = 500;
 
-/// Blocks until a signal has been handled; returns when the process should exit.
+/// Blocks until the drain is over; returns when the process should exit.
 pub fn wait_for_signals(shared: &Arc<Shared>, workers: Vec<JoinHandle<()>>) -> Result<(), String> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handler: {e}"))?;
-    let first = signals.forever().next().unwrap_or(SIGTERM);
-    if workers.iter().any(JoinHandle::is_finished) {
-        return Err("a worker stopped unexpectedly".into());
-    }
-    tracing::info!(
-        signal = first,
-        "draining: new sessions refused, open sessions have the grace period to end"
-    );
-    shared.draining.store(true, Ordering::SeqCst);
-    shared.metrics.draining.set(1);
-    let grace = Duration::from_millis(shared.config.drain_grace_ms);
-    if !wait_until_empty(shared, &mut signals, grace) {
-        return forced_exit();
-    }
-    if open_sessions(shared) > 0 {
-        tracing::info!(
-            open = open_sessions(shared),
-            "grace period over: closing open sessions with 1001"
-        );
-        shared.closing.store(true, Ordering::SeqCst);
-        let close = Duration::from_millis(shared.config.close_timeout_ms) + CLOSE_SLACK;
-        if !wait_until_empty(shared, &mut signals, close) {
-            return forced_exit();
+    let mut drain = Drain::new(Limits {
+        grace_ms: shared.config.drain_grace_ms,
+        close_wait_ms: shared.config.close_timeout_ms + CLOSE_SLACK_MS,
+    });
+    loop {
+        if workers.iter().any(JoinHandle::is_finished) {
+            return Err("a worker stopped unexpectedly".into());
         }
+        for signal in signals.pending() {
+            tracing::info!(signal, "signal received");
+            let since_ms = shared.begin_drain("signal");
+            drain.on_begin(since_ms);
+            if drain.on_signal(shared.drain.now_ms()) == Action::ExitNow {
+                return forced_exit();
+            }
+        }
+        if let Some(since_ms) = shared.drain.began_at_ms() {
+            drain.on_begin(since_ms);
+        }
+        match drain.on_tick(shared.drain.now_ms(), open_sessions(shared)) {
+            Action::Wait | Action::Begin { .. } => {}
+            Action::CloseSessions => {
+                tracing::info!(
+                    open = open_sessions(shared),
+                    "grace period over: closing open sessions with 1001"
+                );
+                shared.drain.close_sessions();
+            }
+            Action::Exit => break,
+            Action::ExitNow => return forced_exit(),
+        }
+        std::thread::sleep(DRAIN_POLL);
     }
     if !shared.spill.wait_durable(SPILL_FLUSH_LIMIT) {
         tracing::warn!("spill log not fully synced before exit; the next start recovers it");
@@ -57,18 +69,6 @@ pub fn wait_for_signals(shared: &Arc<Shared>, workers: Vec<JoinHandle<()>>) -> R
 
 fn open_sessions(shared: &Shared) -> usize {
     shared.sessions_open.load(Ordering::SeqCst)
-}
-
-/// Waits up to `limit` for every session to end; false if a second signal came.
-fn wait_until_empty(shared: &Shared, signals: &mut Signals, limit: Duration) -> bool {
-    let start = Instant::now();
-    while open_sessions(shared) > 0 && start.elapsed() < limit {
-        if signals.pending().next().is_some() {
-            return false;
-        }
-        std::thread::sleep(DRAIN_POLL);
-    }
-    true
 }
 
 fn forced_exit() -> Result<(), String> {

@@ -1,10 +1,11 @@
 //! Worker threads: one per core, pinned, each running a monoio runtime with its own listener.
 
 use std::net::TcpListener as StdListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -18,6 +19,11 @@ const LISTEN_BACKLOG: i32 = 4096;
 const URING_ENTRIES: u32 = 4096;
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+/// At most one accept-error line per worker per this interval.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// While every handshake slot is taken, how often the accept loop looks for a connection
+/// waiting in the backlog (and for one to evict).
+const EVICTION_LOOK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Binds one SO_REUSEPORT listener per worker on the configured address (on this thread, so an
 /// address in use is a clear start error).
@@ -99,13 +105,79 @@ async fn serve(index: usize, shared: Arc<Shared>, listener: StdListener) {
     let core = Rc::new(Core::new(index, shared));
     monoio::spawn(Rc::clone(&core).housekeeping());
     monoio::spawn(super::delivery::pump(Rc::clone(&core)));
+    let mut errors = AcceptErrors::default();
     loop {
+        if !core.handshakes.has_room() {
+            wait_for_room(&core, listener.as_raw_fd()).await;
+            continue;
+        }
         match listener.accept().await {
-            Ok((stream, _peer)) => core.spawn_connection(stream),
+            Ok((stream, peer)) => {
+                let ticket = core
+                    .handshakes
+                    .take(stream.as_raw_fd(), Instant::now())
+                    .expect("room checked before the accept");
+                super::handshake::spawn(Rc::clone(&core), stream, peer, ticket);
+            }
             Err(err) => {
-                tracing::warn!(worker = index, "accept failed: {err}");
+                core.shared.metrics.accept_errors.inc();
+                errors.log(index, &err);
                 monoio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
+    }
+}
+
+/// Every handshake slot is taken: new connections wait in the kernel's accept backlog. If one
+/// waits there, the oldest silent or stalled handshake is evicted to make room (see
+/// `handshake_slots`); then this waits for a free slot or the next look.
+async fn wait_for_room(core: &Core, listener_fd: RawFd) {
+    if listener_has_pending(listener_fd) {
+        core.handshakes
+            .evict_oldest(Instant::now(), super::outbound::has_input);
+    }
+    monoio::select! {
+        _ = core.handshakes.room() => {}
+        _ = monoio::time::sleep(EVICTION_LOOK_INTERVAL) => {}
+    }
+}
+
+/// True when a connection waits in the listener's accept backlog.
+fn listener_has_pending(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout: poll(2) only reports.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & libc::POLLIN != 0
+}
+
+/// Accept failures, logged at most once per [`ACCEPT_ERROR_LOG_INTERVAL`] per worker (with
+/// how many were not logged): EMFILE under a descriptor flood repeats every pause.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn log(&mut self, worker: usize, err: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            worker,
+            not_logged_since_last = self.unlogged,
+            "accept failed: {err} (pusher_accept_errors_total counts every one)"
+        );
+        self.last_logged = Some(now);
+        self.unlogged = 0;
     }
 }

@@ -73,6 +73,38 @@ fn free_port() -> u16 {
     }
 }
 
+/// An IPv4 address of this machine that is not loopback (for a peer that is not on
+/// loopback), if the machine has one.
+pub fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, which is freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cursor };
+        // SAFETY: ifa_addr, when set, points to a sockaddr of its family.
+        if !ifa.ifa_addr.is_null()
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            // SAFETY: the family is AF_INET, so this is a sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            if !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified() {
+                found = Some(std::net::IpAddr::V4(ip));
+                break;
+            }
+        }
+        cursor = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
 /// Fails the test if `future` does not finish within `limit`.
 pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, future)
@@ -106,8 +138,21 @@ impl Server {
             let dir = std::env::temp_dir().join(format!("pusher-it-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create the test directory");
             let log = std::fs::File::create(dir.join("pusher.log")).expect("create the log");
+            // `--listen-any`: listen on every IPv4 address (the tests still connect to
+            // 127.0.0.1); for peers that are not on loopback.
+            let listen_any = flags.contains(&"--listen-any");
+            let flags: Vec<&str> = flags
+                .iter()
+                .copied()
+                .filter(|f| *f != "--listen-any")
+                .collect();
+            let listen = if listen_any {
+                SocketAddr::from(([0, 0, 0, 0], port))
+            } else {
+                addr
+            };
             let child = Command::new(env!("CARGO_BIN_EXE_pusher"))
-                .args(["serve", "--listen", &addr.to_string(), "--driver", driver])
+                .args(["serve", "--listen", &listen.to_string(), "--driver", driver])
                 .arg("--data-dir")
                 .arg(dir.join("data"))
                 .args(if flags.contains(&"--workers") {
@@ -115,7 +160,7 @@ impl Server {
                 } else {
                     &["--workers", "2"][..]
                 })
-                .args(flags)
+                .args(&flags)
                 .env_remove("RUST_LOG")
                 .env_remove("MIMALLOC_PURGE_DELAY")
                 .env("PUSHER_ENCRYPTION_SECRET", TEST_ENCRYPTION_SECRET)
@@ -245,6 +290,29 @@ impl Server {
             Ok(ws) => ws,
             Err(response) => panic!("upgrade refused: {response:?}"),
         }
+    }
+
+    /// Opens a listen session for `uid` that pusher must turn away right after the 101 (full or
+    /// draining); returns the close code it sent.
+    pub async fn connect_turned_away(&self, uid: &str) -> u16 {
+        let mut ws = match self.try_connect(&format!("uid={uid}"), None).await {
+            Ok(ws) => ws,
+            Err(response) => panic!("expected an upgrade, then a close; got {response:?}"),
+        };
+        expect_close(&mut ws).await
+    }
+
+    /// `POST /__internal/drain` from this (loopback) client, with the extra `headers`.
+    pub async fn post_drain(&self, headers: &[(&str, &str)]) -> Response {
+        let mut head = format!(
+            "POST /__internal/drain HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n",
+            self.addr
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        raw_request(self.addr, head.as_bytes()).await
     }
 
     /// Tries a listen upgrade with `query` and an optional bearer token; a refusal is returned

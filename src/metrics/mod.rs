@@ -4,6 +4,8 @@
 //! frame); label sets are closed (frame kinds, close codes, cores), so the registry never grows
 //! with load.
 
+pub mod exposition;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -132,6 +134,27 @@ impl Refusal {
     }
 }
 
+/// Why a session was closed right after its upgrade (protocol §1: never an HTTP 503 for these,
+/// so the client's circuit breaker does not count them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnAway {
+    /// The drain began: close 1001.
+    Draining,
+    /// No session slot or receive buffer free on the core: close 1013.
+    Full,
+}
+
+const TURN_AWAYS: [TurnAway; 2] = [TurnAway::Draining, TurnAway::Full];
+
+impl TurnAway {
+    fn label(self) -> &'static str {
+        match self {
+            TurnAway::Draining => "draining",
+            TurnAway::Full => "full",
+        }
+    }
+}
+
 /// Gauges one worker owns.
 #[derive(Clone)]
 pub struct CoreGauges {
@@ -142,12 +165,15 @@ pub struct CoreGauges {
     pub arena_used_bytes: Gauge,
     pub arena_capacity_bytes: Gauge,
     pub outbound_pending_bytes: Gauge,
+    pub handshakes_in_flight: Gauge,
+    pub handshakes_capacity: Gauge,
 }
 
 pub struct Metrics {
     registry: Registry,
     pub sessions_opened: Counter,
     refused: Vec<(Refusal, Counter)>,
+    turned_away: Vec<(TurnAway, Counter)>,
     closed: Vec<(u16, Counter)>,
     closed_other: Counter,
     frames: Vec<Counter>,
@@ -159,7 +185,15 @@ pub struct Metrics {
     pub peers_dropped_slow: Counter,
     pub accumulators_refused: Counter,
     pub http_requests: Counter,
+    pub handshakes_evicted: Counter,
+    pub accept_errors: Counter,
     pub draining: Gauge,
+    /// Omi's name for `draining` (its dashboards and rollout gate read it).
+    pub drain_in_progress: Gauge,
+    /// 1 while `/ready` answers 200 (set when scraped), Omi's `pusher_ready`.
+    pub ready: Gauge,
+    /// Sessions open over all cores, Omi's `pusher_active_ws_connections`.
+    pub active_ws_connections: Gauge,
     pub budget_bytes: Gauge,
     cores: Vec<CoreGauges>,
 }
@@ -190,6 +224,23 @@ impl Metrics {
                     r,
                     refused_family
                         .get_or_create(&ReasonLabel { reason: r.label() })
+                        .clone(),
+                )
+            })
+            .collect();
+        let turned_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sessions_turned_away",
+            "sessions closed right after their upgrade, by reason (draining: 1001, full: 1013)",
+            turned_family.clone(),
+        );
+        let turned_away = TURN_AWAYS
+            .iter()
+            .map(|&t| {
+                (
+                    t,
+                    turned_family
+                        .get_or_create(&ReasonLabel { reason: t.label() })
                         .clone(),
                 )
             })
@@ -295,7 +346,36 @@ impl Metrics {
             "http_requests",
             "plain HTTP requests answered",
         );
-        let draining = gauge(&mut registry, "draining", "1 while draining after SIGTERM");
+        let handshakes_evicted = counter(
+            &mut registry,
+            "handshakes_evicted",
+            "connections closed before their request head was complete because every handshake slot was taken and another connection waited",
+        );
+        let accept_errors = counter(
+            &mut registry,
+            "accept_errors",
+            "accept(2) failures (e.g. EMFILE: the open-files limit reached)",
+        );
+        let draining = gauge(
+            &mut registry,
+            "draining",
+            "1 once a drain began (SIGTERM or POST /__internal/drain)",
+        );
+        let drain_in_progress = gauge(
+            &mut registry,
+            "drain_in_progress",
+            "1 once a drain began (the same as pusher_draining, under the Omi chart's name)",
+        );
+        let ready = gauge(
+            &mut registry,
+            "ready",
+            "1 while /ready answers 200 (serving, not draining, a session slot free), else 0",
+        );
+        let active_ws_connections = gauge(
+            &mut registry,
+            "active_ws_connections",
+            "WebSocket sessions open, all cores",
+        );
         let budget_bytes = gauge(
             &mut registry,
             "memory_budget_bytes",
@@ -306,6 +386,7 @@ impl Metrics {
             registry,
             sessions_opened,
             refused,
+            turned_away,
             closed,
             closed_other,
             frames,
@@ -317,7 +398,12 @@ impl Metrics {
             peers_dropped_slow,
             accumulators_refused,
             http_requests,
+            handshakes_evicted,
+            accept_errors,
             draining,
+            drain_in_progress,
+            ready,
+            active_ws_connections,
             budget_bytes,
             cores,
         }
@@ -335,6 +421,22 @@ impl Metrics {
             .find(|(r, _)| *r == reason)
             .expect("every refusal registered")
             .1
+    }
+
+    pub fn turned_away(&self, reason: TurnAway) -> &Counter {
+        &self
+            .turned_away
+            .iter()
+            .find(|(t, _)| *t == reason)
+            .expect("every reason registered")
+            .1
+    }
+
+    /// The drain began: both drain gauges go to 1, readiness to 0.
+    pub fn drain_began(&self) {
+        self.draining.set(1);
+        self.drain_in_progress.set(1);
+        self.ready.set(0);
     }
 
     pub fn closed(&self, code: u16) -> &Counter {
@@ -369,12 +471,15 @@ impl Metrics {
         &self.cores[core]
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// Every metric in `format` (OpenMetrics, or Prometheus' classic text derived from it).
+    pub fn encode(&self, format: exposition::Format) -> String {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        match format {
+            exposition::Format::OpenMetrics => out,
+            exposition::Format::Classic => exposition::to_classic(&out),
+        }
     }
 
     /// Drops per stream, for /debug/memory.
@@ -435,6 +540,14 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
         "outbound_pending_bytes",
         "outbound bytes waiting for slow peers, per core",
     );
+    let handshakes = family(
+        "handshakes_in_flight",
+        "connections between accept and upgrade, per core (sampled every 10 ms)",
+    );
+    let handshakes_capacity = family(
+        "handshakes_capacity",
+        "handshake slots, per core (handshake_buffers_per_core)",
+    );
     (0..workers)
         .map(|core| {
             let label = CoreLabel {
@@ -448,6 +561,8 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
                 arena_used_bytes: arena_used.get_or_create(&label).clone(),
                 arena_capacity_bytes: arena_capacity.get_or_create(&label).clone(),
                 outbound_pending_bytes: outbound.get_or_create(&label).clone(),
+                handshakes_in_flight: handshakes.get_or_create(&label).clone(),
+                handshakes_capacity: handshakes_capacity.get_or_create(&label).clone(),
             }
         })
         .collect()
