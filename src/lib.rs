@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod connection;
 pub mod drain;
 pub mod egress;
 pub mod http;

@@ -1,6 +1,6 @@
-//! One session's task, from its 101 (made by [`super::handshake`]) until it closes. All parsing
-//! is delegated to the sans-I/O modules; this file only waits for readiness, moves bytes and
-//! keeps the deadlines.
+//! One session's task, from its 101 (made by [`super::handshake`]) until it closes: readiness,
+//! `recv`, `send`. The close handshake, the deadlines and the backpressure rules are the
+//! sans-I/O [`crate::connection::Connection`]; the session's effects are `outputs`.
 //!
 //! Invariants: a connection owns a receive buffer only while it has unparsed bytes; it stops
 //! reading while it has unsent bytes (the peer's own backpressure); every path out of
@@ -17,11 +17,12 @@ use super::outbound::{self, Outbound, SendError};
 use super::outputs;
 use super::pool::PooledBuf;
 use super::task::spawn_bounded;
+use crate::connection::{Connection, Host, Note, PeerGone, Refusal};
 use crate::protocol;
 use crate::session::Millis;
+use crate::websocket::MessageKind;
 use crate::websocket::close;
 use crate::websocket::frame::{self, Opcode};
-use crate::websocket::{Decoder, Event, MessageKind};
 
 /// Upper bound of one connection task's memory: the future below plus monoio's task header.
 /// Checked at every spawn; used by the budget.
@@ -32,8 +33,6 @@ const READS_PER_WAKEUP_MAX: usize = 4;
 const SPILL_RETRY: Duration = Duration::from_millis(10);
 /// Wait before trying again when every receive buffer of the core is lent out.
 const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
-/// A close frame: header, code and at most 123 bytes of reason.
-const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
 
 /// Starts the session of a completed upgrade.
 pub fn spawn(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
@@ -46,37 +45,39 @@ pub fn spawn(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
     );
 }
 
-/// The whole life of a session.
+/// The whole life of a session: waits for readiness or a signal (deadline, drain, egress
+/// reply, spill progress) and feeds the sans-I/O [`Connection`].
 async fn serve(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
     let fd = stream.as_raw_fd();
-    let mut conn = Connection::new(Rc::clone(&core), fd, upgraded);
-    while conn.phase != Phase::Done {
-        core.slots.arm(conn.key, conn.next_deadline());
+    let mut conn = Connection::new(core.connection_limits, core.now_ms());
+    let mut io = SessionIo::new(Rc::clone(&core), fd, upgraded);
+    while !conn.is_done() {
+        core.slots.arm(io.key, io.next_deadline(&conn));
         // Two selects rather than one with both readiness futures: the branches share their
         // storage in the task, which keeps an idle session's task small. A session waiting for
         // the spill log (hand-off full, or acknowledging its close) is not read: backpressure.
-        if conn.outbound.is_empty() && conn.waits_for_spill() {
-            core.slots.signalled(conn.key).await;
-            conn.on_signal();
-        } else if conn.outbound.is_empty() {
+        if io.outbound.is_empty() && !conn.wants_input() {
+            core.slots.signalled(io.key).await;
+            io.on_signal(&mut conn);
+        } else if io.outbound.is_empty() {
             monoio::select! {
                 ready = stream.readable(false) => match ready {
-                    Ok(()) => conn.on_readable().await,
-                    Err(_) => conn.phase = Phase::Done,
+                    Ok(()) => io.on_readable(&mut conn).await,
+                    Err(_) => conn.on_end_of_stream(),
                 },
-                _ = core.slots.signalled(conn.key) => conn.on_signal(),
+                _ = core.slots.signalled(io.key) => io.on_signal(&mut conn),
             }
         } else {
             monoio::select! {
                 ready = stream.writable(false) => match ready {
-                    Ok(()) => conn.flush(),
-                    Err(_) => conn.phase = Phase::Done,
+                    Ok(()) => io.flush(&mut conn),
+                    Err(_) => conn.on_end_of_stream(),
                 },
-                _ = core.slots.signalled(conn.key) => conn.on_signal(),
+                _ = core.slots.signalled(io.key) => io.on_signal(&mut conn),
             }
         }
     }
-    Box::pin(conn.finish(&stream)).await;
+    Box::pin(io.finish(&stream, conn.close_code())).await;
 }
 
 /// A completed upgrade: the session's slot.
@@ -86,409 +87,134 @@ pub struct Upgraded {
     pub echo: bool,
 }
 
-/// Where a session is in its close handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// The session has ended (its last batch is closed) and pusher waits, not reading, until
-    /// every audio record the session wrote is durable: the Close (`code`; `None` = empty) is the
-    /// acknowledgement. After `deadline` the connection is dropped without a Close (the audio
-    /// stays queued in the log; the client retries). `peer_closed`: the Close answers the peer's;
-    /// `discard`: a protocol violation, nothing more can be decoded.
-    Acking {
-        deadline: Millis,
-        code: Option<u16>,
-        reason: &'static str,
-        peer_closed: bool,
-        discard: bool,
-    },
-    /// pusher sent its Close and waits for the peer's until `deadline`. After a protocol
-    /// violation the stream cannot be decoded any more (`discard`): pusher half-closes and
-    /// reads and drops bytes until the peer closes, so its Close is not lost to a reset.
-    Closing {
-        deadline: Millis,
-        discard: bool,
-    },
-    Done,
-}
-
-struct Connection {
+/// The session's side of the socket: its slot, receive buffer and unsent bytes. It is the
+/// [`Host`] of the sans-I/O connection: it hands messages to the session (`outputs`), and
+/// frames to the peer.
+struct SessionIo {
     core: Rc<Core>,
     fd: RawFd,
     key: usize,
     echo: bool,
-    decoder: Decoder,
     recv: Option<PooledBuf>,
     filled: usize,
     outbound: Outbound,
-    phase: Phase,
-    last_activity: Millis,
-    close_code: u16,
-    /// Since when the session waits for room in the spill hand-off (backpressure).
-    stalled_since: Option<Millis>,
 }
 
-impl Connection {
-    /// The session state right after the 101 (bytes that followed the request head are still in
-    /// the socket).
-    fn new(core: Rc<Core>, fd: RawFd, upgraded: Upgraded) -> Connection {
-        Connection {
-            decoder: Decoder::new(core.limits),
+impl SessionIo {
+    fn new(core: Rc<Core>, fd: RawFd, upgraded: Upgraded) -> SessionIo {
+        SessionIo {
             fd,
             key: upgraded.key,
             echo: upgraded.echo,
             recv: None,
             filled: 0,
             outbound: Outbound::new(core.shared.config.outbound_pending_bytes_max),
-            phase: Phase::Open,
-            last_activity: core.now_ms(),
-            close_code: 1006,
-            stalled_since: None,
             core,
         }
     }
 
-    /// The earliest of: idle or close-handshake deadline, and the session's own timer.
-    fn next_deadline(&self) -> Millis {
-        let config = &self.core.shared.config;
+    /// The earliest of the connection's deadline and, while the session takes messages, the
+    /// session's own timer.
+    fn next_deadline(&self, conn: &Connection) -> Millis {
         let now = self.core.now_ms();
-        let own = match self.phase {
-            // Waiting for the spill log: look again at the next tick.
-            _ if self.waits_for_spill() => now,
-            Phase::Open => Millis(self.last_activity.0 + config.idle_timeout_ms),
-            Phase::Acking { deadline, .. } | Phase::Closing { deadline, .. } => deadline,
-            Phase::Done => self.last_activity,
-        };
+        let own = conn.next_deadline(now);
+        if !conn.session_alive() {
+            return own;
+        }
         let session = self.core.slots.with(self.key, |slot| {
             slot.session.as_ref().and_then(|s| s.next_deadline())
         });
         session.map_or(own, |at| own.min(at))
     }
 
-    /// True while the session must not be read: its messages wait for hand-off room, or its
-    /// close waits for durability.
-    fn waits_for_spill(&self) -> bool {
-        match self.phase {
-            Phase::Open => self.stalled_since.is_some(),
-            Phase::Acking { .. } => true,
-            // A stall no longer matters once the session has ended: the peer's Close is read.
-            Phase::Closing { .. } | Phase::Done => false,
+    /// Reads what the socket holds (at most a few times, for fairness) and feeds it.
+    async fn on_readable(&mut self, conn: &mut Connection) {
+        if conn.discards_input() {
+            // After a framing violation: drop the input undecoded until the peer closes.
+            if !matches!(outbound::discard_available(self.fd), Ok(true)) {
+                conn.on_end_of_stream();
+            }
+            return;
         }
-    }
-
-    async fn on_readable(&mut self) {
-        if self.recv.is_none() {
-            match self.core.recv_pool.take() {
-                Some(buf) => self.recv = Some(buf),
+        let mut buf = match self.recv.take() {
+            Some(buf) => buf,
+            None => match self.core.recv_pool.take() {
+                Some(buf) => buf,
                 None => {
                     Box::pin(monoio::time::sleep(RECV_BUFFER_RETRY)).await;
                     return;
                 }
-            }
-        }
+            },
+        };
         for _ in 0..READS_PER_WAKEUP_MAX {
-            if matches!(self.phase, Phase::Closing { discard: true, .. }) {
-                self.filled = 0;
-            }
-            let buf = self.recv.as_mut().expect("taken above");
+            let now = self.core.now_ms();
             if self.filled == buf.len() {
-                // The decoder's buffer size admits every message within the limits.
-                self.fail(close::MESSAGE_TOO_BIG, "message too big");
+                conn.on_buffer_full(now, self);
                 break;
             }
             match outbound::recv(self.fd, &mut buf[self.filled..]) {
                 Ok(0) => {
-                    self.phase = Phase::Done;
+                    conn.on_end_of_stream();
                     break;
                 }
-                Ok(_) if matches!(self.phase, Phase::Closing { discard: true, .. }) => {}
                 Ok(n) => {
-                    self.filled += n;
-                    self.last_activity = self.core.now_ms();
-                    self.process();
-                    if self.phase == Phase::Done
+                    self.filled = conn.on_bytes(&mut buf, self.filled + n, now, self);
+                    if conn.is_done()
                         || !self.outbound.is_empty()
-                        || self.waits_for_spill()
+                        || !conn.wants_input()
+                        || conn.discards_input()
                     {
                         break;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    self.phase = Phase::Done;
+                    conn.on_end_of_stream();
                     break;
                 }
             }
         }
-        if self.filled == 0 {
-            self.recv = None;
+        if self.filled > 0 {
+            self.recv = Some(buf);
         }
+        self.half_close_when_flushed(conn);
     }
 
-    /// Decodes every complete frame in the receive buffer, then compacts it.
-    fn process(&mut self) {
-        let mut buf = self.recv.take().expect("process runs with a buffer");
-        while matches!(
-            self.phase,
-            Phase::Open | Phase::Closing { discard: false, .. }
-        ) {
-            if self.phase == Phase::Open && !self.spill_ready() {
-                break;
-            }
-            match self.decoder.decode(&mut buf, self.filled) {
-                Ok(Some(event)) => self.on_event(event, &buf),
-                Ok(None) => break,
-                Err(violation) => self.fail(violation.code, violation.reason),
-            }
-        }
-        self.filled = match self.phase {
-            Phase::Closing { discard: true, .. } | Phase::Done => 0,
-            _ => self.decoder.compact(&mut buf, self.filled),
-        };
-        self.recv = Some(buf);
-    }
-
-    /// Whether the next message may be dispatched now; if not, the session stalls (is not
-    /// read) until the spill hand-off has room, and the time is counted.
-    fn spill_ready(&mut self) -> bool {
-        let ready = self.echo || outputs::spill_ready(&self.core, self.key);
+    /// A deadline came due, the drain's grace period ended, egress answered, or the spill log
+    /// may have room again.
+    fn on_signal(&mut self, conn: &mut Connection) {
         let now = self.core.now_ms();
-        match (ready, self.stalled_since) {
-            (false, None) => self.stalled_since = Some(now),
-            (true, Some(since)) => {
-                self.stalled_since = None;
-                let seconds = (now.0 - since.0) as f64 / 1000.0;
-                self.core
-                    .spill
-                    .shared
-                    .metrics
-                    .backpressure_seconds
-                    .inc_by(seconds);
-            }
-            _ => {}
-        }
-        ready
-    }
-
-    /// A violation of the WebSocket protocol: close with `code`, half-close, stop decoding.
-    fn fail(&mut self, code: u16, reason: &'static str) {
-        match self.phase {
-            Phase::Open => {
-                self.start_close(code, reason);
-                if let Phase::Acking { discard, .. } = &mut self.phase {
-                    *discard = true;
-                }
-            }
-            Phase::Acking {
-                ref mut discard, ..
-            } => *discard = true,
-            Phase::Closing { .. } | Phase::Done => {}
-        }
-        if let Phase::Closing { deadline, .. } = self.phase {
-            self.phase = Phase::Closing {
-                deadline,
-                discard: true,
-            };
-            self.half_close_when_flushed();
-        }
-    }
-
-    fn half_close_when_flushed(&self) {
-        if self.outbound.is_empty() && matches!(self.phase, Phase::Closing { discard: true, .. }) {
-            // SAFETY: shutdown on our own descriptor; an error (peer gone) changes nothing.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
-        }
-    }
-
-    fn on_event(&mut self, event: Event, buf: &[u8]) {
-        match event {
-            Event::Message { kind, payload } if self.phase == Phase::Open => {
-                self.on_message(kind, &buf[payload]);
-            }
-            Event::Message { .. } => {}
-            Event::Ping { payload } => {
-                if self.phase == Phase::Open {
-                    self.send_frame(Opcode::Pong, &buf[payload]);
-                }
-            }
-            Event::Pong => {}
-            Event::Close { code, reason: _ } => self.on_peer_close(code),
-        }
-    }
-
-    fn on_message(&mut self, kind: MessageKind, message: &[u8]) {
-        if self.echo {
-            let opcode = match kind {
-                MessageKind::Text => Opcode::Text,
-                MessageKind::Binary => Opcode::Binary,
-            };
-            self.send_frame(opcode, message);
-            return;
-        }
-        if kind == MessageKind::Text {
-            self.start_close(close::UNSUPPORTED_DATA, "text messages are not accepted");
-            return;
-        }
-        match protocol::decode(message) {
-            Ok(frame) => {
-                let now = self.core.now_ms();
-                let replies = outputs::on_frame(&self.core, self.key, frame, message.len(), now);
-                self.send_replies(replies);
-            }
-            Err(err) => self.start_close(err.close_code(), err.reason()),
-        }
-    }
-
-    fn send_replies(&mut self, replies: outputs::Replies) {
-        let scratch = self.core.replies.borrow();
-        let bytes = &scratch[replies.range];
-        if !bytes.is_empty() {
-            let result = self.outbound.send(self.fd, &[bytes], &self.core.outbound);
-            drop(scratch);
-            self.on_send_result(result);
-        }
-    }
-
-    fn on_peer_close(&mut self, code: Option<u16>) {
-        match self.phase {
-            Phase::Open => {
-                self.close_code = code.unwrap_or(1005);
-                self.begin_ack(code, "", true);
-            }
-            Phase::Acking { .. } => {}
-            Phase::Closing { .. } | Phase::Done => self.phase = Phase::Done,
-        }
-    }
-
-    /// Starts pusher's side of the close handshake with `code`.
-    fn start_close(&mut self, code: u16, reason: &'static str) {
-        if self.phase != Phase::Open {
-            return;
-        }
-        self.close_code = code;
-        self.begin_ack(Some(code), reason, false);
-    }
-
-    /// Ends the session, then sends the Close once its audio is durable (see [`Phase::Acking`]).
-    fn begin_ack(&mut self, code: Option<u16>, reason: &'static str, peer_closed: bool) {
-        let deadline = Millis(self.core.now_ms().0 + self.core.shared.config.close_timeout_ms);
-        self.phase = Phase::Acking {
-            deadline,
-            code,
-            reason,
-            peer_closed,
-            discard: false,
-        };
-        self.try_ack();
-    }
-
-    fn try_ack(&mut self) {
-        let Phase::Acking {
-            deadline,
-            code,
-            reason,
-            peer_closed,
-            discard,
-        } = self.phase
-        else {
-            return;
-        };
-        let now = self.core.now_ms();
-        let ended = outputs::end_session(&self.core, self.key, now);
-        if !(ended && outputs::spill_durable(&self.core, self.key)) {
-            if now >= deadline {
-                tracing::warn!(
-                    code = self.close_code,
-                    "audio not durable within the close timeout; dropping the connection without a Close"
-                );
-                self.core.spill.shared.metrics.close_ack_timeouts.inc();
-                self.phase = Phase::Done;
-            }
-            return;
-        }
-        let mut out = [0u8; CLOSE_FRAME_BYTES_MAX];
-        let len = match code {
-            Some(code) => frame::encode_close(code, reason, &mut out),
-            None => frame::encode_header(Opcode::Close, 0, &mut out),
-        };
-        self.phase = if peer_closed {
-            Phase::Done
-        } else {
-            Phase::Closing {
-                deadline: Millis(now.0 + self.core.shared.config.close_timeout_ms),
-                discard,
-            }
-        };
-        let result = self
-            .outbound
-            .send(self.fd, &[&out[..len]], &self.core.outbound);
-        self.on_send_result(result);
-        self.half_close_when_flushed();
-    }
-
-    fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) {
-        let mut header = [0u8; frame::HEADER_BYTES_MAX];
-        let len = frame::encode_header(opcode, payload.len(), &mut header);
-        let result = self
-            .outbound
-            .send(self.fd, &[&header[..len], payload], &self.core.outbound);
-        self.on_send_result(result);
-    }
-
-    fn on_send_result(&mut self, result: Result<(), SendError>) {
-        match result {
-            Ok(()) => {}
-            Err(SendError::Overflow) => {
-                self.core.shared.metrics.peers_dropped_slow.inc();
-                self.phase = Phase::Done;
-            }
-            Err(SendError::Io(err)) => {
-                tracing::debug!("write failed, peer gone: {err}");
-                self.phase = Phase::Done;
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        let result = self
-            .outbound
-            .flush(self.fd, &self.core.outbound)
-            .map(|_| ());
-        self.on_send_result(result);
-        self.half_close_when_flushed();
-    }
-
-    /// A deadline came due, the drain's grace period ended, or a spill wait should look again.
-    fn on_signal(&mut self) {
         if self.core.closing() {
-            self.start_close(close::GOING_AWAY, "server is shutting down");
+            conn.go_away("server is shutting down", now, self);
         }
-        if self.stalled_since.is_some() {
-            if self.recv.is_some() {
-                self.process();
-                if self.filled == 0 {
-                    self.recv = None;
+        if conn.on_tick(now, self) {
+            // The stall ended: decode what the buffer still holds (if nothing, the room ran
+            // out right after the last complete message; reading simply resumes).
+            if let Some(mut buf) = self.recv.take() {
+                self.filled = conn.on_resume(&mut buf, self.filled, now, self);
+                if self.filled > 0 {
+                    self.recv = Some(buf);
                 }
-            } else {
-                // Stalled with nothing buffered: the room ran out right after the last complete
-                // message, and the empty buffer went back to the pool. Look at the room again,
-                // or the session would not be read until its idle timeout.
-                self.spill_ready();
             }
         }
-        self.send_egress_replies();
-        self.try_ack();
-        self.on_timer();
+        self.send_egress_replies(conn);
+        if conn.session_alive() {
+            let replies = outputs::on_deadline(&self.core, self.key, now);
+            if self.send_replies(conn.may_send(), replies).is_err() {
+                conn.on_send_failed();
+            }
+        }
+        self.half_close_when_flushed(conn);
     }
 
-    /// Sends the 201s egress answered for this session.
-    fn send_egress_replies(&mut self) {
+    /// Sends the 201s egress answered for this session (after pusher's Close they are
+    /// dropped, counted).
+    fn send_egress_replies(&mut self, conn: &mut Connection) {
         if self.echo {
             return;
         }
-        let replies = outputs::take_replies(&self.core, self.key);
-        for reply in replies {
-            if self.phase != Phase::Open {
+        for reply in outputs::take_replies(&self.core, self.key) {
+            if !conn.may_send() {
                 self.core
                     .shared
                     .egress_metrics
@@ -496,30 +222,66 @@ impl Connection {
                     .inc();
                 continue;
             }
-            self.send_frame(Opcode::Binary, &reply);
+            conn.send_frame(Opcode::Binary, &reply, self);
             self.core.shared.metrics.results_sent.inc();
         }
     }
 
-    fn on_timer(&mut self) {
-        let now = self.core.now_ms();
-        let config = &self.core.shared.config;
-        match self.phase {
-            Phase::Open if now.0 >= self.last_activity.0 + config.idle_timeout_ms => {
-                self.start_close(close::GOING_AWAY, "idle timeout");
-            }
-            Phase::Closing { deadline, .. } if now >= deadline => self.phase = Phase::Done,
-            _ => {}
+    /// Sends the 201 frames one session step produced, if pusher may still send.
+    fn send_replies(&mut self, may_send: bool, replies: outputs::Replies) -> Result<(), ()> {
+        let scratch = self.core.replies.borrow();
+        let bytes = &scratch[replies.range];
+        if bytes.is_empty() {
+            return Ok(());
         }
-        if self.phase == Phase::Open {
-            let replies = outputs::on_deadline(&self.core, self.key, now);
-            self.send_replies(replies);
+        if !may_send {
+            self.core
+                .shared
+                .egress_metrics
+                .process_replies_dropped
+                .inc();
+            return Ok(());
+        }
+        let result = self.outbound.send(self.fd, &[bytes], &self.core.outbound);
+        drop(scratch);
+        self.sent(result)
+    }
+
+    fn sent(&self, result: Result<(), SendError>) -> Result<(), ()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(SendError::Overflow) => {
+                self.core.shared.metrics.peers_dropped_slow.inc();
+                Err(())
+            }
+            Err(SendError::Io(err)) => {
+                tracing::debug!("write failed, peer gone: {err}");
+                Err(())
+            }
+        }
+    }
+
+    fn flush(&mut self, conn: &mut Connection) {
+        let result = self
+            .outbound
+            .flush(self.fd, &self.core.outbound)
+            .map(|_| ());
+        if self.sent(result).is_err() {
+            conn.on_send_failed();
+        }
+        self.half_close_when_flushed(conn);
+    }
+
+    fn half_close_when_flushed(&self, conn: &Connection) {
+        if self.outbound.is_empty() && conn.wants_half_close() {
+            // SAFETY: shutdown on our own descriptor; an error (peer gone) changes nothing.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_WR) };
         }
     }
 
     /// Ends the session: flushes what is queued (bounded by the close timeout), releases the
     /// slot and every budget share, counts the close code.
-    async fn finish(mut self, stream: &TcpStream) {
+    async fn finish(mut self, stream: &TcpStream, close_code: u16) {
         let limit =
             Instant::now() + Duration::from_millis(self.core.shared.config.close_timeout_ms);
         while !self.outbound.is_empty() {
@@ -541,7 +303,75 @@ impl Connection {
         while !outputs::end_session(&self.core, self.key, self.core.now_ms()) {
             monoio::time::sleep(SPILL_RETRY).await;
         }
-        close_slot(&self.core, self.key, self.close_code);
+        close_slot(&self.core, self.key, close_code);
+    }
+}
+
+impl Host for SessionIo {
+    fn ready(&mut self) -> bool {
+        self.echo || outputs::spill_ready(&self.core, self.key)
+    }
+
+    fn message(
+        &mut self,
+        kind: MessageKind,
+        payload: &[u8],
+        now: Millis,
+        may_send: bool,
+    ) -> Result<(), Refusal> {
+        if self.echo {
+            if may_send {
+                let mut header = [0u8; frame::HEADER_BYTES_MAX];
+                let len = frame::encode_header(kind.opcode(), payload.len(), &mut header);
+                let result =
+                    self.outbound
+                        .send(self.fd, &[&header[..len], payload], &self.core.outbound);
+                return self.sent(result).map_err(|()| Refusal::PeerGone);
+            }
+            return Ok(());
+        }
+        if kind == MessageKind::Text {
+            return Err(Refusal::Close(
+                close::UNSUPPORTED_DATA,
+                "text messages are not accepted",
+            ));
+        }
+        match protocol::decode(payload) {
+            Ok(frame) => {
+                let replies = outputs::on_frame(&self.core, self.key, frame, payload.len(), now);
+                self.send_replies(may_send, replies)
+                    .map_err(|()| Refusal::PeerGone)
+            }
+            Err(err) => Err(Refusal::Close(err.close_code(), err.reason())),
+        }
+    }
+
+    fn end_session(&mut self, now: Millis) -> bool {
+        outputs::end_session(&self.core, self.key, now)
+    }
+
+    fn durable(&mut self) -> bool {
+        outputs::spill_durable(&self.core, self.key)
+    }
+
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), PeerGone> {
+        let result = self.outbound.send(self.fd, parts, &self.core.outbound);
+        self.sent(result).map_err(|()| PeerGone)
+    }
+
+    fn note(&mut self, note: Note) {
+        let metrics = &self.core.spill.shared.metrics;
+        match note {
+            Note::StallEnded { ms } => {
+                metrics.backpressure_seconds.inc_by(ms as f64 / 1000.0);
+            }
+            Note::AckTimedOut => {
+                tracing::warn!(
+                    "audio not durable within the close timeout; dropping the connection without a Close"
+                );
+                metrics.close_ack_timeouts.inc();
+            }
+        }
     }
 }
 

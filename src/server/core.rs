@@ -15,6 +15,7 @@ use super::handshake_slots::HandshakeSlots;
 use super::outbound::OutboundBudget;
 use super::pool::BufferPool;
 use super::slots::Slots;
+use crate::connection::Limits as ConnectionLimits;
 use crate::metrics::CoreGauges;
 use crate::payload::PayloadArena;
 use crate::session::Millis;
@@ -71,7 +72,8 @@ pub struct Core {
     pub outbound: OutboundBudget,
     /// Accumulator bytes not yet promised to a session.
     pub accumulator_bytes_free: Cell<usize>,
-    pub limits: DecoderLimits,
+    /// The sans-I/O connection's limits (decoder, idle and close timeouts), from the config.
+    pub connection_limits: ConnectionLimits,
     pub spill: SpillCore,
     pub egress: CoreEgress,
     /// Replies (201 frames) produced by one session step; capacity fixed at start.
@@ -122,7 +124,11 @@ impl Core {
                 gauges.outbound_pending_bytes.clone(),
             ),
             accumulator_bytes_free: Cell::new(config.audio_accumulator_bytes_per_core),
-            limits,
+            connection_limits: ConnectionLimits {
+                decoder: limits,
+                idle_timeout_ms: config.idle_timeout_ms,
+                close_timeout_ms: config.close_timeout_ms,
+            },
             spill: SpillCore::new(index, &shared),
             egress: CoreEgress::new(index, &shared, shared.sessions_per_core),
             replies: RefCell::new(Vec::with_capacity(super::outputs::REPLY_BYTES_MAX)),

@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -837,3 +838,58 @@ def test_disk_full_slows_senders_and_drops_nothing(driver, start_server, moto, f
         f"{shrunk['pusher_spill_live_bytes'] / MIB:.2f} MiB after; backpressure "
         f"{after['pusher_spill_backpressure_seconds_total']:.1f} s"
     )
+
+
+def post_drain(server) -> int:
+    request = urllib.request.Request(server.http + "/__internal/drain", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.status
+
+
+def test_audio_sent_until_the_drains_close_is_stored(driver, start_server, tmp_path):
+    """When the drain's grace is over, pusher closes every session with 1001 and still reads
+    and stores what each client sent before it saw the Close: the Omi client drops audio from
+    its buffer as it sends it. (Before: the last frames in flight were dropped.)"""
+    users = {f"drain-{i}": {"data_protection_level": "standard"} for i in range(8)}
+    settings = write_settings(tmp_path / "settings.toml", users)
+    server = start_server(driver, "--settings", str(settings), "--drain-grace-ms", "500")
+    sent: dict[str, list[bytes]] = {uid: [] for uid in users}
+    codes: dict[str, int] = {}
+
+    async def stream(uid: str) -> None:
+        url = f"{server.url}/v1/trigger/listen?uid={uid}&sample_rate=16000"
+        async with websockets.connect(url, ping_interval=None, close_timeout=10) as ws:
+            await ws.send(frame(103, b"c"))
+            seq = 0
+            while True:
+                pcm = struct.pack("<II", hash(uid) & 0xFFFFFFFF, seq) * 400  # 3,200 B, unique
+                try:
+                    await ws.send(frame(101, struct.pack("<d", T0 + seq * 0.1) + pcm))
+                except websockets.ConnectionClosed:
+                    break
+                sent[uid].append(pcm)
+                seq += 1
+                await asyncio.sleep(0.001 if seq % 4 == 0 else 0)
+            codes[uid] = ws.close_code
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(stream(uid)) for uid in users]
+        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(post_drain, server) == 200
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+
+    asyncio.run(run())
+    assert set(codes.values()) == {1001}, codes
+    expected = {(uid, "c"): b"".join(frames) for uid, frames in sent.items()}
+    assert all(expected.values()), "every session sent audio"
+
+    def stored():
+        audio = concatenated(decode_objects(file_store_objects(server.data_dir / "cloud")))
+        m = metrics_of(server)
+        return audio if audio.keys() == expected.keys() and m["pusher_spill_pending_batches"] == 0 else None
+
+    audio = wait_until(stored, 30, "every session's batch uploaded")
+    for key, data in expected.items():
+        assert audio[key] == data, (
+            f"{key}: {len(audio[key])} bytes stored, {len(data)} sent ({len(sent[key[0]])} frames)"
+        )
