@@ -224,7 +224,7 @@ impl Default for Config {
             egress_response_bytes_max: 64 * 1024,
             max_sessions_per_core: 12_288,
             recv_buffers_per_core: 64,
-            handshake_buffers_per_core: 256,
+            handshake_buffers_per_core: 1024,
             max_message_bytes: 1 << 20,
             max_request_header_bytes: 8 * 1024,
             handshake_timeout_ms: 10_000,
@@ -409,7 +409,7 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recv_buffers_per_core: Option<usize>,
     /// Connections per worker between accept and upgrade; more wait in the accept backlog
-    /// [default: 256]
+    /// [default: 1024]
     #[arg(long, env = "PUSHER_HANDSHAKE_BUFFERS_PER_CORE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_buffers_per_core: Option<usize>,

@@ -334,6 +334,14 @@ fn headline(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("p99 ms", "latency_ms.p99"),
             ("104 p99 ms", "process_latency_ms.p99"),
         ],
+        "storm" => &[
+            ("upgraded", "upgraded"),
+            ("refused", "refused"),
+            ("all open s", "all_open_s"),
+            ("upgrade p99 ms", "upgrade_latency_ms.p99"),
+            ("/health max ms", "health.max_ms"),
+            ("RSS peak KiB", "rss.peak_kib"),
+        ],
         _ => &[],
     }
 }
@@ -605,6 +613,25 @@ mod tests {
                 "sessions 500, KiB/session 1.235",
                 "1/1 met"
             ]
+        );
+    }
+
+    #[test]
+    fn a_storm_row_shows_sessions_refused_and_latencies() {
+        let storm = run(
+            "storm-1",
+            "storm",
+            json!({"target": "python"}),
+            json!({"upgraded": 512, "refused": 4488, "all_open_s": null,
+                   "upgrade_latency_ms": {"p99": 3011.5}, "health": {"max_ms": 12.25},
+                   "rss": {"peak_kib": 61000}}),
+            None,
+        );
+        let lines = parse(&summary_table(&[storm]));
+        assert_eq!(
+            lines[1][2],
+            "upgraded 512, refused 4488, all open s –, upgrade p99 ms 3011.5, \
+             /health max ms 12.25, RSS peak KiB 61000"
         );
     }
 

@@ -28,6 +28,8 @@ const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const FIN_BIT: u8 = 0x80;
 const MASK_BIT: u8 = 0x80;
 pub const OPCODE_BINARY: u8 = 0x2;
+pub const OPCODE_CLOSE: u8 = 0x8;
+pub const OPCODE_PING: u8 = 0x9;
 const OPCODE_MASK: u8 = 0x0f;
 /// Largest payload length that fits the 7-bit length field.
 const LEN7_MAX: usize = 125;
@@ -85,6 +87,13 @@ pub fn close_frame() -> Vec<u8> {
         MASK_KEY,
         &mut out,
     );
+    out
+}
+
+/// A masked Pong frame echoing a Ping's `payload` (RFC 6455 §5.5.3).
+pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame_bytes(payload.len()));
+    encode_client_frame(Opcode::Pong, payload, MASK_KEY, &mut out);
     out
 }
 
@@ -225,6 +234,17 @@ mod tests {
         assert_binary(&events[0], &message(CONVERSATION_ID, b"conv-1"));
         assert_binary(&events[1], &audio_message(2.0, 300));
         assert_binary(&events[2], &[100, 0, 0, 0]);
+    }
+
+    #[test]
+    fn pong_frame_is_a_masked_pong() {
+        let pong = pong_frame(b"ping-7");
+        assert_eq!(pong.len(), frame_bytes(6));
+        assert_eq!(pong[0], 0x80 | 0xA, "FIN and opcode Pong");
+        assert_ne!(pong[1] & MASK_BIT, 0, "masked");
+        let events = decode_all(&pong);
+        assert_eq!(events.len(), 1);
+        assert!(matches!(events[0].0, Event::Pong));
     }
 
     #[test]

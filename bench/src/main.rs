@@ -49,6 +49,12 @@ enum Scenario {
     Chaos(load::chaos::Args),
     /// Many sessions sending transcripts to a global hook: delivery latency percentiles.
     Latency(load::latency::Args),
+    /// A reconnect storm: many sessions upgraded at once from several client processes;
+    /// sessions refused, time to all open, upgrade latency, /health latency, server RSS.
+    Storm(load::storm::Args),
+    /// One client process of `storm` (started by it; commands on stdin, counts on stdout).
+    #[command(hide = true)]
+    StormClient(load::storm::ClientArgs),
     /// Serve as the services pusher calls (processor, webhooks, hooks, speaker samples, a slow
     /// S3 endpoint), with a delay and failure share per route, counting what each receives.
     #[command(alias = "s3-sink")]
@@ -146,6 +152,8 @@ fn main() -> ExitCode {
             Scenario::Chaos(args) => load::chaos::run(args).await,
             Scenario::Outage(args) => load::outage::run(args).await,
             Scenario::Latency(args) => load::latency::run(args).await,
+            Scenario::Storm(args) => load::storm::run(args).await,
+            Scenario::StormClient(args) => load::storm::run_client(args).await,
             Scenario::Downstream(args) => downstream::run(args).await,
             Scenario::Check(_) | Scenario::Compare(_) | Scenario::Summary(_) => {
                 unreachable!("handled before the runtime starts")

@@ -139,6 +139,32 @@ pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
                 "ms",
             ),
         ],
+        "storm" => vec![
+            Goal::compare("refused", &at("refused"), "==", 0.0, "sessions"),
+            Goal::judged(
+                "all_open_s",
+                &at("all_open_s"),
+                "<=",
+                &at("goals.all_open_s_max"),
+                "s",
+                &at("goals.all_open"),
+            ),
+            Goal::judged(
+                "health_probe_max_ms",
+                &at("health.max_ms"),
+                "<",
+                &at("goals.health_probe_max_ms_max"),
+                "ms",
+                &at("goals.health_ok"),
+            ),
+            Goal::compare(
+                "closed_after_upgrade",
+                &at("closed_after_upgrade.total"),
+                "==",
+                0.0,
+                "sessions",
+            ),
+        ],
         "log" => vec![Goal::judged(
             "log_to_disk_ratio",
             &at("log_to_disk_ratio"),
@@ -572,6 +598,81 @@ mod tests {
                 ("rss_flat".to_owned(), Some(false)),
             ]
         );
+    }
+
+    /// The fields of a storm result line (abridged).
+    fn storm_fields(refused: u64, all_open_s: Value, health_max: Value, closed: u64) -> Value {
+        let all_open = all_open_s.as_f64().is_some_and(|s| s <= 10.0);
+        let health_ok = health_max.as_f64().map(|ms| ms < 1000.0);
+        json!({
+            "sessions": 10000, "attempted": 10000, "upgraded": 10000 - refused,
+            "refused": refused, "http_refused": {"503": refused},
+            "closed_after_upgrade": {"total": closed, "full_1013": closed, "draining_1001": 0,
+                                     "other": 0, "by_code": {}},
+            "all_open_s": all_open_s, "last_upgrade_s": 4.2, "connects_per_s": 2380.9,
+            "upgrade_latency_ms": {"count": 10000, "p50": 900.0, "p99": 3100.0, "max": 4100.0},
+            "health": {"probes": 50, "failures": 0, "p99_ms": 20.0, "max_ms": health_max,
+                       "within_limit": health_ok},
+            "rss": {"before_kib": 20000, "peak_kib": 60000, "after_kib": 30000,
+                    "budget_bytes": null},
+            "goals": {"refused_max": 0, "all_open_s_max": 10, "health_probe_max_ms_max": 1000.0,
+                      "no_refusal": refused == 0, "all_open": all_open,
+                      "none_closed": closed == 0, "health_ok": health_ok},
+        })
+    }
+
+    #[test]
+    fn a_storm_result_file_judges_refusals_all_open_health_and_closes() {
+        let good = result_file(
+            "storm",
+            json!({"target": "pusher"}),
+            object(storm_fields(0, json!(4.2), json!(35.0), 0)),
+            Some(json!([[0.0, 20000], [0.1, 60000]])),
+        );
+        validate(&good).unwrap();
+        assert_eq!(
+            goal_outcomes(&good).unwrap(),
+            [
+                ("all_open_s".to_owned(), Some(true)),
+                ("closed_after_upgrade".to_owned(), Some(true)),
+                ("health_probe_max_ms".to_owned(), Some(true)),
+                ("refused".to_owned(), Some(true)),
+            ]
+        );
+        assert_eq!(
+            good["goals"]["all_open_s"],
+            json!({"value": 4.2, "op": "<=", "limit": 10, "unit": "s", "met": true})
+        );
+        assert_eq!(
+            good["goals"]["refused"],
+            json!({"value": 0, "op": "==", "limit": 0.0, "unit": "sessions", "met": true})
+        );
+        assert_eq!(good["goals"]["health_probe_max_ms"]["limit"], 1000.0);
+        // Today's burst: 503s, so never all open; a slow probe; 1013 closes.
+        let bad = result_file(
+            "storm",
+            json!({}),
+            object(storm_fields(4488, Value::Null, json!(1500.0), 12)),
+            None,
+        );
+        validate(&bad).unwrap();
+        assert_eq!(met(&bad, "refused"), false);
+        assert_eq!(
+            met(&bad, "all_open_s"),
+            false,
+            "not all open fails, not null"
+        );
+        assert_eq!(bad["goals"]["all_open_s"]["value"], Value::Null);
+        assert_eq!(met(&bad, "health_probe_max_ms"), false);
+        assert_eq!(met(&bad, "closed_after_upgrade"), false);
+        // No probe answered at all: not judged.
+        let unprobed = result_file(
+            "storm",
+            json!({}),
+            object(storm_fields(0, json!(4.2), Value::Null, 0)),
+            None,
+        );
+        assert_eq!(met(&unprobed, "health_probe_max_ms"), Value::Null);
     }
 
     #[test]

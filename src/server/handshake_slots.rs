@@ -4,11 +4,14 @@
 //! (backpressure, not refusal). A connection gives its slot back when its handshake ends.
 //!
 //! So that peers who send nothing cannot hold every slot (and with them `/health`), the accept
-//! loop may evict the oldest connection that is still reading its request head, once it is
-//! older than [`EVICT_AGE_MIN`], when every slot is taken and another connection waits: one
-//! that has sent nothing yet, or one whose head stayed incomplete. A connection whose request
-//! is already in its socket but not yet read (a burst) is never evicted, and neither is one
-//! whose request is being answered (a settings fetch).
+//! loop may evict the oldest connection that is still reading its request head when every slot
+//! is taken, another connection waits, and the handshakes have stopped making progress: none
+//! finished for [`STALL_MIN`]. The victim is older than [`EVICT_AGE_MIN`] and has sent nothing
+//! yet, or an incomplete head. In a burst of honest clients handshakes keep finishing (even
+//! when each client is slow to send its request), so nobody is evicted; when silent peers hold
+//! every slot, nothing finishes and they go, oldest first. A connection whose request is
+//! already in its socket but not yet read is never evicted, and neither is one whose request is
+//! being answered (a settings fetch).
 //!
 //! Invariants: at most `capacity` slots are taken; the accept-order queue holds at most
 //! `capacity` entries after compaction (stale ones are dropped before it would grow); a
@@ -25,9 +28,13 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-/// A connection reading its head is evicted only after this long: a burst's connections are
-/// read within milliseconds of their accept, a kubelet probe must be answered within 1 s.
-pub const EVICT_AGE_MIN: Duration = Duration::from_millis(100);
+/// A connection reading its head may be evicted only after this long: an honest client whose
+/// segments were dropped by a full accept queue retransmits within it.
+pub const EVICT_AGE_MIN: Duration = Duration::from_millis(1000);
+/// Evictions happen only when no handshake finished for this long (the slots are stuck, not
+/// busy). With [`EVICT_AGE_MIN`] it bounds how long peers that send nothing can keep the
+/// accept loop (and a probe behind them in the backlog) waiting once they hold every slot.
+pub const STALL_MIN: Duration = Duration::from_millis(1000);
 /// Entries the eviction scan looks at, oldest first (the rest are younger).
 const EVICT_SCAN_MAX: usize = 64;
 
@@ -58,6 +65,8 @@ pub struct HandshakeSlots {
     next_generation: Cell<u32>,
     /// The accept loop, waiting for a free slot.
     room_waker: RefCell<Option<Waker>>,
+    /// When a handshake last finished (not by eviction), or the slots were created.
+    last_finished: Cell<Instant>,
 }
 
 impl HandshakeSlots {
@@ -69,6 +78,7 @@ impl HandshakeSlots {
             capacity,
             next_generation: Cell::new(0),
             room_waker: RefCell::new(None),
+            last_finished: Cell::new(Instant::now()),
         })
     }
 
@@ -123,6 +133,9 @@ impl HandshakeSlots {
     /// Evicts the oldest connection that may be evicted at `now` (see the module doc);
     /// `has_input(fd)` says whether bytes wait in a socket. True if one was.
     pub fn evict_oldest(&self, now: Instant, has_input: impl Fn(RawFd) -> bool) -> bool {
+        if now.saturating_duration_since(self.last_finished.get()) < STALL_MIN {
+            return false;
+        }
         let mut entries = self.entries.borrow_mut();
         let mut order = self.order.borrow_mut();
         while let Some(&(key, generation)) = order.front() {
@@ -157,7 +170,11 @@ impl HandshakeSlots {
     fn release(&self, key: usize, generation: u32) {
         let mut entries = self.entries.borrow_mut();
         if entries.get(key).is_some_and(|e| e.generation == generation) {
-            entries.remove(key);
+            let entry = entries.remove(key);
+            if !entry.evicted {
+                self.last_finished
+                    .set(Instant::now().max(self.last_finished.get()));
+            }
             drop(entries);
             if let Some(waker) = self.room_waker.borrow_mut().take() {
                 waker.wake();
@@ -304,20 +321,21 @@ mod tests {
     #[test]
     fn only_old_silent_or_partial_readers_are_evicted_oldest_first() {
         let slots = HandshakeSlots::new(4);
-        let t0 = Instant::now();
+        let t0 = slots.last_finished.get();
+        let old = EVICT_AGE_MIN.max(STALL_MIN);
         let answering = slots.take(1, t0).unwrap();
         answering.answering();
         let waiting_input = slots.take(2, t0).unwrap();
-        let silent = slots.take(3, t0 + Duration::from_millis(1)).unwrap();
-        let young = slots.take(4, t0 + Duration::from_millis(500)).unwrap();
+        let silent = slots.take(3, t0 + ms(1)).unwrap();
+        let young = slots.take(4, t0 + old).unwrap();
         let has_input = |fd| fd == 2;
         assert!(
-            !slots.evict_oldest(t0 + Duration::from_millis(50), has_input),
-            "nobody is old enough"
+            !slots.evict_oldest(t0 + old - ms(10), has_input),
+            "nobody is old enough, and the slots are not stuck yet"
         );
         let (poll, flag) = poll_once(silent.evicted());
         assert!(poll.is_pending());
-        let now = t0 + Duration::from_millis(200);
+        let now = t0 + old + ms(1);
         assert!(slots.evict_oldest(now, has_input));
         assert!(woken(&flag), "the evicted connection is woken");
         assert!(poll_once(silent.evicted()).0.is_ready());
@@ -328,10 +346,33 @@ mod tests {
             "the young one stops the scan"
         );
         young.reading_partial();
-        assert!(slots.evict_oldest(t0 + Duration::from_millis(700), has_input));
+        assert!(slots.evict_oldest(t0 + old + EVICT_AGE_MIN, has_input));
         assert!(poll_once(young.evicted()).0.is_ready());
         drop(silent);
         assert_eq!(slots.len(), 3);
+    }
+
+    #[test]
+    fn no_eviction_while_handshakes_keep_finishing() {
+        let slots = HandshakeSlots::new(2);
+        let t0 = Instant::now();
+        let slow = slots.take(1, t0).unwrap();
+        let finishing = slots.take(2, t0).unwrap();
+        // A handshake finished just now: the slots are busy, not stuck.
+        drop(finishing);
+        let now = slots.last_finished.get();
+        let later = (now + EVICT_AGE_MIN).max(t0 + EVICT_AGE_MIN);
+        assert!(!slots.evict_oldest(now + STALL_MIN - ms(1), |_| false));
+        assert!(slots.evict_oldest(later.max(now + STALL_MIN), |_| false));
+        assert!(poll_once(slow.evicted()).0.is_ready());
+        // An evicted handshake's end is not progress.
+        let before = slots.last_finished.get();
+        drop(slow);
+        assert_eq!(slots.last_finished.get(), before);
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]

@@ -15,24 +15,21 @@
 //! A client exits when its stdin ends, so a parent that dies for any reason takes its clients
 //! with it; a parent that returns early kills them (`kill_on_drop`).
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 
+use super::clients::{Clients, check_fits, share, target_args};
 use super::{
     Failures, Session, Target, open_sessions, print_result, raise_open_files_limit, round,
 };
 use crate::frames;
 use crate::proc_stats::Process;
 
-/// Descriptors a client process needs besides its sessions (stdio, the runtime, the binary).
-const CLIENT_FD_RESERVE: u64 = 64;
 /// Most steps in one run (each step is two commands to every client).
 const STEPS_MAX: usize = 64;
 /// Most commands a client answers: two per step.
@@ -41,8 +38,6 @@ const CLIENT_COMMANDS_MAX: usize = 2 * STEPS_MAX;
 const STATUS_WAIT: Duration = Duration::from_secs(10);
 /// Time allowed beyond the connect timeouts for a client to answer `open N`.
 const OPEN_WAIT_MARGIN: Duration = Duration::from_secs(30);
-/// Time the clients have to close their sessions and exit once their stdin ends.
-const EXIT_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -161,12 +156,6 @@ fn parse_command(line: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("idle-client: expected \"open N\" on stdin, got {line:?}"))
 }
 
-/// Client `index`'s share of `total` sessions over `clients`: equal shares, the first
-/// `total % clients` one more. A client's share never shrinks as `total` grows.
-fn share(total: usize, clients: usize, index: usize) -> usize {
-    total / clients + usize::from(index < total % clients)
-}
-
 /// Checks `--steps` and `--clients`, and that the largest share fits in a client's
 /// `open_files_limit`.
 fn check_steps(steps: &[usize], clients: usize, open_files_limit: u64) -> Result<(), String> {
@@ -181,18 +170,7 @@ fn check_steps(steps: &[usize], clients: usize, open_files_limit: u64) -> Result
             "--steps must be ascending session counts above 0, got {steps:?}"
         ));
     }
-    let largest = steps[steps.len() - 1];
-    let per_client = share(largest, clients, 0) as u64;
-    let room = open_files_limit.saturating_sub(CLIENT_FD_RESERVE);
-    if per_client > room {
-        return Err(format!(
-            "{largest} sessions over --clients {clients} is {per_client} per process, \
-             but a process may hold {open_files_limit} open files ({CLIENT_FD_RESERVE} kept for \
-             other uses): raise --clients to at least {}",
-            (largest as u64).div_ceil(room.max(1))
-        ));
-    }
-    Ok(())
+    check_fits(steps[steps.len() - 1], clients, open_files_limit)
 }
 
 /// Longest a client may take to open `count` sessions, `concurrency` at a time, each within
@@ -202,140 +180,49 @@ fn open_wait(count: usize, concurrency: usize, connect_timeout_s: u64) -> Durati
     Duration::from_secs(rounds * connect_timeout_s) + OPEN_WAIT_MARGIN
 }
 
-/// One client process and its command pipes.
-struct Client {
-    index: usize,
-    process: Child,
-    commands: ChildStdin,
-    answers: Lines<BufReader<ChildStdout>>,
+/// Starts `count` `idle-client`s, `concurrency` session openings at a time each.
+fn spawn_clients(
+    target: &Target,
+    count: usize,
+    concurrency: usize,
+    heartbeat_s: u64,
+) -> Result<Clients, String> {
+    Clients::spawn(count, |index| {
+        let mut args = vec!["idle-client".to_owned()];
+        args.extend(target_args(target));
+        args.extend(
+            [
+                "--uid-prefix",
+                &format!("idle-{index}"),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--heartbeat-s",
+                &heartbeat_s.to_string(),
+            ]
+            .map(str::to_owned),
+        );
+        args
+    })
 }
 
-/// The client processes of a run.
-struct Clients {
-    clients: Vec<Client>,
-}
-
-impl Clients {
-    /// Starts `count` clients (this executable's `idle-client`), `concurrency` session openings
-    /// at a time each. Each is killed when dropped.
-    fn spawn(
-        target: &Target,
-        count: usize,
-        concurrency: usize,
-        heartbeat_s: u64,
-    ) -> Result<Clients, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("this executable's path: {e}"))?;
-        let source_ips: Vec<String> = target.source_ips.iter().map(|ip| ip.to_string()).collect();
-        let mut clients = Vec::with_capacity(count);
-        for index in 0..count {
-            let mut command = Command::new(&exe);
-            command
-                .arg("idle-client")
-                .args(["--target", &target.addr.to_string()])
-                .args(["--pid", &target.pid.to_string()])
-                .args(["--sample-rate", &target.sample_rate.to_string()])
-                .args(["--connect-timeout-s", &target.connect_timeout_s.to_string()])
-                .args(["--uid-prefix", &format!("idle-{index}")])
-                .args(["--concurrency", &concurrency.to_string()])
-                .args(["--heartbeat-s", &heartbeat_s.to_string()]);
-            if !source_ips.is_empty() {
-                command.args(["--source-ips", &source_ips.join(",")]);
-            }
-            command
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true);
-            let mut process = command
-                .spawn()
-                .map_err(|e| format!("starting client process {index} ({}): {e}", exe.display()))?;
-            let (Some(commands), Some(answers)) = (process.stdin.take(), process.stdout.take())
-            else {
-                return Err(format!("client process {index}: no stdin or stdout pipe"));
-            };
-            clients.push(Client {
-                index,
-                process,
-                commands,
-                answers: BufReader::new(answers).lines(),
-            });
-        }
-        Ok(Clients { clients })
-    }
-
-    /// Sends `open counts[i]` to client `i`, then reads every client's answer within `wait`.
-    async fn open(
-        &mut self,
-        counts: &[usize],
-        wait: Duration,
-    ) -> Result<Vec<ClientReport>, String> {
-        for (client, count) in self.clients.iter_mut().zip(counts) {
-            let command = format!("open {count}\n");
-            let sent = async {
-                client.commands.write_all(command.as_bytes()).await?;
-                client.commands.flush().await
-            };
-            sent.await
-                .map_err(|e| format!("client process {}: command: {e}", client.index))?;
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut reports = Vec::with_capacity(self.clients.len());
-        for client in &mut self.clients {
-            let line = tokio::time::timeout_at(deadline, client.answers.next_line())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "client process {}: no answer within {}s",
-                        client.index,
-                        wait.as_secs()
-                    )
-                })?
-                .map_err(|e| format!("client process {}: answer: {e}", client.index))?
-                .ok_or_else(|| {
-                    format!(
-                        "client process {} exited (its messages are above)",
-                        client.index
-                    )
-                })?;
-            reports.push(
-                ClientReport::parse(&line)
-                    .map_err(|e| format!("client process {}: {e}", client.index))?,
-            );
-        }
-        Ok(reports)
-    }
-
-    /// Ends every client's stdin (each then closes its sessions and exits), waits for them
-    /// within [`EXIT_WAIT`], and kills those still running.
-    async fn shutdown(self) -> Result<(), String> {
-        let mut processes = Vec::with_capacity(self.clients.len());
-        for client in self.clients {
-            drop(client.commands);
-            processes.push((client.index, client.process));
-        }
-        let deadline = tokio::time::Instant::now() + EXIT_WAIT;
-        let mut problems = Vec::new();
-        for (index, mut process) in processes {
-            match tokio::time::timeout_at(deadline, process.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => problems.push(format!("client process {index}: {status}")),
-                Ok(Err(e)) => problems.push(format!("client process {index}: wait: {e}")),
-                Err(_) => {
-                    // Kills and reaps it; an error means it exited meanwhile.
-                    let _ = process.kill().await;
-                    problems.push(format!(
-                        "client process {index}: killed, still running {}s after its stdin ended",
-                        EXIT_WAIT.as_secs()
-                    ));
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
+/// Sends `open counts[i]` to client `i`, then reads every client's answer within `wait`.
+async fn open(
+    clients: &mut Clients,
+    counts: &[usize],
+    wait: Duration,
+) -> Result<Vec<ClientReport>, String> {
+    clients
+        .send(|index| format!("open {}", counts[index]))
+        .await?;
+    clients
+        .answers(wait)
+        .await?
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            ClientReport::parse(line).map_err(|e| format!("client process {index}: {e}"))
+        })
+        .collect()
 }
 
 /// The sums of the clients' answers.
@@ -370,7 +257,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let server = Process::new(args.target.pid);
     let per_client_concurrency = args.concurrency.div_ceil(args.clients).max(1);
     let rss_before_kib = server.rss_kib().map_err(|e| e.to_string())?;
-    let mut clients = Clients::spawn(
+    let mut clients = spawn_clients(
         &args.target,
         args.clients,
         per_client_concurrency,
@@ -414,7 +301,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             args.target.addr
         );
         let started = Instant::now();
-        let reports = clients.open(&counts, wait).await?;
+        let reports = open(&mut clients, &counts, wait).await?;
         let open_s = started.elapsed().as_secs_f64();
         open_s_total += open_s;
         requested = shares;
@@ -439,7 +326,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         let cpu_pct_hold = (server.cpu_s().map_err(|e| e.to_string())? - cpu_before_s)
             / hold_started.elapsed().as_secs_f64().max(1e-3)
             * 100.0;
-        let held = totals(&clients.open(&vec![0; args.clients], STATUS_WAIT).await?);
+        let held = totals(&open(&mut clients, &vec![0; args.clients], STATUS_WAIT).await?);
         if held.open == 0 {
             return Err(format!(
                 "step {step}: no session open ({} failed to open: {}; {} lost)",
@@ -616,28 +503,6 @@ async fn hold(mut session: Session, every: Duration, heartbeat: Arc<[u8]>, stats
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shares_are_equal_and_never_shrink() {
-        assert_eq!(
-            (0..3).map(|i| share(18_000, 3, i)).collect::<Vec<_>>(),
-            [6000; 3]
-        );
-        assert_eq!(
-            (0..3).map(|i| share(1000, 3, i)).collect::<Vec<_>>(),
-            [334, 333, 333]
-        );
-        assert_eq!((0..4).map(|i| share(2, 4, i)).sum::<usize>(), 2);
-        for clients in 1..6 {
-            for total in 0..50 {
-                let sum: usize = (0..clients).map(|i| share(total, clients, i)).sum();
-                assert_eq!(sum, total);
-                for i in 0..clients {
-                    assert!(share(total + 1, clients, i) >= share(total, clients, i));
-                }
-            }
-        }
-    }
 
     #[test]
     fn steps_must_ascend_and_fit_the_open_files_limit() {

@@ -6,12 +6,14 @@
 
 pub mod answers;
 pub mod chaos;
+pub mod clients;
 pub mod idle;
 pub mod ingest;
 pub mod latency;
 pub mod log;
 pub mod outage;
 pub mod private_cloud;
+pub mod storm;
 pub mod stream;
 
 use std::collections::BTreeMap;
