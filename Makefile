@@ -9,7 +9,7 @@ DEV_ONLY_SECRET := dev-only-insecure-secret-do-not-use-in-production
 # apt-get needs root: `sudo` unless make already runs as root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-rust test-python lint python-deps build bench perf
+.PHONY: run test test-rust test-python lint python-deps system-deps build bench perf
 
 ## Build and start the server on its embedded defaults (port 8080, data under ./data,
 ## per-user settings from the shipped sample file).
@@ -36,7 +36,12 @@ test-rust:
 python-deps:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
-test-python: build python-deps
+## Real peers the Python tests run: Debian's Prometheus server and promtool.
+system-deps:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
+
+test-python: build python-deps system-deps
 	$(PYTHON) -m pytest -q tests/python
 
 ## Benchmarks (bench/README.md); bench/run.sh builds pusher and pusher-bench in release itself.
