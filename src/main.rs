@@ -1,6 +1,7 @@
 //! The `pusher` binary: `pusher serve` runs the server, `pusher budget` prints the memory budget,
 //! `pusher spill inspect` reports what the spill log holds.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,8 +72,8 @@ fn main() -> ExitCode {
     let config = match Config::load(args.config.as_deref(), &args.overrides) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("pusher: {message}");
-            return ExitCode::from(2);
+            let format = args.overrides.log_format.unwrap_or(LogFormat::Text);
+            return fatal(format, &message, 2);
         }
     };
     match mode {
@@ -83,15 +84,28 @@ fn main() -> ExitCode {
         }
         Mode::SpillInspect => return spill_inspect(&config),
     }
-    init_logging(config.log_format);
+    let format = config.log_format;
+    init_logging(format);
     match pusher::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!("{message}");
-            eprintln!("pusher: {message}");
-            ExitCode::from(1)
+        Err(error) => fatal(format, error.message(), error.exit_code()),
+    }
+}
+
+/// A start error, printed once on stderr in the log format (a JSON line with Cloud Logging's
+/// `severity` for `json`), and the exit code: 2 for usage and configuration, 1 for run time.
+fn fatal(format: LogFormat, message: &str, code: u8) -> ExitCode {
+    let line = format!("pusher: {message}");
+    match format {
+        LogFormat::Text => eprintln!("{line}"),
+        LogFormat::Json => {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "severity": "CRITICAL", "message": line })
+            );
         }
     }
+    ExitCode::from(code)
 }
 
 fn spill_inspect(config: &Config) -> ExitCode {
@@ -106,12 +120,25 @@ fn spill_inspect(config: &Config) -> ExitCode {
     }
 }
 
+/// Logs go to stdout, filtered by `RUST_LOG` (default `info`). `json`: one object per line with
+/// Cloud Logging's `severity` and `message` at the top level (tracing-stackdriver); `text`:
+/// human lines, coloured only on a terminal (and never with `NO_COLOR` set).
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_stackdriver::layer())
+            .init(),
+        LogFormat::Text => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(colour)
+                .init();
+        }
     }
 }

@@ -245,8 +245,32 @@ impl Shared {
     }
 }
 
+/// Why the server could not start or stopped: the operator's configuration (exit 2), or the
+/// machine and its environment at run time (exit 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fatal {
+    Config(String),
+    Runtime(String),
+}
+
+impl Fatal {
+    pub fn message(&self) -> &str {
+        match self {
+            Fatal::Config(message) | Fatal::Runtime(message) => message,
+        }
+    }
+
+    /// The process exit code: 2 for usage and configuration, 1 for run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Config(_) => 2,
+            Fatal::Runtime(_) => 1,
+        }
+    }
+}
+
 /// Runs the server until drained (SIGTERM) or killed.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), Fatal> {
     abort_on_panic();
     match raise_open_files_limit() {
         Ok(limit) => tracing::info!(
@@ -256,7 +280,7 @@ pub fn run(config: Config) -> Result<(), String> {
         Err(err) => tracing::warn!("could not raise the open-files limit: {err}"),
     }
     let plan = plan(&config);
-    let (driver, why) = driver::resolve(config.driver)?;
+    let (driver, why) = driver::resolve(config.driver).map_err(Fatal::Config)?;
     tracing::info!(
         driver = driver.label(),
         "io driver: {}: {why}",
@@ -269,7 +293,9 @@ pub fn run(config: Config) -> Result<(), String> {
             config.settings_cache_entries_max,
             config.settings_cache_bytes_max,
         ))),
-        (Some(path), None) => SettingsSource::File(SettingsFile::load(path)?),
+        (Some(path), None) => {
+            SettingsSource::File(SettingsFile::load(path).map_err(Fatal::Config)?)
+        }
         (None, None) => SettingsSource::File(SettingsFile::defaults_only()),
     };
     tracing::info!(
@@ -286,13 +312,27 @@ pub fn run(config: Config) -> Result<(), String> {
     if config.test_echo_route {
         tracing::warn!("TEST ONLY: the echo route /test/echo is enabled");
     }
-    let secret = EncryptionSecret::from_env()?;
-    if secret.is_none() && settings.may_encrypt() {
-        return Err(format!(
-            "{SECRET_ENV} is not set, but private-cloud audio of users at data protection level \
-             `enhanced` (the default) must be encrypted with it (at least 32 bytes); set it, or \
-             set every user's private_cloud_sync_enabled = false or level standard/e2ee"
-        ));
+    let secret = EncryptionSecret::from_env().map_err(Fatal::Config)?;
+    match &secret {
+        Some((_, name)) => tracing::info!(source = name, "encryption secret from {name}"),
+        None if settings.may_encrypt() => {
+            return Err(Fatal::Config(format!(
+                "{SECRET_ENV} (or {}) is not set, but private-cloud audio of users at data \
+                 protection level `enhanced` (the default) must be encrypted with it (at least 32 \
+                 bytes); set it, or set every user's private_cloud_sync_enabled = false or level \
+                 standard/e2ee",
+                crate::config::omi::ENCRYPTION_SECRET
+            )));
+        }
+        None => tracing::info!("no encryption secret: no user stores audio at level enhanced"),
+    }
+    let secret = secret.map(|(secret, _)| secret);
+    if config.metrics_token.is_some() {
+        tracing::info!(
+            source = %config.origins.metrics_token,
+            "/metrics and /debug/memory need the bearer token (from {})",
+            config.origins.metrics_token
+        );
     }
     let mut metrics = Metrics::new(driver.label(), plan.workers);
     metrics.budget_bytes.set(plan.budget.total_bytes() as i64);
@@ -307,8 +347,21 @@ pub fn run(config: Config) -> Result<(), String> {
         egress_links.clone(),
         egress_metrics.clone(),
         settings.http().cloned(),
-    )?;
-    let store = upload::store::open_configured(&config)?;
+    )
+    .map_err(Fatal::Runtime)?;
+    let opened = upload::store::open_configured(&config).map_err(Fatal::Config)?;
+    tracing::info!(
+        store = %opened.location,
+        source = %match config.origins.store {
+            crate::config::omi::Origin::Unset => "the default under data_dir".to_string(),
+            origin => origin.to_string(),
+        },
+        credentials = opened.credentials,
+        "object store {} (credentials: {})",
+        opened.location,
+        opened.credentials
+    );
+    let store = opened.store;
     let spill = SpillLog::start(&config, plan.workers, spill_metrics, |source| {
         upload::start(
             &config,
@@ -318,7 +371,8 @@ pub fn run(config: Config) -> Result<(), String> {
             upload_metrics.clone(),
             config.spill_batches_max,
         )
-    })?;
+    })
+    .map_err(Fatal::Runtime)?;
     let shared = Arc::new(Shared {
         config,
         metrics,
@@ -333,8 +387,8 @@ pub fn run(config: Config) -> Result<(), String> {
         egress_links,
         egress_metrics,
     });
-    let listeners = worker::bind_listeners(&shared, plan.workers)?;
+    let listeners = worker::bind_listeners(&shared, plan.workers).map_err(Fatal::Runtime)?;
     tracing::info!(listen = %shared.config.listen, "listening");
-    let workers = worker::start(&shared, listeners)?;
-    shutdown::wait_for_signals(&shared, workers)
+    let workers = worker::start(&shared, listeners).map_err(Fatal::Runtime)?;
+    shutdown::wait_for_signals(&shared, workers).map_err(Fatal::Runtime)
 }

@@ -6,8 +6,9 @@
 //! - AES-256-GCM with a random 12-byte nonce and no associated data;
 //! - blob = `u32 big-endian L` ‖ nonce ‖ ciphertext ‖ 16-byte tag, L = 12 + len(ciphertext) + 16.
 //!
-//! The secret comes from the environment only ([`SECRET_ENV`], read by
-//! [`EncryptionSecret::from_env`] and nowhere else), never from flags or the config file.
+//! The secret comes from the environment only ([`SECRET_ENV`], else Omi's `ENCRYPTION_SECRET`,
+//! read by [`EncryptionSecret::from_env`] and nowhere else), never from flags or the config
+//! file.
 
 use std::fmt;
 use std::sync::Arc;
@@ -41,31 +42,38 @@ pub const PLAINTEXT_BYTES_MAX: usize = u32::MAX as usize - NONCE_BYTES - TAG_BYT
 pub struct EncryptionSecret(Arc<str>);
 
 impl EncryptionSecret {
-    /// Accepts a secret of [`SECRET_BYTES_MIN`]..=[`SECRET_BYTES_MAX`] bytes.
-    pub fn new(secret: &str) -> Result<EncryptionSecret, String> {
+    /// Accepts a secret of [`SECRET_BYTES_MIN`]..=[`SECRET_BYTES_MAX`] bytes; `name` is the
+    /// variable it came from, for the error.
+    pub fn new(secret: &str, name: &str) -> Result<EncryptionSecret, String> {
         if secret.len() < SECRET_BYTES_MIN {
             return Err(format!(
-                "{SECRET_ENV} is {} bytes; it must be at least {SECRET_BYTES_MIN} bytes",
+                "{name} is {} bytes; it must be at least {SECRET_BYTES_MIN} bytes",
                 secret.len()
             ));
         }
         if secret.len() > SECRET_BYTES_MAX {
             return Err(format!(
-                "{SECRET_ENV} is {} bytes; it must be at most {SECRET_BYTES_MAX} bytes",
+                "{name} is {} bytes; it must be at most {SECRET_BYTES_MAX} bytes",
                 secret.len()
             ));
         }
         Ok(EncryptionSecret(Arc::from(secret)))
     }
 
-    /// Reads [`SECRET_ENV`]: `Ok(None)` when unset, an error when set but not UTF-8, too short
+    /// Reads [`SECRET_ENV`], else Omi's `ENCRYPTION_SECRET`: the secret and the name it came
+    /// from, `Ok(None)` when neither is set, an error when the one set is not UTF-8, too short
     /// or too long.
-    pub fn from_env() -> Result<Option<EncryptionSecret>, String> {
-        match std::env::var(SECRET_ENV) {
-            Ok(value) => EncryptionSecret::new(&value).map(Some),
-            Err(std::env::VarError::NotPresent) => Ok(None),
-            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{SECRET_ENV} is not UTF-8")),
+    pub fn from_env() -> Result<Option<(EncryptionSecret, &'static str)>, String> {
+        for name in [SECRET_ENV, crate::config::omi::ENCRYPTION_SECRET] {
+            match std::env::var(name) {
+                Ok(value) => return EncryptionSecret::new(&value, name).map(|s| Some((s, name))),
+                Err(std::env::VarError::NotPresent) => {}
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(format!("{name} is not UTF-8"));
+                }
+            }
         }
+        Ok(None)
     }
 }
 
@@ -181,7 +189,7 @@ mod tests {
     use super::*;
 
     fn secret() -> EncryptionSecret {
-        EncryptionSecret::new("0123456789abcdef0123456789abcdef").unwrap()
+        EncryptionSecret::new("0123456789abcdef0123456789abcdef", SECRET_ENV).unwrap()
     }
 
     fn hex(bytes: &[u8]) -> String {
@@ -283,13 +291,13 @@ print(AESGCM(key).decrypt(blob[4:16], blob[16:], None).hex())
 
     #[test]
     fn short_or_huge_secrets_are_refused() {
-        let err = EncryptionSecret::new(&"a".repeat(31)).unwrap_err();
+        let err = EncryptionSecret::new(&"a".repeat(31), SECRET_ENV).unwrap_err();
         assert!(
             err.contains(SECRET_ENV) && err.contains("at least 32"),
             "{err}"
         );
-        assert!(EncryptionSecret::new(&"a".repeat(32)).is_ok());
-        assert!(EncryptionSecret::new(&"a".repeat(SECRET_BYTES_MAX + 1)).is_err());
+        assert!(EncryptionSecret::new(&"a".repeat(32), SECRET_ENV).is_ok());
+        assert!(EncryptionSecret::new(&"a".repeat(SECRET_BYTES_MAX + 1), SECRET_ENV).is_err());
         assert_eq!(format!("{:?}", secret()), "EncryptionSecret(<redacted>)");
     }
 }

@@ -154,13 +154,22 @@ pub struct CloudBuilders {
 }
 
 impl CloudBuilders {
-    /// Each cloud's builder configured from its SDK's environment variables.
-    pub fn from_env() -> CloudBuilders {
-        CloudBuilders {
-            s3: AmazonS3Builder::from_env(),
-            gcs: GoogleCloudStorageBuilder::from_env(),
-            azure: MicrosoftAzureBuilder::from_env(),
+    /// Each cloud's builder configured from its SDK's environment variables; for GCS, Omi's
+    /// `SERVICE_ACCOUNT_JSON` when no `GOOGLE_*` credential is set. Also says where the GCS
+    /// credentials come from.
+    pub fn from_env() -> Result<(CloudBuilders, &'static str), String> {
+        let env = |name: &str| std::env::var(name).ok();
+        let (key, gcs_source) = crate::config::omi::gcs_credentials(&env)?;
+        let mut gcs = GoogleCloudStorageBuilder::from_env();
+        if let Some(key) = key {
+            gcs = gcs.with_service_account_key(key);
         }
+        let builders = CloudBuilders {
+            s3: AmazonS3Builder::from_env(),
+            gcs,
+            azure: MicrosoftAzureBuilder::from_env(),
+        };
+        Ok((builders, gcs_source))
     }
 }
 
@@ -172,17 +181,36 @@ pub struct Store {
     pub keeps_attributes: bool,
 }
 
+/// What [`open_configured`] opened, for the start-up log.
+pub struct Opened {
+    pub store: Store,
+    pub location: StoreLocation,
+    /// Where its credentials come from (never a secret).
+    pub credentials: &'static str,
+}
+
 /// The store of `config` (`--store`, default `<data_dir>/cloud`), credentials from the environment.
-pub fn open_configured(config: &Config) -> Result<Store, String> {
+pub fn open_configured(config: &Config) -> Result<Opened, String> {
     let location = StoreLocation::from_config(config)?;
+    let (builders, gcs_source) = CloudBuilders::from_env()?;
+    let credentials = match location {
+        StoreLocation::Local(_) => "none (local files)",
+        StoreLocation::S3 { .. } => "AWS_* variables, else the instance or pod identity",
+        StoreLocation::Gcs { .. } => gcs_source,
+        StoreLocation::Azure { .. } => "AZURE_* variables, else the managed identity",
+    };
     let objects = open(
         &location,
-        CloudBuilders::from_env(),
+        builders,
         Duration::from_millis(config.upload_timeout_ms),
     )?;
-    Ok(Store {
-        objects,
-        keeps_attributes: !matches!(location, StoreLocation::Local(_)),
+    Ok(Opened {
+        store: Store {
+            objects,
+            keeps_attributes: !matches!(location, StoreLocation::Local(_)),
+        },
+        location,
+        credentials,
     })
 }
 

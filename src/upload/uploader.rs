@@ -828,7 +828,7 @@ async fn notify(context: &Context, notification: &Notification) -> NotificationR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upload::crypto::decrypt_blob;
+    use crate::upload::crypto::{SECRET_ENV, decrypt_blob};
     use async_trait::async_trait;
     use futures_util::stream::BoxStream;
     use object_store::memory::InMemory;
@@ -1071,7 +1071,7 @@ mod tests {
                 objects: store.clone(),
                 keeps_attributes: true,
             },
-            Some(EncryptionSecret::new(SECRET).unwrap()),
+            Some(EncryptionSecret::new(SECRET, SECRET_ENV).unwrap()),
             source.clone(),
             metrics.clone(),
             capacity,
@@ -1101,7 +1101,7 @@ mod tests {
         let mut expected: Vec<BatchKey> = jobs.iter().map(|j| j.key).collect();
         expected.sort();
         assert_eq!(confirmed, expected);
-        let secret = EncryptionSecret::new(SECRET).unwrap();
+        let secret = EncryptionSecret::new(SECRET, SECRET_ENV).unwrap();
         for job in jobs {
             let key = key_of(job);
             let (object, content_type) = running.store.object(&key);
@@ -1306,7 +1306,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let source: Arc<dyn BatchSource> = Arc::new(FakeSource::default());
         let config = test_config(1);
-        let secret = Some(EncryptionSecret::new(SECRET).unwrap());
+        let secret = Some(EncryptionSecret::new(SECRET, SECRET_ENV).unwrap());
         for capacity in [0, QUEUE_CAPACITY_MAX + 1] {
             let refused = start(
                 &config,

@@ -258,22 +258,22 @@ def sent_per_conversation(stream: Stream) -> dict[tuple[str, str], bytes]:
 # --- reading objects back ------------------------------------------------------------------------
 
 
-def user_key(uid: str) -> bytes:
+def user_key(uid: str, secret: str = TEST_ENCRYPTION_SECRET) -> bytes:
     """downstream.md §2: HKDF-SHA256(ikm = secret, salt = uid, info = "user-data-encryption", 32)."""
     if HKDF is None:
         pytest.fail("the Python `cryptography` package is missing (tests/python/requirements.txt)")
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=uid.encode(), info=b"user-data-encryption"
-    ).derive(TEST_ENCRYPTION_SECRET.encode())
+    ).derive(secret.encode())
 
 
-def decrypt_blob(uid: str, blob: bytes) -> bytes:
+def decrypt_blob(uid: str, blob: bytes, secret: str = TEST_ENCRYPTION_SECRET) -> bytes:
     """body = u32 BE L || nonce(12) || ciphertext || tag(16), L = 12 + len(ciphertext) + 16."""
     assert len(blob) >= 4 + 12 + 16, f"blob too short: {len(blob)}"
     (length,) = struct.unpack(">I", blob[:4])
     assert length == len(blob) - 4, f"L = {length}, but {len(blob) - 4} bytes follow it"
     nonce, sealed = blob[4:16], blob[16:]
-    return AESGCM(user_key(uid)).decrypt(nonce, sealed, None)
+    return AESGCM(user_key(uid, secret)).decrypt(nonce, sealed, None)
 
 
 def decode_objects(objects: dict[str, bytes]) -> dict[str, bytes]:

@@ -4,6 +4,8 @@
 //! Invariant: a [`Config`] returned by [`Config::load`] has passed [`Config::validate`], so the
 //! rest of the server may rely on every bound being non-zero and within its documented range.
 
+pub mod omi;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -186,6 +188,9 @@ pub struct Config {
     pub chunk_notification_attempts_max: u32,
     /// Time allowed for one chunk notification attempt.
     pub chunk_notification_timeout_ms: u64,
+    /// Where the settings Omi's environment names can give came from (not an option).
+    #[serde(skip)]
+    pub origins: omi::Origins,
 }
 
 impl Default for Config {
@@ -259,6 +264,7 @@ impl Default for Config {
             chunk_notification_url: None,
             chunk_notification_attempts_max: 3,
             chunk_notification_timeout_ms: 10_000,
+            origins: omi::Origins::default(),
         }
     }
 }
@@ -585,8 +591,18 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Defaults, then `file` (if any), then `overrides`; validated.
+    /// Defaults, then `file` (if any), then `overrides`, then Omi's environment names where
+    /// pusher's are unset ([`omi`]); validated.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, String> {
+        Config::load_with_env(file, overrides, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment read through `env`.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -594,10 +610,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| format!("configuration: {e}"))?;
+        omi::apply(&mut config, env)?;
         config.validate()?;
         Ok(config)
     }
