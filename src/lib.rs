@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod config;
 pub mod connection;
+pub mod cpus;
 pub mod drain;
 pub mod egress;
 pub mod http;

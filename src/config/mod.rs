@@ -14,6 +14,8 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Most worker threads (a thread and a runtime each; far beyond any machine's cores).
+pub const WORKERS_MAX: usize = 1024;
 /// Most global transcript hooks (each transcript item is sent to every one).
 pub const TRANSCRIPT_HOOKS_MAX: usize = 16;
 /// Bytes a 201 adds around the processor's answer (frame and JSON headers, the conversation id).
@@ -46,8 +48,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Root of everything pusher writes to disk.
     pub data_dir: PathBuf,
-    /// Worker threads, one per core; 0 = every core.
+    /// Worker threads, one per core; 0 = what the process may use (affinity mask and cgroup CPU
+    /// quota, at least 1).
     pub workers: usize,
+    /// Whether workers are pinned to CPUs of the affinity mask (`crate::cpus`).
+    pub pin: crate::cpus::PinChoice,
     pub driver: DriverChoice,
     pub log_format: LogFormat,
     /// Per-user settings file (downstream.md §5); none = every user gets the defaults.
@@ -199,6 +204,7 @@ impl Default for Config {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             data_dir: PathBuf::from("./data"),
             workers: 0,
+            pin: crate::cpus::PinChoice::Auto,
             driver: DriverChoice::Auto,
             log_format: LogFormat::Text,
             settings: None,
@@ -280,10 +286,16 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_DATA_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
-    /// Worker threads, one per core; 0 = all cores [default: 0]
+    /// Worker threads, one per core; 0 = what the process may use (affinity mask and CPU quota)
+    /// [default: 0]
     #[arg(long, env = "PUSHER_WORKERS", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Pin workers to CPUs of the affinity mask: auto (only on an exclusive cpuset of the
+    /// worker count), on, off [default: auto]
+    #[arg(long, env = "PUSHER_PIN", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<crate::cpus::PinChoice>,
     /// io driver: auto (io_uring, else epoll), uring, epoll [default: auto]
     #[arg(long, env = "PUSHER_DRIVER", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -621,6 +633,7 @@ impl Config {
 
     /// Checks every bound; the message names the field and the accepted range.
     pub fn validate(&self) -> Result<(), String> {
+        check_range("workers", self.workers, 0, WORKERS_MAX)?;
         check_range(
             "max_sessions_per_core",
             self.max_sessions_per_core,
@@ -954,14 +967,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// Worker count after resolving 0 to the number of cores.
-    pub fn worker_count(&self) -> usize {
-        if self.workers > 0 {
-            return self.workers;
-        }
-        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 }
 

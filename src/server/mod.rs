@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use crate::budget::{Budget, ItemSizes};
 use crate::config::Config;
+use crate::cpus::{CpuPlan, Machine};
 use crate::egress::{self, EgressMetrics, Link};
 use crate::metrics::Metrics;
 use crate::settings::{HttpSettings, SettingsFile, SettingsSource};
@@ -43,9 +44,12 @@ fn fd_reserve(config: &Config, workers: usize) -> u64 {
     64 + (workers * config.handshake_buffers_per_core) as u64
 }
 
-/// What a config resolves to on this machine: workers, session slots and the memory budget.
+/// What a config resolves to on this machine: workers and their CPUs, session slots and the
+/// memory budget.
 pub struct Plan {
     pub workers: usize,
+    pub cpus: CpuPlan,
+    pub machine: Machine,
     pub sessions_per_core: usize,
     pub open_files_limit: u64,
     pub budget: Budget,
@@ -53,13 +57,17 @@ pub struct Plan {
 
 /// Resolves workers, caps sessions by the open-files hard limit, and computes the budget.
 pub fn plan(config: &Config) -> Plan {
-    let workers = config.worker_count();
+    let machine = Machine::read();
+    let cpus = crate::cpus::plan(config.workers, config.pin, &machine);
+    let workers = cpus.workers;
     let open_files_limit = open_files_limits().1;
     let by_files = open_files_limit.saturating_sub(fd_reserve(config, workers)) / workers as u64;
     let sessions_per_core = config.max_sessions_per_core.min(by_files.max(1) as usize);
     let budget = Budget::compute(config, workers, sessions_per_core, item_sizes(config));
     Plan {
         workers,
+        cpus,
+        machine,
         sessions_per_core,
         open_files_limit,
         budget,
@@ -300,6 +308,22 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     };
     tracing::info!(
         workers = plan.workers,
+        usable_cpus = plan.machine.usable,
+        affinity = ?plan.machine.mask,
+        pins = ?plan.cpus.pins,
+        "workers: {}; {}",
+        plan.workers,
+        plan.cpus.reason
+    );
+    if plan.workers > plan.machine.usable {
+        tracing::warn!(
+            workers = plan.workers,
+            usable_cpus = plan.machine.usable,
+            "more workers than the CPUs this process may use: they will share CPUs"
+        );
+    }
+    tracing::info!(
+        workers = plan.workers,
         sessions_per_core = plan.sessions_per_core,
         open_files_limit = plan.open_files_limit,
         "session slots capped by max_sessions_per_core and the open-files limit"
@@ -389,6 +413,6 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     });
     let listeners = worker::bind_listeners(&shared, plan.workers).map_err(Fatal::Runtime)?;
     tracing::info!(listen = %shared.config.listen, "listening");
-    let workers = worker::start(&shared, listeners).map_err(Fatal::Runtime)?;
+    let workers = worker::start(&shared, listeners, plan.cpus.pins).map_err(Fatal::Runtime)?;
     shutdown::wait_for_signals(&shared, workers).map_err(Fatal::Runtime)
 }

@@ -53,31 +53,35 @@ pub fn bind_listeners(shared: &Shared, workers: usize) -> Result<Vec<StdListener
         .collect()
 }
 
-/// Starts the workers; each is pinned to core `index % cores`.
+/// Starts the workers; worker `i` is pinned to `pins[i]` (a CPU of the affinity mask) when the
+/// CPU plan pins (`crate::cpus`).
 pub fn start(
     shared: &Arc<Shared>,
     listeners: Vec<StdListener>,
+    pins: Option<Vec<usize>>,
 ) -> Result<Vec<JoinHandle<()>>, String> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     listeners
         .into_iter()
         .enumerate()
         .map(|(index, listener)| {
             let shared = Arc::clone(shared);
+            let cpu = pins.as_ref().map(|pins| pins[index]);
             std::thread::Builder::new()
                 .name(format!("pusher-core-{index}"))
-                .spawn(move || run_worker(index, index % cores, shared, listener))
+                .spawn(move || run_worker(index, cpu, shared, listener))
                 .map_err(|e| format!("cannot start worker {index}: {e}"))
         })
         .collect()
 }
 
-fn run_worker(index: usize, cpu: usize, shared: Arc<Shared>, listener: StdListener) {
-    if let Err(err) = monoio::utils::bind_to_cpu_set([cpu]) {
+fn run_worker(index: usize, cpu: Option<usize>, shared: Arc<Shared>, listener: StdListener) {
+    if let Some(cpu) = cpu
+        && let Err(err) = monoio::utils::bind_to_cpu_set([cpu])
+    {
         tracing::warn!(
             worker = index,
             cpu,
-            "cannot pin worker to its core: {err:?}"
+            "cannot pin worker to CPU {cpu}: {err:?}; it runs unpinned"
         );
     }
     match shared.driver {

@@ -132,6 +132,17 @@ impl Server {
     /// [`Server::start`] with `env` added to the environment. `RUST_LOG` and the allocator's
     /// `MIMALLOC_*` variables are removed first, so only `env` sets them.
     pub async fn start_with_env(driver: &str, flags: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_wrapped(&[], driver, flags, env).await
+    }
+
+    /// [`Server::start_with_env`] with the binary started through `wrapper` (a command that
+    /// execs its arguments, e.g. `["taskset", "-c", "1"]`: the pid stays pusher's).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        driver: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         for _ in 0..5 {
             let port = free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -151,7 +162,16 @@ impl Server {
             } else {
                 addr
             };
-            let child = Command::new(env!("CARGO_BIN_EXE_pusher"))
+            let binary = env!("CARGO_BIN_EXE_pusher");
+            let mut command = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut command = Command::new(program);
+                    command.args(args).arg(binary);
+                    command
+                }
+                None => Command::new(binary),
+            };
+            let child = command
                 .args(["serve", "--listen", &listen.to_string(), "--driver", driver])
                 .arg("--data-dir")
                 .arg(dir.join("data"))
@@ -210,6 +230,11 @@ impl Server {
 
     pub fn url(&self, query: &str) -> String {
         format!("ws://{}{LISTEN}?{query}", self.addr)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the server process.
