@@ -31,9 +31,9 @@ def run_to_exit(args: list[str], environment: dict) -> subprocess.CompletedProce
     return subprocess.run(args, env=environment, capture_output=True, timeout=30)
 
 
-def test_json_lines_carry_severity_and_message_at_the_top_level(tmp_path):
+def test_json_lines_carry_severity_and_message_at_the_top_level(driver, tmp_path):
     # The echo route's start-up warning is a WARN line; the rest are INFO.
-    args = serve_args(tmp_path, "--log-format", "json", "--test-echo-route", "--workers", "1")
+    args = serve_args(tmp_path, "--log-format", "json", "--test-echo-route", "--workers", "1", "--driver", driver)
     process = subprocess.Popen(
         args,
         env=env(PUSHER_ENCRYPTION_SECRET=TEST_ENCRYPTION_SECRET),
@@ -59,11 +59,11 @@ def test_json_lines_carry_severity_and_message_at_the_top_level(tmp_path):
     assert not process.stderr.read(), "nothing on stderr"
 
 
-def test_text_logs_to_a_file_have_no_colour_codes(tmp_path):
+def test_text_logs_to_a_file_have_no_colour_codes(driver, tmp_path):
     log = tmp_path / "pusher.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            serve_args(tmp_path, "--workers", "1"),
+            serve_args(tmp_path, "--workers", "1", "--driver", driver),
             env=env(PUSHER_ENCRYPTION_SECRET=TEST_ENCRYPTION_SECRET),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -77,10 +77,10 @@ def test_text_logs_to_a_file_have_no_colour_codes(tmp_path):
     assert not ANSI.search(text), text[:400]
 
 
-def test_text_logs_on_a_terminal_are_coloured(tmp_path):
+def test_text_logs_on_a_terminal_are_coloured(driver, tmp_path):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        serve_args(tmp_path, "--workers", "1"),
+        serve_args(tmp_path, "--workers", "1", "--driver", driver),
         env=env(PUSHER_ENCRYPTION_SECRET=TEST_ENCRYPTION_SECRET, TERM="xterm"),
         stdout=follower,
         stderr=follower,
