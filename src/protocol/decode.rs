@@ -9,13 +9,14 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, SeqAccess, Visitor};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::{
     AUDIO, AUDIO_TIMESTAMP_BYTES, AUDIO_TIMESTAMP_SECONDS_MAX, CONVERSATION, FrameError,
-    HEADER_BYTES, HEARTBEAT, Inbound, PROCESS_CONVERSATION, SPEAKER_SAMPLE, TRANSCRIPT,
+    HEADER_BYTES, HEARTBEAT, Inbound, JSON_DEPTH_MAX, PROCESS_CONVERSATION, SPEAKER_SAMPLE,
+    TRANSCRIPT,
 };
 use crate::id::{Id, IdError};
 
@@ -47,12 +48,37 @@ fn decode_audio(payload: &[u8]) -> Result<Inbound<'_>, FrameError> {
     Ok(Inbound::Audio { timestamp, pcm })
 }
 
-#[derive(Deserialize)]
+/// The fields of a 102 pusher reads (any other field is skipped).
 struct TranscriptWire<'a> {
-    #[serde(borrow)]
     segments: &'a RawValue,
-    #[serde(default)]
     memory_id: Option<IdField>,
+}
+
+impl<'de> Deserialize<'de> for TranscriptWire<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = TranscriptWire<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a transcript object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut segments, mut memory_id) = (None, None);
+                while let Some(field) = map.next_key_seed(FieldSeed(&["segments", "memory_id"]))? {
+                    match field {
+                        Some(0) => segments = Some(map.next_value::<&'de RawValue>()?),
+                        Some(1) => memory_id = map.next_value::<Option<IdField>>()?,
+                        _ => drop(map.next_value::<IgnoredAny>()?),
+                    }
+                }
+                Ok(TranscriptWire {
+                    segments: segments.ok_or_else(|| de::Error::missing_field("segments"))?,
+                    memory_id,
+                })
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 fn decode_transcript(text: &str) -> Result<Inbound<'_>, FrameError> {
@@ -76,9 +102,35 @@ fn decode_conversation(text: &str) -> Result<Inbound<'_>, FrameError> {
     Ok(Inbound::Conversation(id))
 }
 
-#[derive(Deserialize)]
+/// The field of a 104 pusher reads (the payload is passed on whole).
 struct ProcessConversationWire {
     conversation_id: IdField,
+}
+
+impl<'de> Deserialize<'de> for ProcessConversationWire {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = ProcessConversationWire;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a process-conversation object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut conversation_id = None;
+                while let Some(field) = map.next_key_seed(FieldSeed(&["conversation_id"]))? {
+                    match field {
+                        Some(0) => conversation_id = Some(map.next_value::<IdField>()?),
+                        _ => drop(map.next_value::<IgnoredAny>()?),
+                    }
+                }
+                Ok(ProcessConversationWire {
+                    conversation_id: conversation_id
+                        .ok_or_else(|| de::Error::missing_field("conversation_id"))?,
+                })
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 fn decode_process_conversation(text: &str) -> Result<Inbound<'_>, FrameError> {
@@ -90,14 +142,72 @@ fn decode_process_conversation(text: &str) -> Result<Inbound<'_>, FrameError> {
     })
 }
 
-#[derive(Deserialize)]
+/// The fields of a 105.
 struct SpeakerSampleWire<'a> {
-    #[serde(default)]
     person_id: Option<IdField>,
-    #[serde(default)]
     conversation_id: Option<IdField>,
-    #[serde(default, borrow)]
     segment_ids: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for SpeakerSampleWire<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = SpeakerSampleWire<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a speaker-sample object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let names = &["person_id", "conversation_id", "segment_ids"];
+                let mut wire = SpeakerSampleWire {
+                    person_id: None,
+                    conversation_id: None,
+                    segment_ids: None,
+                };
+                while let Some(field) = map.next_key_seed(FieldSeed(names))? {
+                    match field {
+                        Some(0) => wire.person_id = map.next_value()?,
+                        Some(1) => wire.conversation_id = map.next_value()?,
+                        Some(2) => {
+                            let raw: &'de RawValue = map.next_value()?;
+                            wire.segment_ids = (raw.get() != "null").then_some(raw);
+                        }
+                        _ => drop(map.next_value::<IgnoredAny>()?),
+                    }
+                }
+                Ok(wire)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// Which of `names` a JSON object key is (None: a key pusher does not read). The wire structs
+/// take a repeated key again, so the last one wins, as in the Python service (`json.loads`),
+/// which accepted duplicate keys.
+struct FieldSeed(&'static [&'static str]);
+
+impl<'de> de::DeserializeSeed<'de> for FieldSeed {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for FieldSeed {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|name| *name == key))
+    }
 }
 
 /// Shape errors come first, then emptiness (ignored), then id validity: a request that is ignored
@@ -137,6 +247,9 @@ fn is_json_whitespace(c: char) -> bool {
 /// Parses `text` as a JSON object into `T`. A derived struct also accepts a JSON array, so the
 /// shape of the text itself is checked too.
 fn json_object<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, FrameError> {
+    if nesting_depth(text) > JSON_DEPTH_MAX {
+        return Err(FrameError::TooDeep);
+    }
     let value = serde_json::from_str(text).map_err(|error| match error.classify() {
         Category::Data => FrameError::WrongShape,
         Category::Syntax | Category::Eof | Category::Io => FrameError::InvalidJson,
@@ -145,6 +258,35 @@ fn json_object<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, FrameError> {
         return Err(FrameError::WrongShape);
     }
     Ok(value)
+}
+
+/// The deepest nesting of arrays and objects in `text` (brackets inside strings do not count).
+/// serde_json skips values it does not keep without recursion, so it sets no depth limit of its
+/// own there; this bound keeps what pusher forwards (104 payloads, 102 segments) shallow.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The number of elements of `raw`, which must be a JSON array of strings.
@@ -484,7 +626,6 @@ mod tests {
             r#"{"conversation_id": null}"#,
             r#"{"conversation_id": 7}"#,
             r#"["c-1"]"#,
-            r#"{"conversation_id": "a", "conversation_id": "b"}"#,
         ] {
             assert_eq!(
                 decode_json(PROCESS_CONVERSATION, json),
@@ -492,6 +633,58 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_accepted_and_the_last_one_wins_as_in_python() {
+        let json = r#"{"conversation_id": "a", "language": "en", "conversation_id": "b"}"#;
+        assert_eq!(
+            decode_json(PROCESS_CONVERSATION, json),
+            Ok(Inbound::ProcessConversation {
+                conversation_id: id("b"),
+                payload: json,
+            })
+        );
+        let json =
+            r#"{"segments": [], "memory_id": "m1", "segments": [{"t": 1}], "memory_id": "m2"}"#;
+        assert_eq!(
+            decode_json(TRANSCRIPT, json),
+            Ok(Inbound::Transcript {
+                segments: r#"[{"t": 1}]"#,
+                memory_id: Some(id("m2")),
+            })
+        );
+        let json = r#"{"person_id": "p", "conversation_id": "x", "segment_ids": ["s"], "conversation_id": "c"}"#;
+        assert!(matches!(
+            decode_json(SPEAKER_SAMPLE, json),
+            Ok(Inbound::SpeakerSample { conversation_id, .. }) if conversation_id == id("c")
+        ));
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_bound_is_refused_and_strings_do_not_count() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"conversation_id": "c", "x": {}1{}}}"#,
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            )
+        };
+        assert!(decode_json(PROCESS_CONVERSATION, &nested(JSON_DEPTH_MAX)).is_ok());
+        assert_eq!(
+            decode_json(PROCESS_CONVERSATION, &nested(JSON_DEPTH_MAX + 1)),
+            Err(FrameError::TooDeep)
+        );
+        assert_eq!(
+            decode_json(PROCESS_CONVERSATION, &nested(200_000)),
+            Err(FrameError::TooDeep)
+        );
+        let brackets_in_a_string = format!(
+            r#"{{"conversation_id": "c", "s": "{}\"{}"}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(decode_json(PROCESS_CONVERSATION, &brackets_in_a_string).is_ok());
     }
 
     #[test]

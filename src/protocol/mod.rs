@@ -43,6 +43,9 @@ pub const AUDIO_TIMESTAMP_SECONDS_MAX: f64 = 1e12;
 
 /// Close code for every [`FrameError`]: invalid payload.
 pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+/// Deepest nesting of arrays and objects accepted in a 102, 104 or 105 (serde_json's own
+/// recursion limit, which does not apply to the values pusher skips or passes on raw).
+pub const JSON_DEPTH_MAX: usize = 128;
 
 /// One decoded inbound message, borrowing from the message bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,6 +93,8 @@ pub enum FrameError {
     WrongShape,
     /// An id that fails the rule of protocol.md §1.
     BadId(IdError),
+    /// JSON nested deeper than [`JSON_DEPTH_MAX`].
+    TooDeep,
 }
 
 impl FrameError {
@@ -106,6 +111,7 @@ impl FrameError {
             FrameError::InvalidUtf8 => "invalid UTF-8",
             FrameError::InvalidJson => "invalid JSON",
             FrameError::WrongShape => "JSON of the wrong shape",
+            FrameError::TooDeep => "JSON nested too deep",
             FrameError::BadId(IdError::Empty) => "empty id",
             FrameError::BadId(IdError::TooLong) => "id longer than 128 bytes",
             FrameError::BadId(IdError::BadCharacter) => "id has a bad character",
