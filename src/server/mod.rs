@@ -280,6 +280,9 @@ impl Fatal {
 /// Runs the server until drained (SIGTERM) or killed.
 pub fn run(config: Config) -> Result<(), Fatal> {
     abort_on_panic();
+    // One process owns a data directory (its spill log): held until this function returns.
+    let _data_dir_lock = crate::spill::lock::DataDirLock::acquire(&config.data_dir)
+        .map_err(|error| Fatal::Runtime(error.to_string()))?;
     match raise_open_files_limit() {
         Ok(limit) => tracing::info!(
             open_files_limit = limit,

@@ -12,9 +12,11 @@
 //! - [`log`]: start-up: recovery, uploader, writer.
 //! - [`metrics`]: the `pusher_spill_*` metrics.
 
+pub mod clock;
 pub mod handoff;
 pub mod index;
 pub mod inspect;
+pub mod lock;
 pub mod log;
 pub mod metrics;
 pub mod reader;
