@@ -9,7 +9,7 @@ DEV_ONLY_SECRET := dev-only-insecure-secret-do-not-use-in-production
 # apt-get needs root: `sudo` unless make already runs as root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-rust test-python lint python-deps system-deps build bench perf
+.PHONY: run test test-rust test-python lint python-deps system-deps build bench perf sim
 
 ## Build and start the server on its embedded defaults (port 8080, data under ./data,
 ## per-user settings from the shipped sample file).
@@ -30,8 +30,18 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# `cargo test` includes the simulation's 10,000 seeds (sim::run::tests::seeds, docs/0011).
 test-rust:
 	$(CARGO) test --workspace
+
+## The durable path's deterministic simulation (docs/0011-simulation.md) in a release build:
+## `make sim SEEDS=1000000 SEED_FIRST=0` plays seeds SEED_FIRST..SEED_FIRST+SEEDS on every core;
+## `make sim SEED=123` replays one seed exactly (a failure prints its seed).
+SEEDS ?= 100000
+SEED_FIRST ?= 0
+sim:
+	SIM_SEEDS=$(SEEDS) SIM_SEED_FIRST=$(SEED_FIRST) $(if $(SEED),SIM_SEED=$(SEED)) \
+		$(CARGO) test --release --lib sim::run::tests::seeds -- --nocapture
 
 python-deps:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod sim;
 pub mod spill;
 pub mod upload;
 pub mod websocket;

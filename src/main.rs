@@ -1,5 +1,6 @@
 //! The `pusher` binary: `pusher serve` runs the server, `pusher budget` prints the memory budget,
-//! `pusher spill inspect` reports what the spill log holds.
+//! `pusher spill inspect` reports what the spill log holds, `pusher spill drain` uploads an
+//! orphaned one.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum SpillCommand {
     /// List segments, batches (open/closed), pending bytes and tail damage, without modifying
     /// anything.
     Inspect(ConfigArgs),
+    /// Upload everything in the log of --data-dir (a volume whose server is gone, or a
+    /// Kubernetes Job) and empty it; exit 0 once empty, 1 if batches are left after
+    /// --upload-drain-ms. Refused while a server holds the data directory.
+    Drain(ConfigArgs),
 }
 
 /// What to do once the config is loaded.
@@ -48,6 +53,7 @@ enum Mode {
     Serve,
     Budget,
     SpillInspect,
+    SpillDrain,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +74,9 @@ fn main() -> ExitCode {
         Command::Spill {
             command: SpillCommand::Inspect(args),
         } => (args, Mode::SpillInspect),
+        Command::Spill {
+            command: SpillCommand::Drain(args),
+        } => (args, Mode::SpillDrain),
     };
     let config = match Config::load(args.config.as_deref(), &args.overrides) {
         Ok(config) => config,
@@ -83,6 +92,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Mode::SpillInspect => return spill_inspect(&config),
+        Mode::SpillDrain => {
+            init_logging(config.log_format);
+            return match pusher::spill::drain::drain_orphaned(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => fatal(config.log_format, &format!("spill drain: {message}"), 1),
+            };
+        }
     }
     let format = config.log_format;
     init_logging(format);

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{TEST_ENCRYPTION_SECRET, audio_payload, close_with, send};
@@ -108,7 +109,6 @@ impl Serve {
         self.child.id()
     }
 
-    #[allow(dead_code)] // used by the drain tests
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, signal) }, 0);
@@ -129,7 +129,6 @@ impl Serve {
         }
     }
 
-    #[allow(dead_code)] // used by the drain tests
     fn metrics(&self) -> String {
         get(self.addr, "/metrics").unwrap_or_default()
     }
@@ -166,7 +165,6 @@ fn health(addr: SocketAddr) -> bool {
 }
 
 /// Runs the binary to its end (at most `limit`).
-#[allow(dead_code)] // used by the drain tests
 fn run(args: &[&str], limit: Duration) -> Output {
     let mut child = Command::new(BINARY)
         .args(args)
@@ -188,7 +186,6 @@ fn run(args: &[&str], limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-#[allow(dead_code)] // used by the drain tests
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -212,9 +209,283 @@ async fn a_second_server_on_a_data_dir_is_refused(driver: &str) {
     assert!(lock.starts_with(&format!("pid {},", first.pid())), "{lock}");
 }
 
-on_both_drivers!(a_second_server_on_a_data_dir_is_refused);
+/// A chunk-notification endpoint: answers 200 to every POST and keeps the `key` of each body.
+struct Hook {
+    url: String,
+    keys: Arc<Mutex<Vec<String>>>,
+}
 
-#[allow(dead_code)]
+impl Hook {
+    fn start() -> Hook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/chunks", listener.local_addr().unwrap());
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&keys);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                if let Some(body) = read_request_body(&mut stream) {
+                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    seen.lock()
+                        .unwrap()
+                        .push(json["key"].as_str().unwrap().to_string());
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hook { url, keys }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, key_part: &str) {
+        wait_until(&format!("a notification of {key_part}"), || {
+            self.keys().iter().any(|k| k.contains(key_part))
+        });
+    }
+}
+
+fn read_request_body(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_at = loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..body_at]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while request.len() < body_at + length {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    Some(request[body_at..].to_vec())
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The stored objects under `store` (relative keys), each with its inode.
+fn objects(store: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut stack = vec![store.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let key = path
+                    .strip_prefix(store)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                found.push((key, entry.metadata().unwrap().ino()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The value of the sample named exactly `key` in a Prometheus text exposition (0 if absent).
+fn metric(exposition: &str, key: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+fn segment_files(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("spill"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Defect 4: a batch uploaded and notified by one process is neither uploaded again nor
+/// notified again by the next process on the same data directory.
+async fn a_restart_neither_reuploads_nor_renotifies(driver: &str) {
+    let scratch = Scratch::new("restart");
+    let data = scratch.path().join("data");
+    let store = scratch.path().join("store");
+    let hook = Hook::start();
+    let store_url = format!("file://{}", store.display());
+    let flags = [
+        "--store",
+        &store_url,
+        "--chunk-notification-url",
+        &hook.url,
+        "--upload-concurrency",
+        "1",
+        "--drain-grace-ms",
+        "200",
+    ];
+    let mut first = Serve::start(driver, &data, &scratch.path().join("1.log"), &flags);
+    send_closed_batch(&first, "user-a", "conversation-1", 1).await;
+    hook.wait_for("conversation-1");
+    let before = objects(&store);
+    assert_eq!(before.len(), 1, "{before:?}");
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    // The next process uploads a batch of its own; with one upload at a time, a recovered
+    // batch would have gone first (and be notified first).
+    let second = Serve::start(driver, &data, &scratch.path().join("2.log"), &flags);
+    send_closed_batch(&second, "user-a", "conversation-2", 1).await;
+    hook.wait_for("conversation-2");
+    let keys = hook.keys();
+    assert_eq!(keys.len(), 2, "each batch notified once: {keys:?}");
+    let after = objects(&store);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.contains(&before[0]),
+        "the first batch's object was not written again (same inode): {before:?} {after:?}"
+    );
+}
+
+/// Flags of a server on `store_url` that retries uploads every 20-100 ms and drains in 200 ms.
+fn quick_retries(store_url: &str) -> Vec<&str> {
+    vec![
+        "--store",
+        store_url,
+        "--upload-backoff-ms-min",
+        "20",
+        "--upload-backoff-ms-max",
+        "100",
+        "--drain-grace-ms",
+        "200",
+    ]
+}
+
+/// Defect 5: after SIGTERM, closed batches whose uploads were failing are uploaded once the
+/// store answers, within `upload_drain_ms`, before the process exits.
+async fn sigterm_keeps_uploading_closed_batches(driver: &str) {
+    let scratch = Scratch::new("drain");
+    let data = scratch.path().join("data");
+    let store = scratch.path().join("store");
+    let store_url = format!("file://{}", store.display());
+    // upload_drain_ms: the default (60 s).
+    let flags = quick_retries(&store_url);
+    let mut serve = Serve::start(driver, &data, &scratch.path().join("serve.log"), &flags);
+    // The store fails: its directory is a file now.
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    send_closed_batch(&serve, "user-b", "conversation-9", 1).await;
+    wait_until("a failed upload attempt", || {
+        metric(
+            &serve.metrics(),
+            "pusher_upload_attempts_failed_total{reason=\"store\"}",
+        ) > 0
+    });
+    serve.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(&store).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    let status = serve.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{}", serve.log_text());
+    let stored = objects(&store);
+    assert_eq!(stored.len(), 1, "uploaded during the drain: {stored:?}");
+    assert!(stored[0].0.contains("conversation-9"), "{stored:?}");
+    assert!(serve.log_text().contains("every batch is uploaded"));
+}
+
+/// Defect 5: what the upload drain cannot finish is reported and left in the log; `pusher
+/// spill drain` is refused while a server holds the data directory, and otherwise uploads the
+/// orphaned log and leaves it empty.
+async fn spill_drain_uploads_an_orphaned_log(driver: &str) {
+    let scratch = Scratch::new("orphan");
+    let data = scratch.path().join("data");
+    let store = scratch.path().join("store");
+    let store_url = format!("file://{}", store.display());
+    let mut failing = quick_retries(&store_url);
+    failing.extend(["--upload-drain-ms", "300"]);
+    // The store fails: its `chunks` directory is a file.
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("chunks"), b"not a directory").unwrap();
+    let mut serve = Serve::start(driver, &data, &scratch.path().join("serve.log"), &failing);
+    send_closed_batch(&serve, "user-c", "conversation-7", 2).await;
+    serve.signal(libc::SIGTERM);
+    assert_eq!(serve.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let log = serve.log_text();
+    assert!(
+        log.contains("upload drain over: batches left") && log.contains("batches=1"),
+        "{log}"
+    );
+    // A server holds the directory (its store fails too, so it uploads nothing): refused.
+    let holder = Serve::start(driver, &data, &scratch.path().join("holder.log"), &failing);
+    let data_arg = data.to_string_lossy().into_owned();
+    let drain = [
+        "spill",
+        "drain",
+        "--data-dir",
+        &data_arg,
+        "--store",
+        &store_url,
+    ];
+    let refused = run(&drain, Duration::from_secs(30));
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("pid {}, started at", holder.pid())),
+        "{stderr}"
+    );
+    drop(holder);
+    std::fs::remove_file(store.join("chunks")).unwrap();
+    let drained = run(&drain, Duration::from_secs(60));
+    assert_eq!(
+        drained.status.code(),
+        Some(0),
+        "{}{}",
+        text(&drained.stdout),
+        text(&drained.stderr)
+    );
+    let stored = objects(&store);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].0.contains("conversation-7"), "{stored:?}");
+    assert_eq!(
+        segment_files(&data),
+        Vec::<String>::new(),
+        "the log is empty"
+    );
+}
+
+on_both_drivers!(
+    a_second_server_on_a_data_dir_is_refused,
+    a_restart_neither_reuploads_nor_renotifies,
+    sigterm_keeps_uploading_closed_batches,
+    spill_drain_uploads_an_orphaned_log
+);
+
 async fn send_closed_batch(serve: &Serve, uid: &str, conversation: &str, seconds: u32) {
     let stream = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(serve.url(uid), stream)

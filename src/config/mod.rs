@@ -187,6 +187,9 @@ pub struct Config {
     pub upload_backoff_ms_max: u64,
     /// Time allowed for one upload attempt (a timed-out attempt is retried).
     pub upload_timeout_ms: u64,
+    /// At shutdown, after the sessions are gone: how long uploads of closed batches go on
+    /// before the process exits anyway (what is left stays in the log); 0 = none.
+    pub upload_drain_ms: u64,
     /// If set, `POST`ed after each upload so the backend can update the conversation's audio files.
     pub chunk_notification_url: Option<String>,
     /// Attempts per chunk notification before it is counted as failed and dropped.
@@ -267,6 +270,7 @@ impl Default for Config {
             upload_backoff_ms_min: 1_000,
             upload_backoff_ms_max: 60_000,
             upload_timeout_ms: 60_000,
+            upload_drain_ms: 60_000,
             chunk_notification_url: None,
             chunk_notification_attempts_max: 3,
             chunk_notification_timeout_ms: 10_000,
@@ -587,6 +591,11 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_UPLOAD_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_timeout_ms: Option<u64>,
+    /// At shutdown, how long uploads of closed batches go on after the sessions are gone; also
+    /// the limit of `pusher spill drain` [default: 60000]
+    #[arg(long, env = "PUSHER_UPLOAD_DRAIN_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_drain_ms: Option<u64>,
     /// URL POSTed after each upload (uid, conversation_id, key, timestamp, bytes, sample_rate)
     /// [default: none]
     #[arg(long, env = "PUSHER_CHUNK_NOTIFICATION_URL", value_name = "URL")]
@@ -762,6 +771,12 @@ impl Config {
             self.upload_timeout_ms as usize,
             100,
             3_600_000,
+        )?;
+        check_range(
+            "upload_drain_ms",
+            self.upload_drain_ms as usize,
+            0,
+            86_400_000,
         )?;
         check_range(
             "chunk_notification_attempts_max",

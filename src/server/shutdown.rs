@@ -2,7 +2,7 @@
 //! feeding it SIGTERM/SIGINT and the drain begun by `POST /__internal/drain` (seen through
 //! [`super::DrainState`]), and carries out what it decides: readiness 503 and new sessions
 //! turned away (the workers read the shared flag), open sessions closed with 1001 after the
-//! grace period, then a flush of the spill log and the exit.
+//! grace period, then a flush of the spill log, uploads for up to `upload_drain_ms`, and the exit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -63,8 +63,33 @@ pub fn wait_for_signals(shared: &Arc<Shared>, workers: Vec<JoinHandle<()>>) -> R
     if !shared.spill.wait_durable(SPILL_FLUSH_LIMIT) {
         tracing::warn!("spill log not fully synced before exit; the next start recovers it");
     }
+    drain_uploads(shared);
     tracing::info!(open = open_sessions(shared), "drained; exiting");
     Ok(())
+}
+
+/// The sessions are gone: uploads of closed batches go on for up to `upload_drain_ms`; what is
+/// left is logged and set in `pusher_spill_left_at_exit_batches` (it stays in the log).
+fn drain_uploads(shared: &Shared) {
+    let limit = Duration::from_millis(shared.config.upload_drain_ms);
+    let started = std::time::Instant::now();
+    let left = crate::spill::drain::wait_uploaded(&shared.spill, limit);
+    let metrics = &shared.spill.shared.metrics;
+    metrics.left_at_exit_batches.set(left.batches as i64);
+    if left.batches == 0 {
+        tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "upload drain: every batch is uploaded"
+        );
+    } else {
+        tracing::warn!(
+            batches = left.batches,
+            audio_bytes = left.audio_bytes,
+            upload_drain_ms = shared.config.upload_drain_ms,
+            "upload drain over: batches left in the spill log (the next process on this data \
+             directory, or `pusher spill drain`, uploads them)"
+        );
+    }
 }
 
 fn open_sessions(shared: &Shared) -> usize {

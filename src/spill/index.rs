@@ -50,6 +50,9 @@ pub struct BatchEntry {
     pub state: BatchState,
     /// Wall-clock milliseconds when the batch opened (for the oldest-pending-age metric).
     pub opened_at_unix_ms: u64,
+    /// Places where recovery found records of the batch missing (damage in the log): such a
+    /// batch is uploaded as what it is, a partial object (`docs/0005-durability-policy.md`).
+    pub holes: u32,
 }
 
 /// Why a record does not fit the index.
@@ -62,6 +65,8 @@ pub enum IndexError {
     /// An audio or close record for a batch that is not open.
     NotOpen,
     Payload(RecordError),
+    /// An uploaded record: it names a batch, it is not one of its records.
+    NotABatchRecord,
 }
 
 /// Memory one indexed batch costs: its slab slot (the entry and the slab's tag), its key and
@@ -82,6 +87,10 @@ pub struct Index {
     batches_max: usize,
     /// Sum of `audio_bytes` over every entry.
     pending_audio_bytes: u64,
+    /// Whether a batch-close enters the closed queue at once. Off while recovery replays the
+    /// log (batches closed there may be dropped by a later uploaded record, and the queue is
+    /// bounded by `batches_max`); [`Index::requeue_closed`] fills the queue afterwards.
+    queue_closes: bool,
 }
 
 impl Index {
@@ -93,6 +102,7 @@ impl Index {
             closed: VecDeque::with_capacity(batches_max),
             batches_max,
             pending_audio_bytes: 0,
+            queue_closes: true,
         };
         index.write_through();
         index
@@ -158,6 +168,7 @@ impl Index {
             (Kind::BatchOpen, Some(_)) => Err(IndexError::DuplicateOpen),
             (Kind::BatchOpen, None) if self.is_full() => Err(IndexError::Full),
             (Kind::BatchOpen, None) => Ok(Location::NONE),
+            (Kind::Uploaded, _) => Err(IndexError::NotABatchRecord),
             (_, Some(entry)) if entry.state == BatchState::Open => Ok(entry.last),
             (_, _) => Err(IndexError::NotOpen),
         }
@@ -193,10 +204,13 @@ impl Index {
                 let prev = entry.last;
                 entry.last = at;
                 entry.state = BatchState::Closed { at };
-                self.closed.push_back(key);
-                debug_assert!(self.closed.len() <= self.batches_max);
+                if self.queue_closes {
+                    self.closed.push_back(key);
+                    debug_assert!(self.closed.len() <= self.batches_max);
+                }
                 Ok(prev)
             }
+            Kind::Uploaded => Err(IndexError::NotABatchRecord),
         }
     }
 
@@ -223,6 +237,7 @@ impl Index {
             audio_records: 0,
             state: BatchState::Open,
             opened_at_unix_ms: now_unix_ms,
+            holes: 0,
         });
         debug_assert!(
             slot < self.batches_max,
@@ -246,11 +261,52 @@ impl Index {
         for (_, entry) in self.entries.iter_mut() {
             if entry.state == BatchState::Open {
                 entry.state = BatchState::Closed { at: entry.last };
-                self.closed.push_back(entry.key);
+                if self.queue_closes {
+                    self.closed.push_back(entry.key);
+                }
                 closed += 1;
             }
         }
         closed
+    }
+
+    /// Recovery: stop queueing closes until [`Index::requeue_closed`].
+    pub fn defer_closed_queue(&mut self) {
+        self.queue_closes = false;
+    }
+
+    /// Recovery is over: the closed queue holds every closed batch, in close order.
+    pub fn requeue_closed(&mut self) {
+        let mut closed: Vec<(Location, BatchKey)> = self
+            .entries()
+            .filter_map(|entry| match entry.state {
+                BatchState::Closed { at } => Some((at, entry.key)),
+                _ => None,
+            })
+            .collect();
+        closed.sort_unstable();
+        self.closed.clear();
+        self.closed.extend(closed.into_iter().map(|(_, key)| key));
+        self.queue_closes = true;
+    }
+
+    /// A record of the batch is missing (recovery found damage): counted on its entry.
+    pub fn mark_hole(&mut self, key: &BatchKey) -> bool {
+        match self.get_mut(key) {
+            Some(entry) => {
+                entry.holes = entry.holes.saturating_add(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Recovery met the batch's uploaded record: it leaves the index whatever its state.
+    pub fn forget(&mut self, key: &BatchKey) -> Option<BatchEntry> {
+        debug_assert!(!self.queue_closes, "only while recovery replays the log");
+        let entry = self.remove(key)?;
+        self.pending_audio_bytes -= entry.audio_bytes;
+        Some(entry)
     }
 
     /// Moves up to `limit` closed batches whose close is at or before `durable` to `Uploading`,

@@ -24,7 +24,7 @@ pub fn inspect(dir: &Path, batches_max: usize, out: &mut impl Write) -> io::Resu
     let now_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64);
-    let recovered = rebuild(dir, batches_max, now_unix_ms)?;
+    let recovered = rebuild(&super::disk::RealDisk, dir, batches_max, now_unix_ms)?;
     writeln!(out, "spill log {}", dir.display())?;
     print_segments(&recovered, out)?;
     print_batches(&recovered, out)?;
@@ -98,8 +98,13 @@ fn print_totals(recovered: &Recovered, out: &mut impl Write) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "torn or corrupt tails: {}; skipped records: {}; next segment: {}",
-        recovered.corrupt_tails, recovered.skipped_records, recovered.next_sequence
+        "torn or corrupt tails: {}; damaged segments: {}; batches with holes: {}; skipped \
+         records: {}; next segment: {}",
+        recovered.corrupt_tails,
+        recovered.damaged_segments,
+        recovered.holed_batches,
+        recovered.skipped_records,
+        recovered.next_sequence
     )
 }
 

@@ -7,12 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::clock::{Clock, SystemClock};
+use super::disk::{Disk, RealDisk};
 use super::handoff::Handoff;
 use super::index::BatchEntry;
 use super::metrics::SpillMetrics;
 use super::reader::read_batch_audio;
-use super::recovery::recover;
-use super::writer::{SpillShared, Writer, WriterLimits, unix_ms};
+use super::recovery::{Recovered, recover};
+use super::writer::{Confirmed, SpillShared, Submit, Writer, WriterFailed, WriterLimits};
 use crate::config::Config;
 use crate::upload::{BatchSource, UploadJob, UploaderHandle};
 
@@ -33,50 +35,35 @@ impl SpillLog {
         metrics: SpillMetrics,
         start_uploader: impl FnOnce(Arc<dyn BatchSource>) -> Result<UploaderHandle, String>,
     ) -> Result<SpillLog, String> {
-        let dir = config.data_dir.join("spill");
-        let recovered = recover(&dir, config.spill_batches_max, unix_ms())
-            .map_err(|e| format!("spill log {}: {e}", dir.display()))?;
-        metrics.corrupt_tails.inc_by(recovered.corrupt_tails);
-        let existing = recovered
-            .segments
-            .iter()
-            .map(|s| (s.sequence, s.bytes))
-            .collect();
-        let run_id = run_id();
-        let shared = Arc::new(SpillShared::new(dir, run_id, recovered.index, metrics));
+        let disk: Arc<dyn Disk> = Arc::new(RealDisk);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+        let (shared, recovered) = open_shared(config, disk, clock, metrics, run_id())?;
         let uploader = start_uploader(Arc::new(SpillSource {
             shared: Arc::clone(&shared),
         }))?;
         let rings: Vec<Arc<Handoff>> = (0..workers)
             .map(|_| Arc::new(Handoff::new(config.spill_handoff_bytes_per_core)))
             .collect();
-        let limits = WriterLimits {
-            segment_bytes_max: config.spill_segment_bytes,
-            sync_interval: Duration::from_millis(config.spill_sync_interval_ms),
-            sync_bytes: config.spill_sync_bytes,
-            max_bytes: config.spill_max_bytes,
-        };
         let submit_shared = Arc::clone(&shared);
         let submit =
             Box::new(move |entry: &BatchEntry| submit_job(&uploader, &submit_shared, entry));
-        let writer = Writer::open(
-            Arc::clone(&shared),
-            rings.clone(),
-            limits,
-            existing,
-            recovered.next_sequence,
-            submit,
-        )
-        .map_err(|e| format!("spill log: cannot open a new segment: {e}"))?;
+        let writer = open_writer(config, &shared, rings.clone(), &recovered, submit)
+            .map_err(|e| format!("spill log: {e}"))?;
         let thread = std::thread::Builder::new()
             .name("pusher-spill".into())
             .spawn(move || writer.run())
             .map_err(|e| format!("cannot start the spill writer: {e}"))?;
+        shared.set_writer_thread(thread.thread().clone());
         Ok(SpillLog {
             rings,
             shared,
             writer: thread.thread().clone(),
         })
+    }
+
+    /// Batches in the log not yet confirmed by the store (open, closed or uploading).
+    pub fn pending_batches(&self) -> usize {
+        self.shared.pending_batches()
     }
 
     /// Waits until every record handed over so far is durable, or `limit` passes; true if so.
@@ -103,8 +90,59 @@ impl SpillLog {
     }
 }
 
-fn submit_job(uploader: &UploaderHandle, shared: &SpillShared, entry: &BatchEntry) {
-    let job = UploadJob {
+/// Recovers `<data_dir>/spill` on `disk` and makes the state the writer, the cores and the
+/// uploader share (the first half of [`SpillLog::start`]; the simulation calls it too).
+pub fn open_shared(
+    config: &Config,
+    disk: Arc<dyn Disk>,
+    clock: Arc<dyn Clock>,
+    metrics: SpillMetrics,
+    run_id: u64,
+) -> Result<(Arc<SpillShared>, Recovered), String> {
+    let dir = config.data_dir.join("spill");
+    let mut recovered = recover(&*disk, &dir, config.spill_batches_max, clock.unix_ms())
+        .map_err(|e| format!("spill log {}: {e}", dir.display()))?;
+    metrics.corrupt_tails.inc_by(recovered.corrupt_tails);
+    metrics.damaged_segments.inc_by(recovered.damaged_segments);
+    metrics.holed_batches.inc_by(recovered.holed_batches);
+    let index = std::mem::replace(&mut recovered.index, super::index::Index::new(1));
+    let shared = Arc::new(SpillShared::new(dir, run_id, index, metrics, disk, clock));
+    Ok((shared, recovered))
+}
+
+/// Opens the writer on a new segment after the recovered ones (the second half of
+/// [`SpillLog::start`]); it submits every recovered closed batch.
+pub fn open_writer(
+    config: &Config,
+    shared: &Arc<SpillShared>,
+    rings: Vec<Arc<Handoff>>,
+    recovered: &Recovered,
+    submit: Submit,
+) -> Result<Writer, WriterFailed> {
+    let limits = WriterLimits {
+        segment_bytes_max: config.spill_segment_bytes,
+        sync_interval_ms: config.spill_sync_interval_ms,
+        sync_bytes: config.spill_sync_bytes,
+        max_bytes: config.spill_max_bytes,
+    };
+    let existing = recovered
+        .segments
+        .iter()
+        .map(|s| (s.sequence, s.bytes))
+        .collect();
+    Writer::open(
+        Arc::clone(shared),
+        rings,
+        limits,
+        existing,
+        recovered.next_sequence,
+        submit,
+    )
+}
+
+/// The upload job of an indexed batch.
+pub fn upload_job(entry: &BatchEntry) -> UploadJob {
+    UploadJob {
         key: entry.key,
         uid: entry.open.uid,
         conversation: entry.open.conversation,
@@ -112,7 +150,12 @@ fn submit_job(uploader: &UploaderHandle, shared: &SpillShared, entry: &BatchEntr
         sample_rate_hz: entry.open.sample_rate_hz,
         level: entry.open.level,
         audio_bytes: entry.audio_bytes,
-    };
+        partial: entry.holes > 0,
+    }
+}
+
+fn submit_job(uploader: &UploaderHandle, shared: &SpillShared, entry: &BatchEntry) {
+    let job = upload_job(entry);
     if uploader.submit(job).is_err() {
         // The upload queue holds as many jobs as the index holds batches; the batch stays in
         // the log (and is uploaded by the next process) but this one will not retry it.
@@ -132,9 +175,9 @@ fn run_id() -> u64 {
 }
 
 /// The uploader's view of the log: batch audio read back from the segments, confirmations
-/// applied to the index.
-struct SpillSource {
-    shared: Arc<SpillShared>,
+/// written to the log.
+pub struct SpillSource {
+    pub shared: Arc<SpillShared>,
 }
 
 impl BatchSource for SpillSource {
@@ -148,10 +191,10 @@ impl BatchSource for SpillSource {
             .copied();
         let entry =
             entry.ok_or_else(|| std::io::Error::other("batch is not in the spill index"))?;
-        read_batch_audio(&self.shared.dir, &entry, out)
+        read_batch_audio(&*self.shared.disk, &self.shared.dir, &entry, out)
     }
 
-    fn uploaded(&self, job: &UploadJob) {
-        self.shared.uploaded(&job.key);
+    fn uploaded(&self, job: &UploadJob, confirmed: Confirmed) {
+        self.shared.confirm_uploaded(job.key, confirmed);
     }
 }

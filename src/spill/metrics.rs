@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 pub struct SpillMetrics {
     pub appended_bytes: Counter,
     pub appended_records: Counter,
+    pub uploaded_records: Counter,
     pub records_rejected: Counter,
     pub sync_seconds: Histogram,
     pub io_errors: Counter,
@@ -24,6 +25,10 @@ pub struct SpillMetrics {
     pub batches_closed: Counter,
     pub batches_uploaded: Counter,
     pub corrupt_tails: Counter,
+    pub damaged_segments: Counter,
+    pub holed_batches: Counter,
+    /// Batches still in the log when the process exited (set by the shutdown's upload drain).
+    pub left_at_exit_batches: Gauge,
     pub close_ack_timeouts: Counter,
     /// Seconds sessions spent not being read because the hand-off ring or the disk budget was
     /// full, summed over sessions.
@@ -36,6 +41,7 @@ impl SpillMetrics {
         let metrics = SpillMetrics {
             appended_bytes: Counter::default(),
             appended_records: Counter::default(),
+            uploaded_records: Counter::default(),
             records_rejected: Counter::default(),
             sync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             io_errors: Counter::default(),
@@ -49,19 +55,27 @@ impl SpillMetrics {
             batches_closed: Counter::default(),
             batches_uploaded: Counter::default(),
             corrupt_tails: Counter::default(),
+            damaged_segments: Counter::default(),
+            holed_batches: Counter::default(),
+            left_at_exit_batches: Gauge::default(),
             close_ack_timeouts: Counter::default(),
             backpressure_seconds: Counter::default(),
         };
         let m = metrics.clone();
         registry.register(
             "appended_bytes",
-            "bytes appended to the spill log (records, headers included)",
+            "bytes of session records appended to the spill log (headers included)",
             m.appended_bytes,
         );
         registry.register(
             "appended_records",
-            "records appended to the spill log",
+            "session records (batch-open, audio, batch-close) appended to the spill log",
             m.appended_records,
+        );
+        registry.register(
+            "uploaded_records",
+            "uploaded records appended (one per batch the store confirmed; not in appended_*)",
+            m.uploaded_records,
         );
         registry.register(
             "rejected_records",
@@ -119,6 +133,21 @@ impl SpillMetrics {
             "corrupt_tails",
             "torn or corrupt segment tails found at recovery",
             m.corrupt_tails,
+        );
+        registry.register(
+            "damaged_segments",
+            "segments with damage found at recovery (kept in spill/damaged/ for an operator)",
+            m.damaged_segments,
+        );
+        registry.register(
+            "holed_batches",
+            "batches found at recovery with records lost to damage (uploaded as .partial objects)",
+            m.holed_batches,
+        );
+        registry.register(
+            "left_at_exit_batches",
+            "batches not yet uploaded when the shutdown's upload drain ended (0 while serving)",
+            m.left_at_exit_batches,
         );
         registry.register("close_ack_timeouts", "sessions dropped without a Close because their audio was not durable within the close timeout", m.close_ack_timeouts);
         registry.register(

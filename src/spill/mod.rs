@@ -2,6 +2,10 @@
 //! `<data_dir>/spill/`, written by a dedicated writer thread, read back by the uploader.
 //!
 //! - [`record`]: the on-disk format (segment header, records with CRC-32C and a `prev` chain).
+//! - [`disk`]: the file operations the log uses, behind a trait (real or simulated disk).
+//! - [`clock`]: monotonic and wall-clock milliseconds, behind a trait.
+//! - [`lock`]: one process per data directory (`flock` on `pusher.lock`).
+//! - [`drain`]: the shutdown's upload drain and `pusher spill drain`.
 //! - [`index`]: the batch index, fed records in log order.
 //! - [`scan`]: segment file names, listing, and scanning a segment for its valid records.
 //! - [`recovery`]: rebuilding the index from the segments at start.
@@ -13,6 +17,8 @@
 //! - [`metrics`]: the `pusher_spill_*` metrics.
 
 pub mod clock;
+pub mod disk;
+pub mod drain;
 pub mod handoff;
 pub mod index;
 pub mod inspect;

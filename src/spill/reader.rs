@@ -6,26 +6,37 @@
 //! order. Every record read is checked: its batch id, its kind and position in the chain, and its
 //! CRC; the chain must hold exactly the audio the index counted.
 //!
+//! A batch with holes (recovery found records of it missing: damage) cannot be walked back
+//! past a hole; its surviving audio is read forward instead, scanning its segments the way
+//! recovery does and taking the batch's records in log order ([`read_holed_batch_audio`]).
+//!
 //! Invariants: at most `entry.audio_records + 2` records are visited (the chain is bounded by the
 //! index entry, and each `prev` must point strictly backwards); at most one file is open per
 //! segment touched; on error `out` is left as it was.
 
-use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::disk::{Disk, ReadFile, read_exact_at};
 use super::index::BatchEntry;
 use super::record::{
     BATCH_OPEN_PAYLOAD_BYTES_MAX, Header, Kind, Location, RECORD_HEADER_BYTES,
     SEGMENT_HEADER_BYTES, check, decode_header, decode_segment_header, encode_batch_open,
 };
-use super::scan::segment_file_name;
+use super::scan::{SegmentScanner, segment_file_name};
 
 /// Appends the batch's audio, in log order, to `out`. An error names the batch and the record
 /// at fault; the log is not changed, so the caller may retry later.
-pub fn read_batch_audio(dir: &Path, entry: &BatchEntry, out: &mut Vec<u8>) -> io::Result<()> {
-    let mut segments = Segments::new(dir, entry);
+pub fn read_batch_audio(
+    disk: &dyn Disk,
+    dir: &Path,
+    entry: &BatchEntry,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    if entry.holes > 0 {
+        return read_holed_batch_audio(disk, dir, entry, out);
+    }
+    let mut segments = Segments::new(disk, dir, entry);
     let chain = collect_audio(&mut segments, entry)?;
     let out_len = out.len();
     out.reserve(usize::try_from(entry.audio_bytes).expect("a batch fits in memory"));
@@ -36,6 +47,57 @@ pub fn read_batch_audio(dir: &Path, entry: &BatchEntry, out: &mut Vec<u8>) -> io
         }
     }
     debug_assert_eq!((out.len() - out_len) as u64, entry.audio_bytes);
+    Ok(())
+}
+
+/// Appends what survives of a batch with holes: its audio records in log order, found by
+/// scanning its segments (from its batch-open's to its last record's) with the rules recovery
+/// applied (same run and batch id, each record's `prev` not behind the previous one taken).
+/// The result must be the audio the index counted.
+pub fn read_holed_batch_audio(
+    disk: &dyn Disk,
+    dir: &Path,
+    entry: &BatchEntry,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let out_len = out.len();
+    let mut last = Location::NONE;
+    let mut records = 0u32;
+    for sequence in entry.first_segment..=entry.last.segment() {
+        let path = dir.join(segment_file_name(sequence));
+        let scanner = SegmentScanner::open(disk, &path)?;
+        if scanner.run_id() != Some(entry.key.run) {
+            continue;
+        }
+        scanner.scan(|header, payload, at| {
+            let ours = header.batch == entry.key.batch && at <= entry.last && at > last;
+            let chained = header.prev >= last || last == Location::NONE;
+            match header.kind {
+                Kind::BatchOpen if ours && at.segment() == entry.first_segment => {
+                    last = at;
+                }
+                Kind::Audio if ours && chained && last != Location::NONE => {
+                    out.extend_from_slice(payload);
+                    records += 1;
+                    last = at;
+                }
+                Kind::BatchClose if ours && chained && last != Location::NONE => last = at,
+                _ => {}
+            }
+        })?;
+    }
+    let read = (out.len() - out_len) as u64;
+    if records != entry.audio_records || read != entry.audio_bytes {
+        out.truncate(out_len);
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "spill batch {:016x}/{}: {records} audio records, {read} bytes survive; the \
+                 index counted {}, {}",
+                entry.key.run, entry.key.batch, entry.audio_records, entry.audio_bytes
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -63,6 +125,7 @@ fn collect_audio(segments: &mut Segments, entry: &BatchEntry) -> io::Result<Vec<
                 segments.read_small(at, &header, &header_bytes)?;
             }
             Kind::BatchClose => return Err(segments.corrupt(at, "a batch-close inside the chain")),
+            Kind::Uploaded => return Err(segments.corrupt(at, "an uploaded record in the chain")),
             Kind::Audio if chain.len() == audio_records => {
                 return Err(segments.corrupt(at, "more audio records than the index counted"));
             }
@@ -112,15 +175,17 @@ fn append_audio(segments: &mut Segments, audio: &AudioRecord, out: &mut Vec<u8>)
 /// The segment files of one batch, opened on first use, each checked to be the segment its name
 /// says and to belong to the batch's run.
 struct Segments<'a> {
+    disk: &'a dyn Disk,
     dir: &'a Path,
     entry: &'a BatchEntry,
     /// (sequence, file); few: a batch spans few segments.
-    open: Vec<(u64, File)>,
+    open: Vec<(u64, Box<dyn ReadFile>)>,
 }
 
 impl<'a> Segments<'a> {
-    fn new(dir: &'a Path, entry: &'a BatchEntry) -> Segments<'a> {
+    fn new(disk: &'a dyn Disk, dir: &'a Path, entry: &'a BatchEntry) -> Segments<'a> {
         Segments {
+            disk,
             dir,
             entry,
             open: Vec::new(),
@@ -137,9 +202,9 @@ impl<'a> Segments<'a> {
         Ok(self.open.len() - 1)
     }
 
-    fn open_segment(&self, sequence: u64) -> io::Result<File> {
+    fn open_segment(&self, sequence: u64) -> io::Result<Box<dyn ReadFile>> {
         let path = self.dir.join(segment_file_name(sequence));
-        let file = File::open(&path).map_err(|error| {
+        let file = self.disk.open_read(&path).map_err(|error| {
             let batch = self.batch_name();
             io::Error::new(
                 error.kind(),
@@ -148,7 +213,7 @@ impl<'a> Segments<'a> {
         })?;
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         let at = Location::new(sequence, 0);
-        self.read_exact_at(&file, at, 0, &mut header)?;
+        self.read_exact_at(&*file, at, 0, &mut header)?;
         if decode_segment_header(&header) != Some((sequence, self.entry.key.run)) {
             return Err(self.corrupt(at, "not a segment of the batch's run"));
         }
@@ -162,25 +227,24 @@ impl<'a> Segments<'a> {
         }
         let file = self.file(at.segment())?;
         let position = u64::from(at.offset()) + skip;
-        self.read_exact_at(&self.open[file].1, at, position, buf)
+        self.read_exact_at(&*self.open[file].1, at, position, buf)
     }
 
     /// Reads into `buf` from byte `position` of `file`, for the record at `at`.
     fn read_exact_at(
         &self,
-        file: &File,
+        file: &dyn ReadFile,
         at: Location,
         position: u64,
         buf: &mut [u8],
     ) -> io::Result<()> {
-        file.read_exact_at(buf, position)
-            .map_err(|error| match error.kind() {
-                ErrorKind::UnexpectedEof => self.corrupt(at, "past the end of its segment"),
-                kind => {
-                    let batch = self.batch_name();
-                    io::Error::new(kind, format!("{batch}: reading at {at}: {error}"))
-                }
-            })
+        read_exact_at(file, buf, position).map_err(|error| match error.kind() {
+            ErrorKind::UnexpectedEof => self.corrupt(at, "past the end of its segment"),
+            kind => {
+                let batch = self.batch_name();
+                io::Error::new(kind, format!("{batch}: reading at {at}: {error}"))
+            }
+        })
     }
 
     fn read_header(&mut self, at: Location) -> io::Result<(Header, [u8; RECORD_HEADER_BYTES])> {
@@ -270,6 +334,7 @@ impl SmallRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spill::disk::RealDisk;
     use crate::spill::index::{BatchKey, Index};
     use crate::spill::record::{seal, set_prev};
     use crate::spill::recovery::recover;
@@ -293,7 +358,7 @@ mod tests {
         log.close(2);
         log.audio(1, b"-four");
         log.finish();
-        (recover(dir, 8, 0).unwrap().index, three)
+        (recover(&RealDisk, dir, 8, 0).unwrap().index, three)
     }
 
     fn entry(index: &Index, batch: u64) -> BatchEntry {
@@ -302,7 +367,7 @@ mod tests {
 
     fn read(dir: &Path, entry: &BatchEntry) -> io::Result<Vec<u8>> {
         let mut out = b"kept|".to_vec();
-        let result = read_batch_audio(dir, entry, &mut out);
+        let result = read_batch_audio(&RealDisk, dir, entry, &mut out);
         match result {
             Ok(()) => Ok(out),
             Err(error) => {

@@ -6,7 +6,7 @@
 //! offset  size  field
 //!      0     4  crc32c   CRC-32C (Castagnoli) of bytes 4 .. 32+len of the record
 //!      4     4  len      payload bytes
-//!      8     1  kind     1 batch-open, 2 audio, 3 batch-close
+//!      8     1  kind     1 batch-open, 2 audio, 3 batch-close, 4 uploaded
 //!      9     7  zero     reserved, must be 0
 //!     16     8  batch    batch id, unique within the run that wrote the segment
 //!     24     8  prev     location of the previous record of the same batch, or 0
@@ -16,6 +16,10 @@
 //! All integers are little-endian. A location is `(segment sequence << 32) | offset`; segment
 //! sequences start at 1, so 0 means "none". The segment header is the magic `PUSHSPL1`, the
 //! segment's sequence (u64) and the run id (u64) of the process that wrote it.
+//!
+//! An uploaded record (kind 4, `batch` and `prev` 0) says the store confirmed a batch: its
+//! payload is the batch's key, run id then batch id (u64 each). Recovery drops such a batch, so a
+//! restart neither uploads it again nor repeats its chunk notification.
 //!
 //! Invariant: [`decode_header`] accepts a record only if its reserved bytes are zero, its kind is
 //! known, its length is within [`RECORD_PAYLOAD_BYTES_MAX`] and [`check`] holds for its bytes; any
@@ -40,6 +44,7 @@ pub enum Kind {
     BatchOpen = 1,
     Audio = 2,
     BatchClose = 3,
+    Uploaded = 4,
 }
 
 impl Kind {
@@ -48,6 +53,7 @@ impl Kind {
             1 => Some(Kind::BatchOpen),
             2 => Some(Kind::Audio),
             3 => Some(Kind::BatchClose),
+            4 => Some(Kind::Uploaded),
             _ => None,
         }
     }
@@ -230,6 +236,35 @@ pub fn close_reason_byte(reason: BatchCloseReason) -> u8 {
     }
 }
 
+/// Payload bytes of an uploaded record.
+pub const UPLOADED_PAYLOAD_BYTES: usize = 16;
+/// Bytes of a whole uploaded record.
+pub const UPLOADED_RECORD_BYTES: usize = RECORD_HEADER_BYTES + UPLOADED_PAYLOAD_BYTES;
+
+/// Writes a sealed uploaded record for batch `(run, batch)` into `out`.
+pub fn encode_uploaded(out: &mut [u8; UPLOADED_RECORD_BYTES], run: u64, batch: u64) {
+    encode_header(
+        out,
+        Kind::Uploaded,
+        UPLOADED_PAYLOAD_BYTES,
+        0,
+        Location::NONE,
+    );
+    out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + 8].copy_from_slice(&run.to_le_bytes());
+    out[RECORD_HEADER_BYTES + 8..].copy_from_slice(&batch.to_le_bytes());
+    seal(out);
+}
+
+/// (run, batch) of an uploaded record's payload.
+pub fn decode_uploaded(payload: &[u8]) -> Result<(u64, u64), RecordError> {
+    if payload.len() != UPLOADED_PAYLOAD_BYTES {
+        return Err(RecordError::BadPayload);
+    }
+    let run = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    let batch = u64::from_le_bytes(payload[8..].try_into().expect("8 bytes"));
+    Ok((run, batch))
+}
+
 /// Writes a segment header.
 pub fn encode_segment_header(out: &mut [u8; SEGMENT_HEADER_BYTES], sequence: u64, run_id: u64) {
     out[..8].copy_from_slice(SEGMENT_MAGIC);
@@ -320,6 +355,26 @@ mod tests {
         assert_eq!(decode_batch_open(&out[..len]), Ok(open));
         assert_eq!(
             decode_batch_open(&out[..len - 1]),
+            Err(RecordError::BadPayload)
+        );
+    }
+
+    #[test]
+    fn uploaded_round_trips() {
+        let mut out = [0u8; UPLOADED_RECORD_BYTES];
+        encode_uploaded(&mut out, 0xabc, 42);
+        let header = decode_header(&out).unwrap();
+        assert_eq!(
+            (header.kind, header.batch, header.prev),
+            (Kind::Uploaded, 0, Location::NONE)
+        );
+        assert!(check(&out));
+        assert_eq!(
+            decode_uploaded(&out[RECORD_HEADER_BYTES..]),
+            Ok((0xabc, 42))
+        );
+        assert_eq!(
+            decode_uploaded(&out[RECORD_HEADER_BYTES + 1..]),
             Err(RecordError::BadPayload)
         );
     }

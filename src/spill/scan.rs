@@ -1,19 +1,23 @@
 //! Reading segment files front to back: naming, listing, and scanning for valid records.
 //!
 //! A segment is named `segment-{sequence:016x}.log` in the spill directory. A scan reads it
-//! record by record through one bounded buffer and stops at the first record that is torn
-//! (fewer bytes than its header or payload need) or corrupt (a bad header or a CRC mismatch):
-//! everything before that point is valid, nothing after it is trusted.
+//! record by record through one bounded buffer. A record that is torn (fewer bytes than its
+//! header or payload need) or corrupt (a bad header or a CRC mismatch) does not end the scan: it
+//! looks for the next offset where a valid record starts (header checks, then the CRC) and goes
+//! on from there, reporting the stretch between as [`Damage`]. So one damaged byte costs the
+//! record it is in, not the records after it (issue 11, defect 2). Only bytes with no valid
+//! record after them end the segment ([`Tail`]); after a crash that is the torn last write.
 //!
 //! Invariants: a scan holds at most one read buffer of [`SCAN_READ_BUFFER_BYTES`] plus one record
 //! (at most `RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX` bytes); every record it passes on
 //! has a valid header and CRC, and its [`Location`] names the file it was read from (the
-//! sequence in the file name and the segment header agree).
+//! sequence in the file name and the segment header agree); a resync checks at most
+//! [`RESYNC_CHECK_BYTES_MAX`] bytes of failed candidates per segment.
 
-use std::fs::File;
-use std::io::{self, BufReader, ErrorKind, Read};
+use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
+use super::disk::{Disk, ReadFile, RealDisk};
 use super::record::{
     Header, Location, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, check, decode_header,
     decode_segment_header,
@@ -60,17 +64,12 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 }
 
 /// The segment files in `dir`, sorted by sequence; other entries are ignored.
-pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let sequence = entry.file_name().to_str().and_then(parse_segment_file_name);
-        if let Some(sequence) = sequence
-            && entry.file_type()?.is_file()
-        {
-            segments.push((sequence, entry.path()));
-        }
-    }
+pub fn list_segments(disk: &dyn Disk, dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut segments: Vec<(u64, PathBuf)> = disk
+        .list_files(dir)?
+        .into_iter()
+        .filter_map(|name| Some((parse_segment_file_name(&name)?, dir.join(name))))
+        .collect();
     segments.sort_unstable_by_key(|&(sequence, _)| sequence);
     Ok(segments)
 }
@@ -80,9 +79,11 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 pub enum Tail {
     /// The last record ends exactly at the end of the file.
     Clean,
-    /// The bytes at `offset` are fewer than a segment header, a record header or its payload.
+    /// The bytes at `offset` are fewer than a segment header, a record header or its payload,
+    /// and no valid record follows them.
     Torn { offset: u64 },
-    /// The bytes at `offset` are not a valid segment header or record (bad header, bad CRC).
+    /// The bytes at `offset` are not a valid segment header or record (bad header, bad CRC),
+    /// and no valid record follows them.
     Corrupt { offset: u64 },
 }
 
@@ -105,36 +106,64 @@ pub struct SegmentScan {
     pub valid_bytes: u64,
     /// The file's length when the scan opened it; bytes appended later are not scanned.
     pub file_bytes: u64,
+    /// Damaged stretches with valid records after them (the scan resumed past each).
+    pub damaged_regions: u64,
+    pub damaged_bytes: u64,
     pub tail: Tail,
 }
 
-/// One step of a scan.
-enum Next {
-    Record(Header),
-    End,
-    Stop(Tail),
+/// Bytes that are not a valid record, found by a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// The stretch `[start, end)` of the segment.
+    pub start: u64,
+    pub end: u64,
+    /// The batch id the bytes at `start` name, if a record header's batch field is there: the
+    /// likeliest owner of the lost record.
+    pub suspect_batch: Option<u64>,
+    /// No valid record follows (the stretch runs to the end of the file).
+    pub at_end: bool,
 }
 
-/// Scans the segment at `path` (named by [`segment_file_name`]), calling `f` with each valid
-/// record's header, payload and location, in order, until the end of the file or the first torn
-/// or corrupt record. A missing or bad segment header ends the scan at offset 0 with no records.
+/// Bytes of failed candidates a scan may check while looking for the next valid record after
+/// damage, per segment: a bound on the work of a resync. Each candidate must first pass the
+/// header checks (known kind, 7 zero bytes, a length that fits), so ordinary audio rarely costs
+/// anything; past the bound the rest of the segment counts as damaged.
+pub const RESYNC_CHECK_BYTES_MAX: u64 = 1 << 30;
+
+/// Scans the segment at `path` on the real disk; see [`SegmentScanner::scan`].
 pub fn scan_segment(
     path: &Path,
     f: impl FnMut(&Header, &[u8], Location),
 ) -> io::Result<SegmentScan> {
-    SegmentScanner::open(path)?.scan(f)
+    SegmentScanner::open(&RealDisk, path)?.scan(f)
 }
 
 /// A segment file whose header has been read and checked, ready to scan its records.
 pub struct SegmentScanner {
-    reader: BufReader<File>,
+    file: Box<dyn ReadFile>,
+    /// Bytes `[window_start, window_start + window.len())` of the file.
+    window: Vec<u8>,
+    window_start: u64,
+    /// A record larger than the window is read here.
+    large: Vec<u8>,
+    resync_checked_bytes: u64,
     /// Filled in as the scan goes.
     scan: SegmentScan,
 }
 
+/// What is at one offset.
+enum Found {
+    Record(Header, u64),
+    End,
+    /// Fewer bytes than the record needs.
+    Short,
+    Bad,
+}
+
 impl SegmentScanner {
     /// Opens the segment at `path` and checks its header against the file name.
-    pub fn open(path: &Path) -> io::Result<SegmentScanner> {
+    pub fn open(disk: &dyn Disk, path: &Path) -> io::Result<SegmentScanner> {
         let sequence = path
             .file_name()
             .and_then(|name| name.to_str())
@@ -145,25 +174,36 @@ impl SegmentScanner {
                     format!("{} is not a spill segment file name", path.display()),
                 )
             })?;
-        let file = File::open(path)?;
-        let file_bytes = file.metadata()?.len();
-        let mut reader = BufReader::with_capacity(SCAN_READ_BUFFER_BYTES, file);
-        let mut scan = SegmentScan {
-            sequence,
-            run_id: 0,
-            records: 0,
-            valid_bytes: 0,
-            file_bytes,
-            tail: Tail::Clean,
+        let file = disk.open_read(path)?;
+        let file_bytes = file.len_bytes()?;
+        let mut scanner = SegmentScanner {
+            file,
+            window: Vec::with_capacity(SCAN_READ_BUFFER_BYTES),
+            window_start: 0,
+            large: Vec::new(),
+            resync_checked_bytes: 0,
+            scan: SegmentScan {
+                sequence,
+                run_id: 0,
+                records: 0,
+                valid_bytes: 0,
+                file_bytes,
+                damaged_regions: 0,
+                damaged_bytes: 0,
+                tail: Tail::Clean,
+            },
         };
-        match read_segment_header(&mut reader, sequence, file_bytes)? {
-            Ok(run_id) => {
-                scan.run_id = run_id;
-                scan.valid_bytes = SEGMENT_HEADER_BYTES as u64;
+        let header = scanner.bytes_at(0, SEGMENT_HEADER_BYTES)?;
+        scanner.scan.tail = match header.map(decode_segment_header) {
+            None => Tail::Torn { offset: 0 },
+            Some(Some((found, run_id))) if found == sequence => {
+                scanner.scan.run_id = run_id;
+                scanner.scan.valid_bytes = SEGMENT_HEADER_BYTES as u64;
+                Tail::Clean
             }
-            Err(tail) => scan.tail = tail,
-        }
-        Ok(SegmentScanner { reader, scan })
+            Some(_) => Tail::Corrupt { offset: 0 },
+        };
+        Ok(scanner)
     }
 
     /// The run that wrote the segment, or None if its header is torn or corrupt.
@@ -172,98 +212,200 @@ impl SegmentScanner {
     }
 
     /// Calls `f` for each valid record, in order (nothing if the segment header is not valid).
-    pub fn scan(mut self, mut f: impl FnMut(&Header, &[u8], Location)) -> io::Result<SegmentScan> {
+    pub fn scan(self, mut f: impl FnMut(&Header, &[u8], Location)) -> io::Result<SegmentScan> {
+        self.scan_with_damage(|header, payload, at| f(header, payload, at), |_| {})
+    }
+
+    /// Calls `on_record` for each valid record, in order, and `on_damage` for each stretch of
+    /// bytes that is not one: after damage the scan resumes at the next valid record, so damage
+    /// costs the records it covers and no others.
+    pub fn scan_with_damage(
+        mut self,
+        mut on_record: impl FnMut(&Header, &[u8], Location),
+        mut on_damage: impl FnMut(Damage),
+    ) -> io::Result<SegmentScan> {
         if self.run_id().is_none() {
             debug_assert!(!self.scan.tail.is_clean());
             return Ok(self.scan);
         }
-        let scan = &mut self.scan;
-        // One buffer for every record: header ‖ payload, as `check` wants it.
-        let mut record = Vec::with_capacity(SCAN_READ_BUFFER_BYTES);
-        scan.tail = loop {
-            let offset = scan.valid_bytes;
-            let Ok(offset_u32) = u32::try_from(offset) else {
-                // Past what a location can name: the writer never gets here.
-                break Tail::Corrupt { offset };
-            };
-            match read_record(&mut self.reader, &mut record, offset, scan.file_bytes)? {
-                Next::Record(header) => {
-                    f(
-                        &header,
-                        &record[RECORD_HEADER_BYTES..],
-                        Location::new(scan.sequence, offset_u32),
-                    );
-                    scan.records += 1;
-                    scan.valid_bytes += record.len() as u64;
+        let mut offset = SEGMENT_HEADER_BYTES as u64;
+        loop {
+            let bad = match self.record_at(offset)? {
+                Found::End => break,
+                Found::Record(header, record_bytes) => {
+                    self.pass_on(offset, &header, record_bytes, &mut on_record)?;
+                    offset += record_bytes;
+                    continue;
                 }
-                Next::End => break Tail::Clean,
-                Next::Stop(tail) => break tail,
+                Found::Short => Tail::Torn { offset },
+                Found::Bad => Tail::Corrupt { offset },
+            };
+            let suspect_batch = self.suspect_batch(offset)?;
+            match self.resync(offset)? {
+                Some(next) => {
+                    self.scan.damaged_regions += 1;
+                    self.scan.damaged_bytes += next - offset;
+                    on_damage(Damage {
+                        start: offset,
+                        end: next,
+                        suspect_batch,
+                        at_end: false,
+                    });
+                    offset = next;
+                }
+                None => {
+                    self.scan.tail = bad;
+                    on_damage(Damage {
+                        start: offset,
+                        end: self.scan.file_bytes,
+                        suspect_batch,
+                        at_end: true,
+                    });
+                    break;
+                }
             }
-        };
-        debug_assert!(scan.valid_bytes <= scan.file_bytes);
+        }
+        debug_assert!(self.scan.valid_bytes <= self.scan.file_bytes);
         Ok(self.scan)
     }
+
+    /// Hands the valid record at `offset` to `f`.
+    fn pass_on(
+        &mut self,
+        offset: u64,
+        header: &Header,
+        record_bytes: u64,
+        f: &mut impl FnMut(&Header, &[u8], Location),
+    ) -> io::Result<()> {
+        let at = Location::new(
+            self.scan.sequence,
+            u32::try_from(offset).expect("checked by record_at"),
+        );
+        let record = self.record_bytes(offset, record_bytes)?;
+        f(header, &record[RECORD_HEADER_BYTES..], at);
+        self.scan.records += 1;
+        self.scan.valid_bytes = offset + record_bytes;
+        Ok(())
+    }
+
+    /// Whether a valid record starts at `offset`.
+    fn record_at(&mut self, offset: u64) -> io::Result<Found> {
+        let remaining = self.scan.file_bytes - offset;
+        if remaining == 0 {
+            return Ok(Found::End);
+        }
+        if u32::try_from(offset).is_err() {
+            // Past what a location can name: the writer never gets here.
+            return Ok(Found::Bad);
+        }
+        let Some(header_bytes) = self.bytes_at(offset, RECORD_HEADER_BYTES)? else {
+            return Ok(Found::Short);
+        };
+        let Ok(header) = decode_header(header_bytes) else {
+            return Ok(Found::Bad);
+        };
+        let record_bytes = (RECORD_HEADER_BYTES + header.len as usize) as u64;
+        if remaining < record_bytes {
+            return Ok(Found::Short);
+        }
+        let record = self.record_bytes(offset, record_bytes)?;
+        if record.len() as u64 != record_bytes {
+            return Ok(Found::Short);
+        }
+        Ok(if check(record) {
+            Found::Record(header, record_bytes)
+        } else {
+            Found::Bad
+        })
+    }
+
+    /// The batch field of a record header at `offset`, if the file holds one there.
+    fn suspect_batch(&mut self, offset: u64) -> io::Result<Option<u64>> {
+        Ok(self
+            .bytes_at(offset, RECORD_HEADER_BYTES)?
+            .map(|bytes| u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"))))
+    }
+
+    /// The offset of the next valid record after the bad one at `bad`, if any (within the
+    /// resync bound).
+    fn resync(&mut self, bad: u64) -> io::Result<Option<u64>> {
+        let file_bytes = self.scan.file_bytes;
+        let mut candidate = bad + 1;
+        while candidate + RECORD_HEADER_BYTES as u64 <= file_bytes {
+            if self.resync_checked_bytes > RESYNC_CHECK_BYTES_MAX {
+                return Ok(None);
+            }
+            let Some(bytes) = self.bytes_at(candidate, RECORD_HEADER_BYTES)? else {
+                return Ok(None);
+            };
+            let plausible = decode_header(bytes).is_ok_and(|header| {
+                candidate + (RECORD_HEADER_BYTES + header.len as usize) as u64 <= file_bytes
+            });
+            if plausible {
+                match self.record_at(candidate)? {
+                    Found::Record(..) => return Ok(Some(candidate)),
+                    _ => {
+                        let len = u32::from_le_bytes(bytes_len(self.bytes_at(candidate, 8)?));
+                        self.resync_checked_bytes += RECORD_HEADER_BYTES as u64 + u64::from(len);
+                    }
+                }
+            }
+            candidate += 1;
+        }
+        Ok(None)
+    }
+
+    /// `len` bytes at `offset` (at most the window), or None if the file ends first.
+    fn bytes_at(&mut self, offset: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        debug_assert!(len <= SCAN_READ_BUFFER_BYTES);
+        if offset + len as u64 > self.scan.file_bytes {
+            return Ok(None);
+        }
+        let window_end = self.window_start + self.window.len() as u64;
+        if offset < self.window_start || offset + len as u64 > window_end {
+            let want = (self.scan.file_bytes - offset).min(SCAN_READ_BUFFER_BYTES as u64);
+            self.window.resize(want as usize, 0);
+            self.window_start = offset;
+            let filled = read_up_to(&*self.file, &mut self.window, offset)?;
+            self.window.truncate(filled);
+            if filled < len {
+                return Ok(None);
+            }
+        }
+        let at = (offset - self.window_start) as usize;
+        Ok(Some(&self.window[at..at + len]))
+    }
+
+    /// The whole record of `record_bytes` at `offset` (fewer bytes if the file shrank).
+    fn record_bytes(&mut self, offset: u64, record_bytes: u64) -> io::Result<&[u8]> {
+        if record_bytes <= SCAN_READ_BUFFER_BYTES as u64 {
+            return Ok(self
+                .bytes_at(offset, record_bytes as usize)?
+                .unwrap_or_default());
+        }
+        self.large.resize(record_bytes as usize, 0);
+        let filled = read_up_to(&*self.file, &mut self.large, offset)?;
+        self.large.truncate(filled);
+        Ok(&self.large)
+    }
 }
 
-/// The run id of a valid segment header naming `sequence`, or the tail at offset 0.
-fn read_segment_header(
-    reader: &mut impl Read,
-    sequence: u64,
-    file_bytes: u64,
-) -> io::Result<Result<u64, Tail>> {
-    let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    if file_bytes < SEGMENT_HEADER_BYTES as u64 || !read_all(reader, &mut header)? {
-        return Ok(Err(Tail::Torn { offset: 0 }));
-    }
-    Ok(match decode_segment_header(&header) {
-        Some((found, run_id)) if found == sequence => Ok(run_id),
-        _ => Err(Tail::Corrupt { offset: 0 }),
-    })
+fn bytes_len(bytes: Option<&[u8]>) -> [u8; 4] {
+    bytes.map_or([0; 4], |b| b[4..8].try_into().expect("4 bytes"))
 }
 
-/// Reads the record at `offset` into `record` (header ‖ payload) and validates it. `file_bytes`
-/// bounds the read, so a torn length never makes the buffer grow past what the file holds.
-fn read_record(
-    reader: &mut impl Read,
-    record: &mut Vec<u8>,
-    offset: u64,
-    file_bytes: u64,
-) -> io::Result<Next> {
-    debug_assert!(offset <= file_bytes);
-    let remaining = file_bytes - offset;
-    if remaining == 0 {
-        return Ok(Next::End);
+/// Fills `buf` from `offset` as far as the file goes; returns the bytes read.
+fn read_up_to(file: &dyn ReadFile, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
     }
-    let torn = Next::Stop(Tail::Torn { offset });
-    record.clear();
-    record.resize(RECORD_HEADER_BYTES, 0);
-    if remaining < RECORD_HEADER_BYTES as u64 || !read_all(reader, record)? {
-        return Ok(torn);
-    }
-    let Ok(header) = decode_header(record) else {
-        return Ok(Next::Stop(Tail::Corrupt { offset }));
-    };
-    let record_bytes = RECORD_HEADER_BYTES + header.len as usize;
-    if remaining < record_bytes as u64 {
-        return Ok(torn);
-    }
-    record.resize(record_bytes, 0);
-    if !read_all(reader, &mut record[RECORD_HEADER_BYTES..])? {
-        return Ok(torn);
-    }
-    if !check(record) {
-        return Ok(Next::Stop(Tail::Corrupt { offset }));
-    }
-    Ok(Next::Record(header))
-}
-
-/// Fills `buf`; false if the file ends first (it shrank since it was opened).
-fn read_all(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
-    match reader.read_exact(buf) {
-        Ok(()) => Ok(true),
-        Err(error) if error.kind() == ErrorKind::UnexpectedEof => Ok(false),
-        Err(error) => Err(error),
-    }
+    Ok(filled)
 }
 
 #[cfg(test)]
@@ -324,7 +466,7 @@ mod tests {
         }
         std::fs::write(dir.path().join("notes.txt"), b"").unwrap();
         std::fs::create_dir(dir.path().join("segment-0000000000000002.log")).unwrap();
-        let listed = list_segments(dir.path()).unwrap();
+        let listed = list_segments(&RealDisk, dir.path()).unwrap();
         let sequences: Vec<u64> = listed.iter().map(|(s, _)| *s).collect();
         assert_eq!(sequences, vec![1, 3, 0x10]);
         assert_eq!(listed[0].1, dir.path().join(segment_file_name(1)));
@@ -423,27 +565,42 @@ mod tests {
         assert_eq!(scan.tail, Tail::Corrupt { offset: 0 });
     }
 
+    /// Issue 11, defect 2: one damaged record costs that record, not the valid ones after it.
     #[test]
-    fn corruption_in_the_middle_hides_the_rest() {
+    fn damage_in_the_middle_costs_only_the_damaged_record() {
         let dir = TempDir::new("middle");
         let mut log = LogBuilder::new(dir.path());
         log.start_segment(1, 1);
         log.open(5, &batch_open("u", "c", 1.0));
         let audio = log.audio(5, b"abc");
         log.audio(5, b"def");
+        log.open(6, &batch_open("u", "d", 2.0));
+        log.audio(6, b"ghi");
+        log.close(6);
         log.finish();
         let path = dir.path().join(segment_file_name(1));
-        let mut bytes = std::fs::read(&path).unwrap();
+        let clean = std::fs::read(&path).unwrap();
+        let mut bytes = clean.clone();
         bytes[audio.offset() as usize + RECORD_HEADER_BYTES] ^= 0x80;
         std::fs::write(&path, &bytes).unwrap();
         let (scan, seen) = scan_all(&path);
-        assert_eq!(seen.len(), 1);
+        let payloads: Vec<&[u8]> = seen.iter().map(|s| &s.2[..]).collect();
         assert_eq!(
-            scan.tail,
-            Tail::Corrupt {
-                offset: u64::from(audio.offset())
-            }
+            seen.len(),
+            5,
+            "every record but the damaged one: {payloads:?}"
         );
+        assert!(!payloads.contains(&&b"abc"[..]));
+        assert_eq!(payloads[1], b"def");
+        assert_eq!(payloads[3], b"ghi");
+        assert_eq!(scan.tail, Tail::Clean);
+        assert_eq!(scan.valid_bytes, clean.len() as u64);
+        assert_eq!((scan.damaged_regions, scan.damaged_bytes), (1, 35));
+        // A header damaged too (its length field): the scan still finds the next record.
+        bytes[audio.offset() as usize + 5] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let (scan, seen) = scan_all(&path);
+        assert_eq!((seen.len(), scan.damaged_regions), (5, 1));
     }
 
     #[test]

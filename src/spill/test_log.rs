@@ -100,12 +100,22 @@ impl LogBuilder {
         self.record(Kind::BatchClose, batch, &[1])
     }
 
+    /// Appends an uploaded record: the store confirmed batch `batch` of run `run`.
+    pub fn uploaded(&mut self, run: u64, batch: u64) -> Location {
+        let mut record = [0u8; super::record::UPLOADED_RECORD_BYTES];
+        super::record::encode_uploaded(&mut record, run, batch);
+        let (sequence, bytes) = self.segment.as_mut().expect("a segment is started");
+        let at = Location::new(*sequence, bytes.len() as u32);
+        bytes.extend_from_slice(&record);
+        at
+    }
+
     /// Appends a record of `batch` chained to the batch's previous record.
     pub fn record(&mut self, kind: Kind, batch: u64, payload: &[u8]) -> Location {
         let (sequence, bytes) = self.segment.as_mut().expect("a segment is started");
         let at = Location::new(*sequence, bytes.len() as u32);
         let prev = match kind {
-            Kind::BatchOpen => Location::NONE,
+            Kind::BatchOpen | Kind::Uploaded => Location::NONE,
             Kind::Audio | Kind::BatchClose => self.heads.get(&batch).copied().unwrap_or_default(),
         };
         let start = bytes.len();

@@ -15,6 +15,20 @@ use crate::settings::DataProtectionLevel;
 
 /// Longest key [`object_key`] can return, in bytes (see the module doc).
 pub const OBJECT_KEY_BYTES_MAX: usize = 583;
+/// Added to the key of a batch with holes (records lost to damage in the spill log): the object
+/// holds what survived, and no consumer of `.bin`/`.enc` keys takes it for a whole batch
+/// (`docs/0005-durability-policy.md`).
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// The key of a batch with holes: [`object_key`] + [`PARTIAL_SUFFIX`].
+pub fn partial_object_key(
+    uid: &Id,
+    conversation: &Id,
+    timestamp: f64,
+    level: DataProtectionLevel,
+) -> String {
+    object_key(uid, conversation, timestamp, level) + PARTIAL_SUFFIX
+}
 
 /// Whether bodies of this level are encrypted (and their keys end in `.enc`).
 pub fn is_encrypted(level: DataProtectionLevel) -> bool {
@@ -81,6 +95,13 @@ mod tests {
         assert_eq!(key(1_700_000_000.999_6), "chunks/u/c/1700000001.000.bin");
         assert_eq!(key(0.0), "chunks/u/c/0.000.bin");
         assert_eq!(key(12.3456), "chunks/u/c/12.346.bin");
+    }
+
+    #[test]
+    fn partial_keys_end_in_partial() {
+        let key = partial_object_key(&id("u"), &id("c"), 1.5, DataProtectionLevel::Enhanced);
+        assert_eq!(key, "chunks/u/c/1.500.enc.partial");
+        assert!(object_store::path::Path::parse(&key).is_ok());
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! Per job: read the batch's audio (blocking pool), encrypt it if the level is `enhanced`, `put`
 //! it under its object key with `Content-Type: application/octet-stream`, each attempt bounded by
 //! `upload_timeout_ms`; on failure wait [`Backoff`] and try again, **forever** (the batch stays in
-//! the spill log until the store confirms). Then [`BatchSource::uploaded`], then the optional
-//! chunk notification (bounded attempts; a failure is counted and dropped).
+//! the spill log until the store confirms). Then [`BatchSource::uploaded`], which returns once
+//! the confirmation is durable in the log (a restart will neither upload nor notify the batch
+//! again), then the optional chunk notification (bounded attempts; a failure is counted and
+//! dropped). A batch with holes (damage in the log) goes to its `.partial` key, counted in
+//! `pusher_upload_partial_total`, and is not notified: it is not a whole chunk.
 //!
 //! Bounds:
 //! - jobs queued: `queue_capacity` given to [`start`] (≤ [`QUEUE_CAPACITY_MAX`]); a full queue
@@ -45,7 +48,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::BatchKey;
 use super::backoff::Backoff;
 use super::crypto::{BLOB_HEADER_BYTES, EncryptionSecret, PlaintextTooLarge, seal_in_place};
-use super::object_key::{is_encrypted, object_key};
+use super::object_key::{is_encrypted, object_key, partial_object_key};
 use super::store::Store;
 use crate::config::Config;
 use crate::id::Id;
@@ -73,16 +76,31 @@ pub struct UploadJob {
     pub level: DataProtectionLevel,
     /// Audio bytes the batch holds (a hint for the read buffer; the read decides).
     pub audio_bytes: u64,
+    /// Records of the batch were lost to damage in the log: stored under its `.partial` key.
+    pub partial: bool,
+}
+
+impl UploadJob {
+    /// Where the batch is stored.
+    pub fn object_key(&self) -> String {
+        if self.partial {
+            partial_object_key(&self.uid, &self.conversation, self.timestamp, self.level)
+        } else {
+            object_key(&self.uid, &self.conversation, self.timestamp, self.level)
+        }
+    }
 }
 
 /// Where batches come from and where their confirmation goes (the spill log).
 pub trait BatchSource: Send + Sync + 'static {
     /// Reads the batch's audio, in order, appending to `out` (blocking file I/O; call it via spawn_blocking).
     fn read_audio(&self, job: &UploadJob, out: &mut Vec<u8>) -> std::io::Result<()>;
-    /// The store confirmed the upload (the batch may now leave the log).
+    /// The store confirmed the upload: record it durably, then call `confirmed` (the batch may
+    /// now leave the log; the chunk notification waits for it). `confirmed` is never called if
+    /// the log cannot make the record durable (the process then exits).
     ///
     /// Called once per accepted job, on a blocking-pool thread of the uploader.
-    fn uploaded(&self, job: &UploadJob);
+    fn uploaded(&self, job: &UploadJob, confirmed: Box<dyn FnOnce() + Send>);
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +178,7 @@ pub struct UploadMetrics {
     store_healthy: Gauge,
     duration: Histogram,
     notifications: [Counter; NOTIFICATION_RESULTS.len()],
+    partial: Counter,
 }
 
 impl UploadMetrics {
@@ -221,6 +240,13 @@ impl UploadMetrics {
             "time of successful put attempts",
             duration.clone(),
         );
+        let partial = Counter::default();
+        registry.register(
+            "upload_partial",
+            "batches with holes (records lost to damage in the spill log) stored under their \
+             .partial key",
+            partial.clone(),
+        );
         let notifications = Family::<ResultLabel, Counter>::default();
         registry.register(
             "upload_chunk_notifications",
@@ -245,7 +271,13 @@ impl UploadMetrics {
                     .get_or_create(&ResultLabel { result: r.label() })
                     .clone()
             }),
+            partial,
         }
+    }
+
+    /// Batches confirmed by the store.
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.get()
     }
 
     fn attempt_failed(&self, reason: FailureReason) {
@@ -546,7 +578,7 @@ impl Drop for LentBuffer {
 async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePermit) {
     let metrics = &context.metrics;
     metrics.in_flight.inc();
-    let key = object_key(&job.uid, &job.conversation, job.timestamp, job.level);
+    let key = job.object_key();
     let path = Path::parse(&key).expect("object keys are valid paths (object_key module doc)");
     let mut body: Option<Body> = None;
     let mut attempt: u32 = 0;
@@ -578,12 +610,33 @@ async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePer
     drop(body);
     let source = context.source.clone();
     let confirmed = job.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || source.uploaded(&confirmed)).await {
+    let (durable, is_durable) = oneshot::channel();
+    let done: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = durable.send(());
+    });
+    if let Err(e) = tokio::task::spawn_blocking(move || source.uploaded(&confirmed, done)).await {
         tracing::error!(%key, "BatchSource::uploaded failed: {e}");
     }
-    metrics.succeeded.inc();
+    // The permit is held until the confirmation is durable: at most `upload_concurrency`
+    // confirmations wait for the log.
+    let durable = is_durable.await.is_ok();
     metrics.in_flight.dec();
     drop(permit);
+    if !durable {
+        // The log stopped (the process exits): the batch is uploaded again by the next one.
+        tracing::warn!(%key, "the upload's confirmation did not become durable");
+        return;
+    }
+    metrics.succeeded.inc();
+    if job.partial {
+        metrics.partial.inc();
+        tracing::warn!(
+            %key,
+            "stored a batch with holes (records lost to damage in the spill log) under its \
+             .partial key; no chunk notification"
+        );
+        return;
+    }
     if let Some(notifier) = &context.notifier {
         let notification = Notification {
             uid: job.uid,
@@ -1007,8 +1060,9 @@ mod tests {
             Ok(())
         }
 
-        fn uploaded(&self, job: &UploadJob) {
+        fn uploaded(&self, job: &UploadJob, confirmed: Box<dyn FnOnce() + Send>) {
             self.uploaded.lock().unwrap().push(job.key);
+            confirmed();
         }
     }
 
@@ -1028,6 +1082,7 @@ mod tests {
             sample_rate_hz: 16_000,
             level,
             audio_bytes: audio_of(key).len() as u64,
+            partial: false,
         }
     }
 
