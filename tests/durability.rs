@@ -352,7 +352,7 @@ async fn a_restart_neither_reuploads_nor_renotifies(driver: &str) {
         "200",
     ];
     let mut first = Serve::start(driver, &data, &scratch.path().join("1.log"), &flags);
-    send_closed_batch(&first, "user-a", "conversation-1", 1).await;
+    send_filled_batch(&first, "user-a", "conversation-1", 1, 0x5a).await;
     hook.wait_for("conversation-1");
     let before = objects(&store);
     assert_eq!(before.len(), 1, "{before:?}");
@@ -361,7 +361,7 @@ async fn a_restart_neither_reuploads_nor_renotifies(driver: &str) {
     // The next process uploads a batch of its own; with one upload at a time, a recovered
     // batch would have gone first (and be notified first).
     let second = Serve::start(driver, &data, &scratch.path().join("2.log"), &flags);
-    send_closed_batch(&second, "user-a", "conversation-2", 1).await;
+    send_filled_batch(&second, "user-a", "conversation-2", 1, 0x5a).await;
     hook.wait_for("conversation-2");
     let keys = hook.keys();
     assert_eq!(keys.len(), 2, "each batch notified once: {keys:?}");
@@ -400,7 +400,7 @@ async fn sigterm_keeps_uploading_closed_batches(driver: &str) {
     // The store fails: its directory is a file now.
     std::fs::remove_dir_all(&store).unwrap();
     std::fs::write(&store, b"not a directory").unwrap();
-    send_closed_batch(&serve, "user-b", "conversation-9", 1).await;
+    send_filled_batch(&serve, "user-b", "conversation-9", 1, 0x5a).await;
     wait_until("a failed upload attempt", || {
         metric(
             &serve.metrics(),
@@ -433,7 +433,7 @@ async fn spill_drain_uploads_an_orphaned_log(driver: &str) {
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("chunks"), b"not a directory").unwrap();
     let mut serve = Serve::start(driver, &data, &scratch.path().join("serve.log"), &failing);
-    send_closed_batch(&serve, "user-c", "conversation-7", 2).await;
+    send_filled_batch(&serve, "user-c", "conversation-7", 2, 0x5a).await;
     serve.signal(libc::SIGTERM);
     assert_eq!(serve.wait_exit(Duration::from_secs(30)).code(), Some(0));
     let log = serve.log_text();
@@ -479,27 +479,95 @@ async fn spill_drain_uploads_an_orphaned_log(driver: &str) {
     );
 }
 
-on_both_drivers!(
-    a_second_server_on_a_data_dir_is_refused,
-    a_restart_neither_reuploads_nor_renotifies,
-    sigterm_keeps_uploading_closed_batches,
-    spill_drain_uploads_an_orphaned_log
-);
-
-async fn send_closed_batch(serve: &Serve, uid: &str, conversation: &str, seconds: u32) {
+/// Sends one batch of `seconds` s of audio whose every byte is `fill`, and closes (1000).
+async fn send_filled_batch(serve: &Serve, uid: &str, conversation: &str, seconds: u32, fill: u8) {
     let stream = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(serve.url(uid), stream)
         .await
         .expect("upgrade");
     send(&mut ws, 103, conversation.as_bytes()).await;
     for n in 0..seconds {
-        let pcm = vec![(n % 251) as u8; 32_000];
-        send(
-            &mut ws,
-            101,
-            &audio_payload(1_700_000_000.0 + f64::from(n), &pcm),
-        )
-        .await;
+        let timestamp = 1_700_000_000.0 + f64::from(n);
+        send(&mut ws, 101, &audio_payload(timestamp, &[fill; 32_000])).await;
     }
     assert_eq!(close_with(&mut ws, 1000).await, 1000);
 }
+
+/// Defect 2, the repro: one byte flipped in the middle of the log (inside an audio
+/// record of one batch) costs that record only. The damaged batch is stored under its
+/// `.partial` key with the audio that survived; the batch written after the damage is stored
+/// whole; the damaged segment is kept in `spill/damaged/`.
+async fn a_flipped_byte_costs_only_its_record(driver: &str) {
+    let scratch = Scratch::new("damage");
+    let data = scratch.path().join("data");
+    let store = scratch.path().join("store");
+    let store_url = format!("file://{}", store.display());
+    // The batches stay in the log: the store fails (its `chunks` directory is a file).
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("chunks"), b"not a directory").unwrap();
+    // Level standard: the objects are the audio itself (`.bin`).
+    let settings = scratch.path().join("settings.toml");
+    std::fs::write(
+        &settings,
+        "[default]\nprivate_cloud_sync_enabled = true\ndata_protection_level = \"standard\"\n",
+    )
+    .unwrap();
+    let settings = settings.to_string_lossy().into_owned();
+    let mut flags = quick_retries(&store_url);
+    flags.extend(["--settings", &settings]);
+    let mut first = Serve::start(driver, &data, &scratch.path().join("1.log"), &flags);
+    send_filled_batch(&first, "user-d", "damaged", 3, 0xa1).await;
+    send_filled_batch(&first, "user-d", "after", 2, 0xb2).await;
+    // Both batches were acknowledged (their Close came once they were durable): a crash now.
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(10));
+    // Flip one byte in the middle of the damaged batch's second audio record.
+    let segments = segment_files(&data);
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let path = data.join("spill").join(&segments[0]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let first_audio = bytes.windows(64).position(|w| w == [0xa1; 64]).unwrap();
+    let target = first_audio + 32_000 + 200 + 16_000;
+    assert_eq!(bytes[target], 0xa1);
+    bytes[target] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::remove_file(store.join("chunks")).unwrap();
+    let second = Serve::start(driver, &data, &scratch.path().join("2.log"), &flags);
+    wait_until("both batches stored", || objects(&store).len() == 2);
+    let stored = objects(&store);
+    let audio = |key: &str| std::fs::read(store.join(key)).unwrap();
+    let partial = stored.iter().find(|(k, _)| k.contains("damaged")).unwrap();
+    assert!(partial.0.ends_with(".bin.partial"), "{stored:?}");
+    assert_eq!(
+        audio(&partial.0),
+        vec![0xa1; 64_000],
+        "one 1 s record of 3 lost"
+    );
+    let whole = stored.iter().find(|(k, _)| k.contains("after")).unwrap();
+    assert!(whole.0.ends_with(".bin"), "{stored:?}");
+    assert_eq!(
+        audio(&whole.0),
+        vec![0xb2; 64_000],
+        "the batch after the damage is whole"
+    );
+    let kept = data.join("spill").join("damaged").join(&segments[0]);
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        bytes,
+        "the damaged segment is kept aside"
+    );
+    // Counted once the upload's confirmation is durable (after the object is stored).
+    wait_until("the partial upload counted", || {
+        metric(&second.metrics(), "pusher_upload_partial_total") == 1
+    });
+    let metrics = second.metrics();
+    assert_eq!(metric(&metrics, "pusher_spill_damaged_segments_total"), 1);
+}
+
+on_both_drivers!(
+    a_second_server_on_a_data_dir_is_refused,
+    a_flipped_byte_costs_only_its_record,
+    a_restart_neither_reuploads_nor_renotifies,
+    sigterm_keeps_uploading_closed_batches,
+    spill_drain_uploads_an_orphaned_log
+);

@@ -309,7 +309,8 @@ impl Index {
         Some(entry)
     }
 
-    /// Moves up to `limit` closed batches whose close is at or before `durable` to `Uploading`,
+    /// Moves up to `limit` closed batches whose close record starts before `durable` (the end of
+    /// the synced bytes: a record that starts there is not written yet) to `Uploading`,
     /// appending their keys to `out`. Batches without audio are dropped at once (nothing to
     /// upload) and counted in the return value.
     pub fn take_ready(
@@ -328,7 +329,7 @@ impl Index {
             let BatchState::Closed { at } = entry.state else {
                 unreachable!("the closed queue holds closed batches only");
             };
-            if at > durable {
+            if at >= durable {
                 break;
             }
             if entry.audio_bytes == 0 {
@@ -466,6 +467,11 @@ mod tests {
         index.take_ready(Location::new(1, 1000), 10, &mut out);
         assert!(out.is_empty());
         index.take_ready(Location::new(2, 24), 10, &mut out);
+        assert!(
+            out.is_empty(),
+            "a close that starts at the synced end is not written yet"
+        );
+        index.take_ready(Location::new(2, 57), 10, &mut out);
         assert_eq!(out, vec![BatchKey { run: 1, batch: 1 }]);
         assert_eq!(index.oldest_segment(), Some(1));
         assert!(index.uploaded(&out[0]).is_some());
@@ -487,7 +493,7 @@ mod tests {
             .unwrap();
         assert_eq!(index.close_open(), 1);
         let mut out = Vec::new();
-        assert_eq!(index.take_ready(Location::new(1, 24), 10, &mut out), 1);
+        assert_eq!(index.take_ready(Location::new(1, 64), 10, &mut out), 1);
         assert!(out.is_empty() && index.is_empty());
     }
 
@@ -589,7 +595,7 @@ mod tests {
                 let entry = index.uploaded(&older).expect("the older batch is indexed");
                 assert_eq!((entry.key, entry.audio_bytes), (older, batch - 1));
             }
-            assert_eq!(index.take_ready(at(200), 1, &mut out), 0);
+            assert_eq!(index.take_ready(at(233), 1, &mut out), 0);
             let key = BatchKey { run: 3, batch };
             let entry = index.get(&key).unwrap();
             assert_eq!(entry.opened_at_unix_ms, batch);
