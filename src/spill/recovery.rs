@@ -519,6 +519,39 @@ mod tests {
         assert_eq!((b3.holes, read(&b3)), (0, b"c1".to_vec()));
     }
 
+    /// Bytes with nothing valid after them are a crash's torn write only at the end of a run's
+    /// last segment; at the end of an earlier segment (synced whole before the writer rotated)
+    /// they are damage.
+    #[test]
+    fn a_torn_tail_is_damage_unless_it_ends_its_runs_last_segment() {
+        let dir = TempDir::new("torn-tails");
+        let mut log = LogBuilder::new(dir.path());
+        log.start_segment(1, RUN_A);
+        log.open(1, &batch_open("u", "c1", 1.0));
+        let a1 = log.audio(1, b"a1");
+        log.start_segment(2, RUN_A);
+        log.audio(1, b"a2");
+        log.start_segment(3, RUN_B);
+        log.open(1, &batch_open("u", "c2", 2.0));
+        let b1 = log.audio(1, b"b1");
+        log.finish();
+        for (sequence, record) in [(1, a1), (3, b1)] {
+            let path = dir.path().join(segment_file_name(sequence));
+            let bytes = fs::read(&path).unwrap();
+            fs::write(&path, &bytes[..record.offset() as usize + 5]).unwrap();
+        }
+        let recovered = recover(&RealDisk, dir.path(), 16, 0).unwrap();
+        let damaged: Vec<bool> = recovered.segments.iter().map(|s| s.damaged).collect();
+        assert_eq!(damaged, vec![true, false, false]);
+        assert_eq!(recovered.corrupt_tails, 2);
+        let a = recovered.index.get(&key(RUN_A, 1)).unwrap();
+        assert_eq!(
+            (a.audio_bytes, a.holes > 0),
+            (2, true),
+            "a1 lost, a2 kept: a hole"
+        );
+    }
+
     /// Issue 11, defect 4: an uploaded record drops its batch at recovery.
     #[test]
     fn an_uploaded_record_drops_its_batch() {

@@ -333,6 +333,13 @@ impl SegmentScanner {
         let mut candidate = bad + 1;
         while candidate + RECORD_HEADER_BYTES as u64 <= file_bytes {
             if self.resync_checked_bytes > RESYNC_CHECK_BYTES_MAX {
+                tracing::warn!(
+                    segment = self.scan.sequence,
+                    from = candidate,
+                    checked_bytes = self.resync_checked_bytes,
+                    "spill scan: the resync bound is reached; the rest of the segment counts as \
+                     damaged"
+                );
                 return Ok(None);
             }
             let Some(bytes) = self.bytes_at(candidate, RECORD_HEADER_BYTES)? else {
