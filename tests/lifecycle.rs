@@ -15,6 +15,7 @@ on_both_drivers!(
     drain_is_served_to_loopback_peers_without_forwarding_headers_only,
     second_sigterm_exits_at_once,
     second_signal_after_a_post_drain_exits_at_once,
+    a_second_server_on_the_same_address_is_refused,
 );
 
 async fn drain_closes_open_sessions_with_1001_after_the_grace_and_exits_0(driver: &str) {
@@ -167,4 +168,55 @@ async fn second_signal_after_a_post_drain_exits_at_once(driver: &str) {
     server.signal(libc::SIGINT);
     let status = server.wait_exit(STEP).await;
     assert!(!status.success(), "a forced exit: {status}");
+}
+
+async fn a_second_server_on_the_same_address_is_refused(driver: &str) {
+    // Durability defect 3: a second pusher on the same listen address started silently
+    // (SO_REUSEPORT) and took a share of the sessions.
+    let server = Server::start(driver, &[]).await;
+    let dir = std::env::temp_dir().join(format!(
+        "pusher-it-second-{}-{}",
+        std::process::id(),
+        server.addr.port()
+    ));
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_pusher"))
+        .args([
+            "serve",
+            "--listen",
+            &server.addr.to_string(),
+            "--driver",
+            driver,
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("PUSHER_ENCRYPTION_SECRET", TEST_ENCRYPTION_SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run a second pusher");
+    let deadline = Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("poll the second pusher") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!(
+                "a second pusher started on {} beside the first",
+                server.addr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("address is in use"), "{stderr}");
+    // The first one goes on alone.
+    let mut ws = server.connect("u").await;
+    assert_eq!(close_with(&mut ws, 1000).await, 1000);
 }

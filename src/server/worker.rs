@@ -26,9 +26,12 @@ const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const EVICTION_LOOK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Binds one SO_REUSEPORT listener per worker on the configured address (on this thread, so an
-/// address in use is a clear start error).
+/// address in use is a clear start error). First it makes sure nobody listens there yet: a
+/// second pusher would otherwise join the first one's SO_REUSEPORT group silently and take a
+/// share of its sessions.
 pub fn bind_listeners(shared: &Shared, workers: usize) -> Result<Vec<StdListener>, String> {
     let addr = shared.config.listen;
+    ensure_address_free(addr)?;
     (0..workers)
         .map(|_| {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
@@ -51,6 +54,24 @@ pub fn bind_listeners(shared: &Shared, workers: usize) -> Result<Vec<StdListener
             Ok(socket.into())
         })
         .collect()
+}
+
+/// Binds `addr` once without SO_REUSEPORT: it fails while any socket (another pusher's
+/// SO_REUSEPORT listeners included) is bound there.
+fn ensure_address_free(addr: std::net::SocketAddr) -> Result<(), String> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| format!("socket: {e}"))?;
+    probe
+        .set_reuse_address(true)
+        .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr}: the address is in use (another pusher, or another \
+             program, listens there); one process serves an address"
+        )),
+        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+    }
 }
 
 /// Starts the workers; worker `i` is pinned to `pins[i]` (a CPU of the affinity mask) when the
