@@ -551,6 +551,20 @@ for scenario in $SCENARIO; do
                 --processor-delay-ms "$LATENCY_PROCESSOR_DELAY_MS" \
                 --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)"
             ;;
+        abuse)
+            # The abuse suite (tests/abuse.rs, also part of `make test`) in release, one attack
+            # at a time: each test starts its own server and prints one `ABUSE {json}` line with
+            # the canary's round trips, /health latencies and RSS during the attack.
+            abuse_file=$(dirname "$RESULTS")/abuse-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+            # CARGO=true skips builds elsewhere; the suite still needs cargo to run.
+            test_cargo=$CARGO
+            [[ $test_cargo == true ]] && test_cargo=cargo
+            "$test_cargo" test --release --test abuse -- --nocapture --test-threads=1 2>&1 |
+                sed -n 's/^ABUSE //p' |
+                sed "s/}\$/,\"commit\":\"$commit\",\"date\":\"$(date -u +%FT%TZ)\"}/" |
+                tee "$abuse_file" >&2
+            echo "abuse: figures in $abuse_file" >&2
+            ;;
         storm)
             # The server as deployed: default session slots (capped by its open-files limit,
             # logged) and handshake buffers. The kernel's accept backlog is part of what is

@@ -126,6 +126,9 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// No message and no ping for this long → close 1001.
     pub idle_timeout_ms: u64,
+    /// Once a message has begun (part of it is held in a receive buffer), how long the peer
+    /// has to complete it → else close 1008 (a trickled frame must not hold a pooled buffer).
+    pub message_timeout_ms: u64,
     /// After pusher sends a Close, how long it waits for the peer's.
     pub close_timeout_ms: u64,
     /// Once a drain began (SIGTERM or `POST /__internal/drain`), how long open sessions get to
@@ -243,6 +246,7 @@ impl Default for Config {
             max_request_header_bytes: 8 * 1024,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 90_000,
+            message_timeout_ms: 10_000,
             close_timeout_ms: 3_000,
             drain_grace_ms: 30_000,
             outbound_pending_bytes_max: 64 * 1024,
@@ -451,6 +455,10 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_IDLE_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    /// Time to complete a message once it has begun; past it, close 1008 [default: 10000]
+    #[arg(long, env = "PUSHER_MESSAGE_TIMEOUT_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_timeout_ms: Option<u64>,
     /// Wait for the peer's Close after sending ours [default: 3000]
     #[arg(long, env = "PUSHER_CLOSE_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -679,6 +687,12 @@ impl Config {
             self.idle_timeout_ms as usize,
             10,
             86_400_000,
+        )?;
+        check_range(
+            "message_timeout_ms",
+            self.message_timeout_ms as usize,
+            10,
+            600_000,
         )?;
         check_range(
             "close_timeout_ms",

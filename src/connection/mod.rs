@@ -86,8 +86,9 @@ pub struct PeerGone;
 /// What the connection reports for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Note {
-    /// A stall (pusher not reading because of its own backpressure) ended after `ms`.
-    StallEnded { ms: u64 },
+    /// `ms` more of a stall (pusher not reading because of its own backpressure): reported at
+    /// every tick while it lasts and when it ends.
+    Stalled { ms: u64 },
     /// The session's audio was not durable within the close timeout: dropped without a Close.
     AckTimedOut,
 }
@@ -98,6 +99,9 @@ pub struct Limits {
     pub decoder: DecoderLimits,
     /// No message and no ping for this long → pusher goes away (1001).
     pub idle_timeout_ms: u64,
+    /// Once a message has begun (part of it is held in a receive buffer), how long the peer
+    /// has to complete it → else close 1008.
+    pub message_timeout_ms: u64,
     /// How long pusher waits for the peer's Close, and for durability before acknowledging.
     pub close_timeout_ms: u64,
 }
@@ -144,6 +148,10 @@ pub struct Connection {
     last_heard: Millis,
     /// Since when the session waits for room in the spill hand-off (not read).
     stalled_since: Option<Millis>,
+    /// How much of the current stall was reported ([`Note::Stalled`]), up to when.
+    stall_reported_to: Millis,
+    /// Since when an incomplete message is held (bytes kept after decoding).
+    partial_since: Option<Millis>,
     /// The code counted when the connection ends.
     close_code: u16,
 }
@@ -157,6 +165,8 @@ impl Connection {
             phase: Phase::Open,
             last_heard: now,
             stalled_since: None,
+            stall_reported_to: now,
+            partial_since: None,
             close_code: CLOSED_ABNORMALLY,
         }
     }
@@ -205,6 +215,23 @@ impl Connection {
         )
     }
 
+    /// Whether nothing held in the receive buffer can be decoded any more (a framing
+    /// violation, an incomplete message given up, or the end): the shell may drop its buffer.
+    pub fn input_is_dead(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Done
+                | Phase::Acking {
+                    undecodable: true,
+                    ..
+                }
+                | Phase::Closing {
+                    undecodable: true,
+                    ..
+                }
+        )
+    }
+
     /// Whether the shell should half-close the socket once its output is flushed.
     pub fn wants_half_close(&self) -> bool {
         self.discards_input()
@@ -221,12 +248,40 @@ impl Connection {
         if self.waits_for_spill() {
             return now;
         }
-        match self.phase {
+        let own = match self.phase {
             Phase::Open => Millis(self.last_heard.0 + self.limits.idle_timeout_ms),
             Phase::Leaving { deadline } | Phase::Closing { deadline, .. } => deadline,
             Phase::Acking { deadline, .. } => deadline,
             Phase::Done => now,
+        };
+        match self.message_deadline() {
+            Some(message) => own.min(message),
+            None => own,
         }
+    }
+
+    /// When the incomplete message held must be complete, while the session takes messages.
+    fn message_deadline(&self) -> Option<Millis> {
+        let since = self.partial_since?;
+        matches!(self.phase, Phase::Open | Phase::Leaving { .. })
+            .then(|| Millis(since.0 + self.limits.message_timeout_ms))
+    }
+
+    /// Since when the connection holds an incomplete message in its receive buffer, unless
+    /// pusher itself is not reading it (a stall): such a buffer is held by the peer, and may be
+    /// taken back when others need one ([`Connection::on_evicted`]).
+    pub fn holds_partial_message_since(&self) -> Option<Millis> {
+        match self.phase {
+            Phase::Open | Phase::Leaving { .. } if self.stalled_since.is_none() => {
+                self.partial_since
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether pusher is not reading the connection because of its own backpressure.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled_since.is_some()
     }
 
     /// Bytes arrived: `buf[..filled]` holds what the decoder has not consumed plus the new
@@ -273,7 +328,7 @@ impl Connection {
                 Err(violation) => self.violated(violation.code, violation.reason, true, now, host),
             }
         }
-        match self.phase {
+        let kept = match self.phase {
             Phase::Done
             | Phase::Closing {
                 undecodable: true, ..
@@ -282,30 +337,53 @@ impl Connection {
                 undecodable: true, ..
             } => 0,
             _ => self.decoder.compact(buf, filled),
-        }
+        };
+        // Bytes kept while not stalled are an incomplete message: its deadline starts now.
+        self.partial_since = match (kept, self.partial_since) {
+            (0, _) => None,
+            (_, Some(since)) => Some(since),
+            (_, None) if self.stalled_since.is_none() => Some(now),
+            (_, None) => None,
+        };
+        kept
     }
 
     /// Whether the session may take the next message; starts or ends a stall.
     fn check_ready(&mut self, now: Millis, host: &mut impl Host) -> bool {
         let ready = host.ready();
         match (ready, self.stalled_since) {
-            (false, None) => self.stalled_since = Some(now),
+            (false, None) => {
+                self.stalled_since = Some(now);
+                self.stall_reported_to = now;
+            }
             (true, Some(since)) => self.end_stall(since, now, host),
             _ => {}
         }
         ready
     }
 
+    /// Reports the stall's time since the last report.
+    fn report_stall(&mut self, now: Millis, host: &mut impl Host) {
+        let ms = now.0.saturating_sub(self.stall_reported_to.0);
+        if ms > 0 {
+            host.note(Note::Stalled { ms });
+            self.stall_reported_to = now;
+        }
+    }
+
     /// The stall that began at `since` is over: its time is given back to the peer's deadlines.
     fn end_stall(&mut self, since: Millis, now: Millis, host: &mut impl Host) {
+        self.report_stall(now, host);
         self.stalled_since = None;
         let stalled_ms = now.0.saturating_sub(since.0);
-        host.note(Note::StallEnded { ms: stalled_ms });
         self.last_heard = self.last_heard.max(now);
         if let Phase::Leaving { deadline } = self.phase {
             self.phase = Phase::Leaving {
                 deadline: Millis(deadline.0 + stalled_ms),
             };
+        }
+        if let Some(partial) = self.partial_since {
+            self.partial_since = Some(Millis(partial.0 + stalled_ms));
         }
     }
 
@@ -439,10 +517,21 @@ impl Connection {
     pub fn on_tick(&mut self, now: Millis, host: &mut impl Host) -> bool {
         if let Some(since) = self.stalled_since {
             if !host.ready() {
+                self.report_stall(now, host);
                 return false;
             }
             self.end_stall(since, now, host);
             return true;
+        }
+        if self.message_deadline().is_some_and(|at| now >= at) {
+            self.violated(
+                close::POLICY_VIOLATION,
+                "message not completed within message_timeout_ms",
+                true,
+                now,
+                host,
+            );
+            return false;
         }
         match self.phase {
             Phase::Acking { .. } => self.try_ack(now, host),
@@ -469,6 +558,19 @@ impl Connection {
             return 0;
         }
         self.decode(buf, filled, now, host)
+    }
+
+    /// The shell needs this connection's receive buffer for others (every buffer of the core is
+    /// lent and this one has held an incomplete message the longest): the message is dropped
+    /// (it was never complete, so never handled) and the connection closes with 1008.
+    pub fn on_evicted(&mut self, now: Millis, host: &mut impl Host) {
+        self.violated(
+            close::POLICY_VIOLATION,
+            "receive buffer needed: message not completed",
+            true,
+            now,
+            host,
+        );
     }
 
     /// The receive buffer is full without a complete frame (the decoder's buffer size admits

@@ -9,6 +9,7 @@ const LIMITS: Limits = Limits {
         max_message_bytes: 4096,
     },
     idle_timeout_ms: 90_000,
+    message_timeout_ms: 10_000,
     close_timeout_ms: 3_000,
 };
 
@@ -425,7 +426,22 @@ fn pushers_own_backpressure_never_counts_against_the_idle_timeout() {
     assert!(conn.on_tick(Millis(200_010), &mut sim), "the stall ended");
     peer.resume(&mut conn, 200_010, &mut sim);
     assert_eq!(sim.messages, [b"waiting 1".to_vec(), b"waiting 2".to_vec()]);
-    assert_eq!(sim.notes, [Note::StallEnded { ms: 200_010 }]);
+    let stalled_ms: u64 = sim
+        .notes
+        .iter()
+        .map(|note| match note {
+            Note::Stalled { ms } => *ms,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(
+        stalled_ms, 200_010,
+        "the stall is reported while it lasts, in full"
+    );
+    assert!(
+        sim.notes.len() > 2,
+        "reported at every tick, not only at its end"
+    );
     assert_eq!(
         conn.next_deadline(Millis(200_010)),
         Millis(200_010 + 90_000),
@@ -534,4 +550,99 @@ fn open_cannot_jump_to_closing() {
         deadline: Millis(0),
         undecodable: false,
     });
+}
+
+/// A frame whose header announces `len` payload bytes, with only `sent` of them.
+fn partial_frame(len: usize, sent: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_client_frame(Opcode::Binary, &vec![7u8; len], [1, 2, 3, 4], &mut frame);
+    let header = frame.len() - len;
+    frame.truncate(header + sent);
+    frame
+}
+
+#[test]
+fn an_incomplete_message_must_be_completed_within_the_message_timeout() {
+    // Durability defect 6: a trickled frame held a pooled receive buffer for ever, and every
+    // trickled byte reset the idle timer.
+    let (mut conn, mut peer, mut sim) = open();
+    peer.push_raw(&partial_frame(1000, 10));
+    peer.deliver(&mut conn, 500, &mut sim);
+    assert_eq!(conn.holds_partial_message_since(), Some(Millis(500)));
+    assert_eq!(conn.next_deadline(Millis(501)), Millis(10_500));
+    // A byte now and then does not move the message's deadline.
+    for (i, now) in (1_000..10_500).step_by(1_000).enumerate() {
+        peer.push_raw(&[7 ^ [1, 2, 3, 4][(10 + i) % 4]]);
+        peer.deliver(&mut conn, now, &mut sim);
+        conn.on_tick(Millis(now), &mut sim);
+        assert_eq!(conn.phase(), Phase::Open, "at {now}");
+    }
+    conn.on_tick(Millis(10_500), &mut sim);
+    assert!(matches!(
+        conn.phase(),
+        Phase::Closing {
+            undecodable: true,
+            ..
+        }
+    ));
+    assert_eq!(sim.closes(), [Some(close::POLICY_VIOLATION)]);
+    assert!(sim.messages.is_empty());
+    assert!(conn.discards_input(), "the shell drops the bytes it holds");
+}
+
+#[test]
+fn a_completed_message_clears_its_deadline() {
+    let (mut conn, mut peer, mut sim) = open();
+    let mut frame = Vec::new();
+    encode_client_frame(Opcode::Binary, b"whole", [1, 2, 3, 4], &mut frame);
+    peer.push_raw(&frame[..5]);
+    peer.deliver(&mut conn, 0, &mut sim);
+    assert!(conn.holds_partial_message_since().is_some());
+    peer.push_raw(&frame[5..]);
+    peer.deliver(&mut conn, 9_000, &mut sim);
+    assert_eq!(conn.holds_partial_message_since(), None);
+    conn.on_tick(Millis(20_000), &mut sim);
+    assert_eq!(conn.phase(), Phase::Open);
+    assert_eq!(sim.messages, [b"whole".to_vec()]);
+}
+
+#[test]
+fn a_stall_stops_the_message_deadline_and_is_not_the_peers_partial() {
+    let (mut conn, mut peer, mut sim) = open();
+    peer.push_raw(&partial_frame(1000, 10));
+    peer.deliver(&mut conn, 0, &mut sim);
+    sim.full = true;
+    // The rest of the frame arrives but pusher does not read it: a stall.
+    let mut rest = Vec::new();
+    encode_client_frame(Opcode::Binary, &[7u8; 1000], [1, 2, 3, 4], &mut rest);
+    peer.push_raw(&rest[14..]);
+    peer.deliver(&mut conn, 100, &mut sim);
+    assert!(conn.is_stalled());
+    assert_eq!(
+        conn.holds_partial_message_since(),
+        None,
+        "pusher's own backpressure"
+    );
+    assert!(!conn.on_tick(Millis(60_000), &mut sim));
+    assert_eq!(conn.phase(), Phase::Open);
+    sim.full = false;
+    assert!(conn.on_tick(Millis(60_100), &mut sim));
+    peer.resume(&mut conn, 60_100, &mut sim);
+    assert_eq!(
+        sim.messages.len(),
+        1,
+        "the message completed after the stall"
+    );
+}
+
+#[test]
+fn an_evicted_partial_message_closes_1008_and_its_buffer_is_dropped() {
+    let (mut conn, mut peer, mut sim) = open();
+    peer.push_raw(&partial_frame(1000, 10));
+    peer.deliver(&mut conn, 0, &mut sim);
+    conn.on_evicted(Millis(2_000), &mut sim);
+    assert_eq!(sim.closes(), [Some(close::POLICY_VIOLATION)]);
+    assert!(conn.discards_input());
+    assert_eq!(conn.holds_partial_message_since(), None);
+    assert_eq!(conn.close_code(), close::POLICY_VIOLATION);
 }

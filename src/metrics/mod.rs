@@ -74,7 +74,9 @@ impl Stream {
 }
 
 /// Close codes counted; anything else is counted under "other".
-pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1009, 1011, 1013];
+pub const CLOSE_CODES: [u16; 11] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1013,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -140,7 +142,7 @@ impl Refusal {
 pub enum TurnAway {
     /// The drain began: close 1001.
     Draining,
-    /// No session slot or receive buffer free on the core: close 1013.
+    /// No session slot free on the core: close 1013.
     Full,
 }
 
@@ -162,6 +164,7 @@ pub struct CoreGauges {
     pub sessions_capacity: Gauge,
     pub recv_buffers_in_use: Gauge,
     pub recv_buffers_capacity: Gauge,
+    pub recv_buffers_parked: Gauge,
     pub arena_used_bytes: Gauge,
     pub arena_capacity_bytes: Gauge,
     pub outbound_pending_bytes: Gauge,
@@ -186,6 +189,7 @@ pub struct Metrics {
     pub accumulators_refused: Counter,
     pub http_requests: Counter,
     pub handshakes_evicted: Counter,
+    pub recv_buffers_evicted: Counter,
     pub accept_errors: Counter,
     pub draining: Gauge,
     /// Omi's name for `draining` (its dashboards and rollout gate read it).
@@ -351,6 +355,11 @@ impl Metrics {
             "handshakes_evicted",
             "connections closed before their request head was complete because every handshake slot was taken and another connection waited",
         );
+        let recv_buffers_evicted = counter(
+            &mut registry,
+            "recv_buffers_evicted",
+            "receive buffers taken back from connections whose message stayed incomplete, because every buffer was lent and another connection needed one (closed 1008)",
+        );
         let accept_errors = counter(
             &mut registry,
             "accept_errors",
@@ -399,6 +408,7 @@ impl Metrics {
             accumulators_refused,
             http_requests,
             handshakes_evicted,
+            recv_buffers_evicted,
             accept_errors,
             draining,
             drain_in_progress,
@@ -528,6 +538,10 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
         "recv_buffers_capacity",
         "receive buffers in the pool, per core",
     );
+    let buffers_parked = family(
+        "recv_buffers_parked",
+        "receive buffers held by incomplete messages, per core (sampled every 10 ms)",
+    );
     let arena_used = family(
         "payload_arena_used_bytes",
         "payload arena bytes in use, per core",
@@ -558,6 +572,7 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
                 sessions_capacity: sessions_capacity.get_or_create(&label).clone(),
                 recv_buffers_in_use: buffers_in_use.get_or_create(&label).clone(),
                 recv_buffers_capacity: buffers_capacity.get_or_create(&label).clone(),
+                recv_buffers_parked: buffers_parked.get_or_create(&label).clone(),
                 arena_used_bytes: arena_used.get_or_create(&label).clone(),
                 arena_capacity_bytes: arena_capacity.get_or_create(&label).clone(),
                 outbound_pending_bytes: outbound.get_or_create(&label).clone(),

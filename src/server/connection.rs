@@ -33,6 +33,8 @@ const READS_PER_WAKEUP_MAX: usize = 4;
 const SPILL_RETRY: Duration = Duration::from_millis(10);
 /// Wait before trying again when every receive buffer of the core is lent out.
 const RECV_BUFFER_RETRY: Duration = Duration::from_millis(1);
+/// How often a stalled session looks whether its peer has gone (a `poll` each).
+const HANGUP_LOOK_INTERVAL_MS: u64 = 1_000;
 
 /// Starts the session of a completed upgrade.
 pub fn spawn(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
@@ -98,6 +100,8 @@ struct SessionIo {
     recv: Option<PooledBuf>,
     filled: usize,
     outbound: Outbound,
+    /// When a stalled session last looked whether its peer has gone.
+    hangup_looked_at: Millis,
 }
 
 impl SessionIo {
@@ -109,6 +113,7 @@ impl SessionIo {
             recv: None,
             filled: 0,
             outbound: Outbound::new(core.shared.config.outbound_pending_bytes_max),
+            hangup_looked_at: Millis(0),
             core,
         }
     }
@@ -141,6 +146,9 @@ impl SessionIo {
             None => match self.core.recv_pool.take() {
                 Some(buf) => buf,
                 None => {
+                    // Every buffer is lent: take back the one an incomplete message has held
+                    // the longest (`parked`), then look again shortly.
+                    self.evict_a_parked_buffer();
                     Box::pin(monoio::time::sleep(RECV_BUFFER_RETRY)).await;
                     return;
                 }
@@ -177,7 +185,27 @@ impl SessionIo {
         if self.filled > 0 {
             self.recv = Some(buf);
         }
+        self.track_parked(conn);
         self.half_close_when_flushed(conn);
+    }
+
+    /// Keeps the core's list of buffers held by incomplete messages up to date.
+    fn track_parked(&mut self, conn: &Connection) {
+        let generation = self.core.slots.with(self.key, |slot| slot.generation());
+        match (&self.recv, conn.holds_partial_message_since()) {
+            (Some(_), Some(since)) => self.core.parked.park(self.key, generation, since),
+            _ => self.core.parked.unpark(self.key, generation),
+        }
+    }
+
+    fn evict_a_parked_buffer(&self) {
+        let now = self.core.now_ms();
+        while let Some((key, generation)) = self.core.parked.evict_oldest(now) {
+            if self.core.slots.evict(key, generation) {
+                self.core.shared.metrics.recv_buffers_evicted.inc();
+                return;
+            }
+        }
     }
 
     /// A deadline came due, the drain's grace period ended, egress answered, or the spill log
@@ -186,6 +214,17 @@ impl SessionIo {
         let now = self.core.now_ms();
         if self.core.closing() {
             conn.go_away("server is shutting down", now, self);
+        }
+        if self.core.slots.take_evicted(self.key) {
+            conn.on_evicted(now, self);
+        }
+        if conn.input_is_dead() {
+            self.recv = None;
+            self.filled = 0;
+        }
+        if conn.is_stalled() && self.filled == 0 && self.peer_gone_while_stalled(now) {
+            // Nothing read is left to handle: the slot need not wait for the stall to end.
+            conn.on_end_of_stream();
         }
         if conn.on_tick(now, self) {
             // The stall ended: decode what the buffer still holds (if nothing, the room ran
@@ -204,7 +243,22 @@ impl SessionIo {
                 conn.on_send_failed();
             }
         }
+        if conn.input_is_dead() {
+            self.recv = None;
+            self.filled = 0;
+        }
+        self.track_parked(conn);
         self.half_close_when_flushed(conn);
+    }
+
+    /// While the session is stalled (not read), whether its peer has gone: reset, or closed
+    /// with nothing left unread in the socket. Looked at once per [`HANGUP_LOOK_INTERVAL_MS`].
+    fn peer_gone_while_stalled(&mut self, now: Millis) -> bool {
+        if now.0 < self.hangup_looked_at.0 + HANGUP_LOOK_INTERVAL_MS {
+            return false;
+        }
+        self.hangup_looked_at = now;
+        outbound::peer_gone(self.fd)
     }
 
     /// Sends the 201s egress answered for this session (after pusher's Close they are
@@ -282,6 +336,8 @@ impl SessionIo {
     /// Ends the session: flushes what is queued (bounded by the close timeout), releases the
     /// slot and every budget share, counts the close code.
     async fn finish(mut self, stream: &TcpStream, close_code: u16) {
+        let generation = self.core.slots.with(self.key, |slot| slot.generation());
+        self.core.parked.unpark(self.key, generation);
         let limit =
             Instant::now() + Duration::from_millis(self.core.shared.config.close_timeout_ms);
         while !self.outbound.is_empty() {
@@ -362,7 +418,7 @@ impl Host for SessionIo {
     fn note(&mut self, note: Note) {
         let metrics = &self.core.spill.shared.metrics;
         match note {
-            Note::StallEnded { ms } => {
+            Note::Stalled { ms } => {
                 metrics.backpressure_seconds.inc_by(ms as f64 / 1000.0);
             }
             Note::AckTimedOut => {

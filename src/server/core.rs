@@ -13,6 +13,7 @@ use super::Shared;
 use super::delivery::{self, CoreEgress};
 use super::handshake_slots::HandshakeSlots;
 use super::outbound::OutboundBudget;
+use super::parked::ParkedBuffers;
 use super::pool::BufferPool;
 use super::slots::Slots;
 use crate::connection::Limits as ConnectionLimits;
@@ -62,6 +63,8 @@ impl SpillCore {
 pub struct Core {
     pub shared: Arc<Shared>,
     pub recv_pool: Rc<BufferPool>,
+    /// Receive buffers held by incomplete messages, which others may take back.
+    pub parked: ParkedBuffers,
     /// Where request heads are peeked and parsed (one per core: a head is handled without
     /// waiting, see `handshake`).
     pub head_scratch: RefCell<Box<[u8]>>,
@@ -110,6 +113,7 @@ impl Core {
             .set(config.payload_arena_bytes_per_core as i64);
         Core {
             recv_pool,
+            parked: ParkedBuffers::new(config.recv_buffers_per_core),
             head_scratch: RefCell::new(
                 vec![0u8; config.max_request_header_bytes].into_boxed_slice(),
             ),
@@ -127,6 +131,7 @@ impl Core {
             connection_limits: ConnectionLimits {
                 decoder: limits,
                 idle_timeout_ms: config.idle_timeout_ms,
+                message_timeout_ms: config.message_timeout_ms,
                 close_timeout_ms: config.close_timeout_ms,
             },
             spill: SpillCore::new(index, &shared),
@@ -171,6 +176,9 @@ impl Core {
             self.gauges
                 .handshakes_in_flight
                 .set(self.handshakes.len() as i64);
+            self.gauges
+                .recv_buffers_parked
+                .set(self.parked.len() as i64);
             drop(arena);
             if self.shared.drain.is_closing() && !self.closing_signalled.get() {
                 self.closing_signalled.set(true);

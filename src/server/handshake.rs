@@ -238,11 +238,13 @@ fn decide(core: &Core, request: &Request<'_>, peer: SocketAddr) -> Answer {
     }
 }
 
-/// Why a session cannot be opened now, if it cannot.
+/// Why a session cannot be opened now, if it cannot. (A session needs no receive buffer to
+/// open: it borrows one when bytes arrive, and buffers held by incomplete messages are taken
+/// back when others need them.)
 fn turn_away_reason(core: &Core) -> Option<TurnAway> {
     if core.shared.is_draining() {
         Some(TurnAway::Draining)
-    } else if core.slots.is_full() || core.recv_pool.available() == 0 {
+    } else if core.slots.is_full() {
         Some(TurnAway::Full)
     } else {
         None

@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-/// A connection reading its head may be evicted only after this long: an honest client whose
-/// segments were dropped by a full accept queue retransmits within it.
-pub const EVICT_AGE_MIN: Duration = Duration::from_millis(1000);
+/// A connection reading its head may be evicted only after this long (and only while the
+/// handshakes make no progress: [`STALL_MIN`]).
+pub const EVICT_AGE_MIN: Duration = Duration::from_millis(100);
 /// Evictions happen only when no handshake finished for this long (the slots are stuck, not
-/// busy). With [`EVICT_AGE_MIN`] it bounds how long peers that send nothing can keep the
+/// busy): in a burst of honest clients, even slow ones whose segments an overflowing accept
+/// queue dropped (they retransmit after about 1 s), handshakes keep finishing. With [`EVICT_AGE_MIN`] it bounds how long peers that send nothing can keep the
 /// accept loop (and a probe behind them in the backlog) waiting once they hold every slot.
-pub const STALL_MIN: Duration = Duration::from_millis(1000);
+pub const STALL_MIN: Duration = Duration::from_millis(1_000);
 /// Entries the eviction scan looks at, oldest first (the rest are younger).
 const EVICT_SCAN_MAX: usize = 64;
 

@@ -16,6 +16,7 @@ mod handshake;
 mod handshake_slots;
 mod outbound;
 mod outputs;
+mod parked;
 pub mod pool;
 mod shutdown;
 mod slots;
@@ -38,10 +39,23 @@ use crate::upload::crypto::{EncryptionSecret, SECRET_ENV};
 use crate::upload::{self, UploadMetrics};
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
-/// File descriptors kept out of the session cap: listeners, runtime, logs, and one per
-/// connection that may be mid-handshake.
+/// Descriptors for listeners, runtimes, logs, spill segments and idle pooled HTTP connections.
+const FD_RESERVE_FIXED: u64 = 64;
+
+/// File descriptors kept out of the session cap, so that accept never meets EMFILE however
+/// many sessions are open: the fixed reserve; one per connection that may be mid-handshake
+/// (two when it may fetch its settings over HTTP meanwhile); one per outbound call that may be
+/// in flight (deliveries, process calls when a processor is set, uploads).
 fn fd_reserve(config: &Config, workers: usize) -> u64 {
-    64 + (workers * config.handshake_buffers_per_core) as u64
+    let per_handshake = if config.settings_url.is_some() { 2 } else { 1 };
+    let handshakes = (workers * config.handshake_buffers_per_core * per_handshake) as u64;
+    let process_calls = if config.processor_url.is_some() {
+        config.processor_in_flight_max
+    } else {
+        0
+    };
+    let outbound = (config.egress_in_flight_max + process_calls + config.upload_concurrency) as u64;
+    FD_RESERVE_FIXED + handshakes + outbound
 }
 
 /// What a config resolves to on this machine: workers and their CPUs, session slots and the

@@ -160,6 +160,28 @@ pub fn has_input(fd: RawFd) -> bool {
     !matches!(peek(fd, &mut byte), Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// Whether the peer has gone for good with nothing left to read: the connection was reset
+/// (`POLLERR`/`POLLHUP`), or the peer closed its side (`POLLRDHUP`) and no byte waits in the
+/// socket.
+pub fn peer_gone(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout: poll(2) only reports.
+    if unsafe { libc::poll(&mut poll, 1, 0) } <= 0 {
+        return false;
+    }
+    if poll.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+        return true;
+    }
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes the count of unread bytes into the int given.
+    let asked = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) };
+    poll.revents & libc::POLLRDHUP != 0 && asked == 0 && unread == 0
+}
+
 /// Drops the next `len` bytes of the socket, which must already wait there (they were peeked).
 pub fn discard(fd: RawFd, mut len: usize) -> io::Result<()> {
     while len > 0 {
@@ -227,5 +249,55 @@ fn recv_flags(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn settle() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_peer_is_gone_after_a_reset_or_a_close_with_nothing_unread() {
+        let (client, server) = pair();
+        assert!(!peer_gone(server.as_raw_fd()), "open");
+        drop(client);
+        settle();
+        assert!(peer_gone(server.as_raw_fd()), "closed, nothing unread");
+
+        let (client, server) = pair();
+        let socket = socket2::SockRef::from(&client);
+        socket.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(client);
+        settle();
+        assert!(peer_gone(server.as_raw_fd()), "reset");
+    }
+
+    #[test]
+    fn a_peer_that_closed_after_sending_is_not_gone_while_its_bytes_wait() {
+        let (mut client, server) = pair();
+        client
+            .write_all(b"audio the server has not read yet")
+            .unwrap();
+        drop(client);
+        settle();
+        assert!(
+            !peer_gone(server.as_raw_fd()),
+            "its bytes must be read first"
+        );
+        assert!(has_input(server.as_raw_fd()));
     }
 }

@@ -34,6 +34,8 @@ pub struct Slot {
     armed: Option<Millis>,
     waker: Option<Waker>,
     signalled: bool,
+    /// Its receive buffer is needed by others (see `parked`).
+    evicted: bool,
 }
 
 impl Slot {
@@ -45,6 +47,7 @@ impl Slot {
             armed: None,
             waker: None,
             signalled: false,
+            evicted: false,
         }
     }
 
@@ -133,6 +136,25 @@ impl Slots {
             .borrow()
             .get(key)
             .is_some_and(|s| s.generation == generation)
+    }
+
+    /// Tells the connection of `key`, if it is still the session of `generation`, that its
+    /// receive buffer is needed by others; true if it was.
+    pub fn evict(&self, key: usize, generation: u32) -> bool {
+        let mut slab = self.slab.borrow_mut();
+        match slab.get_mut(key).filter(|s| s.generation == generation) {
+            Some(slot) => {
+                slot.evicted = true;
+                slot.signal();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the connection of `key` was told to give its buffer back (and clears it).
+    pub fn take_evicted(&self, key: usize) -> bool {
+        std::mem::take(&mut self.slab.borrow_mut()[key].evicted)
     }
 
     /// Wakes the slot's connection (a reply is ready).

@@ -143,6 +143,25 @@ impl Server {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        Server::start_full(wrapper, driver, flags, env, None).await
+    }
+
+    /// [`Server::start`] with its data directory at `data_dir` (e.g. on a small filesystem).
+    pub async fn start_with_data_dir(
+        driver: &str,
+        flags: &[&str],
+        data_dir: &std::path::Path,
+    ) -> Server {
+        Server::start_full(&[], driver, flags, &[], Some(data_dir)).await
+    }
+
+    async fn start_full(
+        wrapper: &[&str],
+        driver: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        data_dir: Option<&std::path::Path>,
+    ) -> Server {
         for _ in 0..5 {
             let port = free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -174,7 +193,7 @@ impl Server {
             let child = command
                 .args(["serve", "--listen", &listen.to_string(), "--driver", driver])
                 .arg("--data-dir")
-                .arg(dir.join("data"))
+                .arg(data_dir.map_or_else(|| dir.join("data"), |d| d.to_owned()))
                 .args(if flags.contains(&"--workers") {
                     &[][..]
                 } else {
