@@ -1,5 +1,6 @@
 # pusher: the two set-up commands are `make run` and `make test` (see README.md).
 
+SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON ?= python3
 RELEASE_BIN := target/release/pusher
@@ -9,7 +10,7 @@ DEV_ONLY_SECRET := dev-only-insecure-secret-do-not-use-in-production
 # apt-get needs root: `sudo` unless make already runs as root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-rust test-python lint python-deps system-deps build bench perf sim
+.PHONY: run test test-rust test-python lint python-deps system-deps build bench perf sim fuzz fuzz-tool
 
 ## Build and start the server on its embedded defaults (port 8080, data under ./data,
 ## per-user settings from the shipped sample file).
@@ -24,10 +25,11 @@ build:
 
 ## Everything CI runs: formatting, lints, unit and integration tests (both io drivers),
 ## Autobahn conformance (both drivers) and the Python websockets client test.
-test: lint test-rust test-python
+test: lint test-rust test-python fuzz
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # `cargo test` includes the simulation's 10,000 seeds (sim::run::tests::seeds, docs/0011).
@@ -53,6 +55,25 @@ system-deps:
 
 test-python: build python-deps system-deps
 	$(PYTHON) -m pytest -q tests/python
+
+## Fuzzing (fuzz/README.md): every cargo-fuzz target for FUZZ_S seconds (default 30, as CI),
+## from the committed seeds (fuzz/seeds/T) into a working corpus (fuzz/corpus/T, not committed).
+## A crash stops the run; its input is in fuzz/artifacts/T. `make fuzz FUZZ_S=600` for longer.
+FUZZ_S ?= 30
+FUZZ_TARGETS := websocket_decoder connection request_head pusher_frame settings
+fuzz: fuzz-tool
+	cd fuzz && $(CARGO) fuzz build --sanitizer none -O
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p corpus/$$target && \
+		$(CARGO) fuzz run --sanitizer none -O $$target corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_S) -print_final_stats=1 2>&1 | \
+			grep -E 'stat::number_of_executed_units|DONE|SUMMARY|panicked|Test unit' ; \
+		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+
+fuzz-tool:
+	command -v cargo-fuzz >/dev/null || test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/cargo-fuzz" || \
+		$(CARGO) install --locked cargo-fuzz
 
 ## Benchmarks (bench/README.md); bench/run.sh builds pusher and pusher-bench in release itself.
 bench:

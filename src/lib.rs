@@ -1,24 +1,36 @@
 //! pusher: a thread-per-core WebSocket fan-out server for the Omi transcription service.
 //!
-//! See ARCHITECTURE.md for the bird's-eye view and the code map.
+//! See ARCHITECTURE.md for the bird's-eye view and the code map. Without the default `server`
+//! feature only the sans-I/O core is built (for the fuzz targets).
 
+#[cfg(feature = "server")]
 pub mod budget;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod connection;
+#[cfg(feature = "server")]
 pub mod cpus;
 pub mod drain;
+#[cfg(feature = "server")]
 pub mod egress;
 pub mod http;
 pub mod id;
+#[cfg(feature = "server")]
 pub mod mapped;
+#[cfg(feature = "server")]
 pub mod memory;
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod payload;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod session;
 pub mod settings;
+#[cfg(feature = "server")]
 pub mod sim;
+#[cfg(feature = "server")]
 pub mod spill;
+#[cfg(feature = "server")]
 pub mod upload;
 pub mod websocket;

@@ -438,7 +438,10 @@ impl Connection {
             }
             // pusher's Close is out already: nothing more to say.
             Phase::Leaving { .. } => self.enter(Phase::Done),
-            Phase::Closing { deadline, .. } if undecodable => self.enter(Phase::Closing {
+            Phase::Closing {
+                deadline,
+                undecodable: false,
+            } if undecodable => self.enter(Phase::Closing {
                 deadline,
                 undecodable: true,
             }),

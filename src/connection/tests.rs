@@ -646,3 +646,24 @@ fn an_evicted_partial_message_closes_1008_and_its_buffer_is_dropped() {
     assert_eq!(conn.holds_partial_message_since(), None);
     assert_eq!(conn.close_code(), close::POLICY_VIOLATION);
 }
+
+#[test]
+fn an_eviction_or_a_full_buffer_after_a_framing_violation_changes_nothing() {
+    // Found by the `connection` fuzz target: a second framing violation while already
+    // discarding asserted a transition from a phase to itself (the process would abort).
+    let (mut conn, mut peer, mut sim) = open();
+    peer.push_raw(&[0x82, 0x01, 0xAA]);
+    peer.deliver(&mut conn, 0, &mut sim);
+    conn.on_tick(Millis(1), &mut sim);
+    assert!(conn.discards_input());
+    conn.on_evicted(Millis(2), &mut sim);
+    conn.on_buffer_full(Millis(3), &mut sim);
+    assert_eq!(
+        conn.phase(),
+        Phase::Closing {
+            deadline: Millis(3_000),
+            undecodable: true
+        }
+    );
+    assert_eq!(sim.closes().len(), 1);
+}
