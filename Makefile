@@ -60,7 +60,7 @@ test-python: build python-deps system-deps
 ## from the committed seeds (fuzz/seeds/T) into a working corpus (fuzz/corpus/T, not committed).
 ## A crash stops the run; its input is in fuzz/artifacts/T. `make fuzz FUZZ_S=600` for longer.
 FUZZ_S ?= 30
-FUZZ_TARGETS := websocket_decoder connection request_head pusher_frame settings
+FUZZ_TARGETS := websocket_decoder connection request_head pusher_frame settings spill_recovery
 fuzz: fuzz-tool
 	cd fuzz && $(CARGO) fuzz build --sanitizer none -O
 	cd fuzz && for target in $(FUZZ_TARGETS); do \

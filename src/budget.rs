@@ -151,6 +151,11 @@ impl Budget {
                 sizes.spill_index_entry_bytes,
             ),
             line(
+                "spill writer confirmations",
+                crate::spill::writer::CONFIRMATIONS_MAX as u64,
+                crate::spill::writer::CONFIRMATION_BYTES as u64,
+            ),
+            line(
                 "upload queue",
                 config.spill_batches_max as u64,
                 sizes.upload_job_bytes,
@@ -288,6 +293,8 @@ mod tests {
             + 2 * (8 << 20)
             + 2 * (16 << 20)
             + 100_000 * 400
+            + crate::spill::writer::CONFIRMATIONS_MAX as u64
+                * crate::spill::writer::CONFIRMATION_BYTES as u64
             + 100_000 * 300
             + 8 * (5_760_000 + (1 << 20) + 32)
             + 2 * (256 + 512 + 1024) * 200

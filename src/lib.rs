@@ -15,7 +15,6 @@ pub mod drain;
 pub mod egress;
 pub mod http;
 pub mod id;
-#[cfg(feature = "server")]
 pub mod mapped;
 #[cfg(feature = "server")]
 pub mod memory;
@@ -27,9 +26,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod settings;
-#[cfg(feature = "server")]
 pub mod sim;
-#[cfg(feature = "server")]
 pub mod spill;
 #[cfg(feature = "server")]
 pub mod upload;

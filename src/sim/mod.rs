@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod rng;
+#[cfg(feature = "server")]
 pub mod run;
 pub mod store;
 

@@ -18,11 +18,14 @@
 
 pub mod clock;
 pub mod disk;
+#[cfg(feature = "server")]
 pub mod drain;
 pub mod handoff;
 pub mod index;
+#[cfg(feature = "server")]
 pub mod inspect;
 pub mod lock;
+#[cfg(feature = "server")]
 pub mod log;
 pub mod metrics;
 pub mod reader;

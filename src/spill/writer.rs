@@ -70,6 +70,10 @@ const IO_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Upload confirmations waiting for the writer; the uploader has at most `upload_concurrency`
 /// (≤ 256) waiting, `pusher spill drain` the same.
 pub const CONFIRMATIONS_MAX: usize = 256;
+/// Bytes the writer holds per confirmation slot: the queue's, taken and written entries, and
+/// the encoded uploaded record (for the budget).
+pub const CONFIRMATION_BYTES: usize =
+    3 * std::mem::size_of::<Confirmation>() + UPLOADED_RECORD_BYTES;
 
 /// Limits of the writer, from the config.
 #[derive(Debug, Clone)]
