@@ -192,8 +192,8 @@ fi
 
 for scenario in $SCENARIO; do
     case $scenario in
-        idle | ingest | log | stream | outage | chaos | latency | storm) ;;
-        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream outage chaos latency storm)" >&2; exit 2 ;;
+        idle | ingest | log | stream | outage | chaos | latency | storm | abuse) ;;
+        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream outage chaos latency storm abuse)" >&2; exit 2 ;;
     esac
 done
 
@@ -555,14 +555,16 @@ for scenario in $SCENARIO; do
             # The abuse suite (tests/abuse.rs, also part of `make test`) in release, one attack
             # at a time: each test starts its own server and prints one `ABUSE {json}` line with
             # the canary's round trips, /health latencies and RSS during the attack.
-            abuse_file=$(dirname "$RESULTS")/abuse-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+            abuse_file=$(realpath -m "$(dirname "$RESULTS")")/abuse-$(date -u +%Y%m%dT%H%M%SZ).jsonl
             # CARGO=true skips builds elsewhere; the suite still needs cargo to run.
             test_cargo=$CARGO
             [[ $test_cargo == true ]] && test_cargo=cargo
-            "$test_cargo" test --release --test abuse -- --nocapture --test-threads=1 2>&1 |
-                sed -n 's/^ABUSE //p' |
-                sed "s/}\$/,\"commit\":\"$commit\",\"date\":\"$(date -u +%FT%TZ)\"}/" |
-                tee "$abuse_file" >&2
+            ABUSE_FIGURES="$abuse_file.tmp" "$test_cargo" test --release --test abuse -- \
+                --test-threads=1 >&2
+            sed "s/}\$/,\"commit\":\"$commit\",\"date\":\"$(date -u +%FT%TZ)\"}/" \
+                "$abuse_file.tmp" >"$abuse_file"
+            rm -f "$abuse_file.tmp"
+            cat "$abuse_file" >&2
             echo "abuse: figures in $abuse_file" >&2
             ;;
         storm)

@@ -5,7 +5,8 @@
 //! serves new sessions again.
 //!
 //! Each test prints one `ABUSE {json}` line with what it measured (canary round trips,
-//! `/health` latency, RSS against the budget): `make bench SCENARIO=abuse` collects them. The
+//! `/health` latency, RSS against the budget), and appends it to the file `ABUSE_FIGURES`
+//! names, if set: `make bench SCENARIO=abuse` collects them. The
 //! assertions bound latencies generously (a loaded CI machine is slow); the figures are the
 //! bench's.
 
@@ -136,6 +137,16 @@ impl Figures {
             "extra": extra,
         });
         println!("ABUSE {line}");
+        // `make bench SCENARIO=abuse` collects the figures in this file.
+        if let Some(path) = std::env::var_os("ABUSE_FIGURES") {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open ABUSE_FIGURES");
+            writeln!(file, "{line}").expect("write ABUSE_FIGURES");
+        }
     }
 }
 
