@@ -559,13 +559,18 @@ for scenario in $SCENARIO; do
             # CARGO=true skips builds elsewhere; the suite still needs cargo to run.
             test_cargo=$CARGO
             [[ $test_cargo == true ]] && test_cargo=cargo
+            abuse_status=0
             ABUSE_FIGURES="$abuse_file.tmp" "$test_cargo" test --release --test abuse -- \
-                --test-threads=1 >&2
+                --test-threads=1 >&2 || abuse_status=$?
             sed "s/}\$/,\"commit\":\"$commit\",\"date\":\"$(date -u +%FT%TZ)\"}/" \
                 "$abuse_file.tmp" >"$abuse_file"
             rm -f "$abuse_file.tmp"
             cat "$abuse_file" >&2
             echo "abuse: figures in $abuse_file" >&2
+            if ((abuse_status != 0)); then
+                echo "run.sh: the abuse suite failed (exit $abuse_status)" >&2
+                exit "$abuse_status"
+            fi
             ;;
         storm)
             # The server as deployed: default session slots (capped by its open-files limit,
@@ -587,12 +592,15 @@ for scenario in $SCENARIO; do
     rm -rf "$work/data-$scenario"
 done
 echo "results appended to $RESULTS; result files: ${result_files[*]} ${peer_files[*]}" >&2
-# One table of every run of this invocation (the peer's too).
-"$BENCH" summary "${result_files[@]}" "${peer_files[@]}"
-# Print every goal's verdict of pusher's runs; with BENCH_ASSERT=1 a goal not met is the exit
-# code (the peer's goals are in the summary and the comparisons, not in the exit code).
-if [[ $BENCH_ASSERT == 1 ]]; then
-    "$BENCH" check "${result_files[@]}"
-else
-    "$BENCH" check "${result_files[@]}" || true
+# Scenarios with result files (not `abuse`, whose figures are its JSON lines): one table of
+# every run of this invocation (the peer's too), then every goal's verdict of pusher's runs;
+# with BENCH_ASSERT=1 a goal not met is the exit code (the peer's goals are in the summary and
+# the comparisons, not in the exit code).
+if ((${#result_files[@]} > 0)); then
+    "$BENCH" summary "${result_files[@]}" "${peer_files[@]}"
+    if [[ $BENCH_ASSERT == 1 ]]; then
+        "$BENCH" check "${result_files[@]}"
+    else
+        "$BENCH" check "${result_files[@]}" || true
+    fi
 fi
