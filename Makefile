@@ -57,19 +57,21 @@ test-python: build python-deps system-deps
 	$(PYTHON) -m pytest -q tests/python
 
 ## Fuzzing (fuzz/README.md): every cargo-fuzz target for FUZZ_S seconds (default 30, as CI),
-## from the committed seeds (fuzz/seeds/T) into a working corpus (fuzz/corpus/T, not committed).
-## A crash stops the run; its input is in fuzz/artifacts/T. `make fuzz FUZZ_S=600` for longer.
+## FUZZ_JOBS targets at a time (default 2: the machine's cores), from the committed seeds
+## (fuzz/seeds/T) into a working corpus (fuzz/corpus/T, not committed). A crash fails the run;
+## its input is in fuzz/artifacts/T and its log in fuzz/logs/T.log. `make fuzz FUZZ_S=600`.
 FUZZ_S ?= 30
+FUZZ_JOBS ?= 2
 FUZZ_TARGETS := websocket_decoder connection request_head pusher_frame settings spill_recovery
 fuzz: fuzz-tool
 	cd fuzz && $(CARGO) fuzz build --sanitizer none -O
-	cd fuzz && for target in $(FUZZ_TARGETS); do \
-		mkdir -p corpus/$$target && \
-		$(CARGO) fuzz run --sanitizer none -O $$target corpus/$$target seeds/$$target -- \
-			-max_total_time=$(FUZZ_S) -print_final_stats=1 2>&1 | \
-			grep -E 'stat::number_of_executed_units|DONE|SUMMARY|panicked|Test unit' ; \
-		test $${PIPESTATUS[0]} -eq 0 || exit 1; \
-	done
+	cd fuzz && mkdir -p logs && printf '%s\n' $(FUZZ_TARGETS) | xargs -P $(FUZZ_JOBS) -I{} sh -c '\
+		mkdir -p corpus/{} && \
+		$(CARGO) fuzz run --sanitizer none -O {} corpus/{} seeds/{} -- \
+			-max_total_time=$(FUZZ_S) -print_final_stats=1 >logs/{}.log 2>&1; \
+		status=$$?; \
+		echo "{}: $$(grep -E "DONE" logs/{}.log | tail -1)"; \
+		test $$status -eq 0 || { echo "{}: FAILED, see fuzz/logs/{}.log"; tail -n 20 logs/{}.log; exit 255; }'
 
 fuzz-tool:
 	command -v cargo-fuzz >/dev/null || test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/cargo-fuzz" || \

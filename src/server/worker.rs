@@ -189,20 +189,48 @@ struct AcceptErrors {
 
 impl AcceptErrors {
     fn log(&mut self, worker: usize, err: &std::io::Error) {
-        let now = Instant::now();
+        if let Some(unlogged) = self.should_log(Instant::now()) {
+            tracing::warn!(
+                worker,
+                not_logged_since_last = unlogged,
+                "accept failed: {err} (pusher_accept_errors_total counts every one)"
+            );
+        }
+    }
+
+    /// Whether an error at `now` gets its log line; if so, how many were not logged since the
+    /// last one.
+    fn should_log(&mut self, now: Instant) -> Option<u64> {
         if self
             .last_logged
             .is_some_and(|at| now.duration_since(at) < ACCEPT_ERROR_LOG_INTERVAL)
         {
             self.unlogged += 1;
-            return;
+            return None;
         }
-        tracing::warn!(
-            worker,
-            not_logged_since_last = self.unlogged,
-            "accept failed: {err} (pusher_accept_errors_total counts every one)"
-        );
         self.last_logged = Some(now);
-        self.unlogged = 0;
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_logged_once_per_interval_with_the_count_in_between() {
+        // Durability defect 8: "accept failed: Too many open files" was logged every 20 ms
+        // per worker.
+        let mut errors = AcceptErrors::default();
+        let t0 = Instant::now();
+        assert_eq!(errors.should_log(t0), Some(0));
+        for pause in 1..=499u32 {
+            assert_eq!(errors.should_log(t0 + ACCEPT_ERROR_PAUSE * pause), None);
+        }
+        assert_eq!(
+            errors.should_log(t0 + ACCEPT_ERROR_LOG_INTERVAL),
+            Some(499),
+            "one line per interval, saying how many it did not log"
+        );
     }
 }
