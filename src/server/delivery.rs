@@ -37,6 +37,10 @@ pub const ORDERED_STREAMS: [Stream; 2] = [Stream::Transcript, Stream::AudioBytes
 pub const AUDIO_FOR_APPS: u8 = 0;
 pub const AUDIO_FOR_WEBHOOK: u8 = 1;
 
+/// The 201 payloads waiting for one session: one inline, more (up to
+/// `process_in_flight_per_session_max`) on the heap.
+pub type Replies = smallvec::SmallVec<[Vec<u8>; 1]>;
+
 /// A session's egress state (lives in its slot).
 pub struct SessionEgress {
     pub settings: Option<Arc<UserSettings>>,
@@ -46,8 +50,8 @@ pub struct SessionEgress {
     busy: [bool; ORDERED_STREAMS.len()],
     waiting: [bool; ORDERED_STREAMS.len()],
     /// 201 payloads answered by egress, waiting for the connection to send them (at most one
-    /// per process call in flight).
-    pub replies: Vec<Vec<u8>>,
+    /// per process call in flight; usually one, held inline: no allocation on the worker).
+    pub replies: Replies,
 }
 
 impl SessionEgress {
@@ -57,7 +61,7 @@ impl SessionEgress {
             context: None,
             busy: [false; ORDERED_STREAMS.len()],
             waiting: [false; ORDERED_STREAMS.len()],
-            replies: Vec::new(),
+            replies: Replies::new(),
         }
     }
 

@@ -263,7 +263,7 @@ pub fn release(core: &Core, mut slot: Slot) {
 }
 
 /// Takes the 201 payloads egress answered for the slot's session (the connection sends them).
-pub fn take_replies(core: &Core, key: usize) -> Vec<Vec<u8>> {
+pub fn take_replies(core: &Core, key: usize) -> super::delivery::Replies {
     core.slots
         .with(key, |slot| std::mem::take(&mut slot.streams.egress.replies))
 }
