@@ -282,10 +282,13 @@ def test_build_context_holds_what_cargo_needs(tmp_path):
     for f in tracked:
         if any(f.startswith(c + "/") for c in crates):
             assert (tmp_path / f).exists(), f"{f} is not in the build context"
+    for crate in ("", "bench/", "perf/"):
+        if (ROOT / f"{crate}build.rs").exists():
+            assert (tmp_path / f"{crate}build.rs").exists(), f"{crate}build.rs is not in the build context"
     assert (tmp_path / "deploy" / "pusher-prestop").exists()
     host = re.search(r"^host: (\S+)$", subprocess.run(["rustc", "-vV"], capture_output=True, text=True).stdout, re.M)
     out = subprocess.run(
-        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1", "--filter-platform", host.group(1)],
+        ["cargo", "metadata", "--locked", "--format-version", "1", "--filter-platform", host.group(1)],
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
