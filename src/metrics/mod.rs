@@ -199,6 +199,8 @@ pub struct Metrics {
     /// Sessions open over all cores, Omi's `pusher_active_ws_connections`.
     pub active_ws_connections: Gauge,
     pub budget_bytes: Gauge,
+    /// The process's resident set size (set when scraped), to read against `budget_bytes`.
+    pub resident_bytes: Gauge,
     cores: Vec<CoreGauges>,
 }
 
@@ -390,6 +392,11 @@ impl Metrics {
             "memory_budget_bytes",
             "worst-case memory computed from the config at start",
         );
+        let resident_bytes = gauge(
+            &mut registry,
+            "resident_memory_bytes",
+            "resident set size of the process (VmRSS), read when /metrics is scraped",
+        );
         let cores = register_cores(&mut registry, workers);
         Metrics {
             registry,
@@ -415,6 +422,7 @@ impl Metrics {
             ready,
             active_ws_connections,
             budget_bytes,
+            resident_bytes,
             cores,
         }
     }

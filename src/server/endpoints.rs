@@ -130,6 +130,10 @@ fn metrics(shared: &Shared, request: &Request<'_>, out: &mut Vec<u8>) -> u16 {
         return status;
     }
     shared.metrics.ready.set(i64::from(shared.is_ready()));
+    shared
+        .metrics
+        .resident_bytes
+        .set(i64::try_from(memory::rss_bytes()).unwrap_or(i64::MAX));
     let format = Format::negotiate(request.accept);
     write_response(
         out,
