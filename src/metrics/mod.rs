@@ -49,7 +49,7 @@ impl FrameKind {
     }
 }
 
-/// Droppable streams (protocol.md §3).
+/// Droppable streams (docs/protocol.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Transcript,
