@@ -12,8 +12,9 @@
 //! - between calls an open batch holds fewer than `R*2*batch_audio_seconds` bytes;
 //! - an accumulator exists only when its consumer does, and never reallocates;
 //! - at most `process_in_flight_max` ≤ [`PROCESS_IN_FLIGHT_LIMIT`] 104s are in flight;
-//! - a session allocates only in [`Session::new`] (the accumulators' buffers), and its inline
-//!   state stays a few hundred bytes (10,000 idle sessions per core are expected).
+//! - a session allocates only in [`Session::new`] (the accumulators' buffers) and on its first
+//!   104 (the in-flight array, `in_flight.rs`), and its inline state stays a few hundred bytes
+//!   (10,000 idle sessions per core are expected).
 
 mod accumulator;
 mod batch;
