@@ -1,7 +1,7 @@
-//! The drain (protocol §5) as a pure state machine: what to do when, given the signals, the
-//! `POST /__internal/drain` requests and the open-session count. Time comes in as milliseconds
-//! on a monotonic clock; the caller (the main thread, `server::shutdown`) does the I/O: it
-//! flips the flags the workers read and exits the process.
+//! The drain (docs/protocol.md §5) as a pure state machine: what to do when, given the signals, the
+//! `POST /__internal/drain` requests and the open-session count. Time comes in as milliseconds on a
+//! monotonic clock; the caller (the main thread, `server::shutdown`) does the I/O: it flips the
+//! flags the workers read and exits the process.
 //!
 //! ```text
 //!  Serving ──begin (POST or first signal)──► Draining ──grace over──► Closing

@@ -1,11 +1,11 @@
 //! Identifiers that become parts of object keys and file names: user ids and conversation ids.
 //!
 //! Invariant: an [`Id`] always holds 1..=[`ID_BYTES_MAX`] bytes of `[A-Za-z0-9._:@-]` and is never
-//! `.` or `..` (protocol.md §1). It is stored inline, so holding one never allocates.
+//! `.` or `..` (docs/protocol.md §1). It is stored inline, so holding one never allocates.
 
 use std::fmt;
 
-/// Longest id accepted, in bytes (protocol.md §1).
+/// Longest id accepted, in bytes (docs/protocol.md §1).
 pub const ID_BYTES_MAX: usize = 128;
 
 /// Why a candidate id was refused.
@@ -43,7 +43,7 @@ impl std::hash::Hash for Id {
 }
 
 impl Id {
-    /// Validates `raw` against the rule of protocol.md §1.
+    /// Validates `raw` against the rule of docs/protocol.md §1.
     pub fn parse(raw: &[u8]) -> Result<Id, IdError> {
         if raw.is_empty() {
             return Err(IdError::Empty);

@@ -1,4 +1,4 @@
-//! The HTTP surface and the upgrade rules (protocol.md §1): refusals with their statuses,
+//! The HTTP surface and the upgrade rules (docs/protocol.md §1): refusals with their statuses,
 //! tokens, capacity, and the bounded handshake.
 
 mod common;

@@ -1,6 +1,6 @@
-//! The drain (protocol §5), begun by SIGTERM or by `POST /__internal/drain` (the Omi chart's
-//! preStop hook): readiness, sessions turned away after their upgrade, the grace period and the
-//! exit.
+//! The drain (docs/protocol.md §5), begun by SIGTERM or by `POST /__internal/drain` (the Omi
+//! chart's preStop hook): readiness, sessions turned away after their upgrade, the grace period and
+//! the exit.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! A WebSocket session against the real binary (protocol.md §2–§4): every inbound frame kind,
+//! A WebSocket session against the real binary (docs/protocol.md §2–§4): every inbound frame kind,
 //! the 201 reply, ping/pong, fragmentation, and each close code pusher sends.
 
 mod common;

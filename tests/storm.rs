@@ -1,5 +1,5 @@
-//! A reconnect storm (protocol §1): after a rollout every listen pod reconnects its sessions at
-//! once. 10,000 upgrades fired at the same moment must all get their 101 (queued in the
+//! A reconnect storm (docs/protocol.md §1): after a rollout every listen pod reconnects its
+//! sessions at once. 10,000 upgrades fired at the same moment must all get their 101 (queued in the
 //! kernel's accept backlog and the handshake slots, never refused), and the probes must keep
 //! answering meanwhile. How fast is a benchmark (`make bench SCENARIO=storm`); here only what
 //! happens to each connection is judged.

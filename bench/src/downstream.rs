@@ -1,4 +1,4 @@
-//! `downstream`: the services pusher calls (downstream.md), played by one HTTP/1.1 server: the
+//! `downstream`: the services pusher calls (docs/downstream.md), played by one HTTP/1.1 server: the
 //! conversation processor, app and user webhooks, global transcript hooks, speaker samples, the
 //! response relay, and a slow, forgetful S3 endpoint for private-cloud uploads.
 //!
@@ -39,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::stats;
 
 /// Bytes of pusher's encrypted blob beyond the plaintext: `u32` length, 12-byte nonce, 16-byte tag
-/// (downstream.md §2).
+/// (docs/downstream.md §2).
 pub const BLOB_OVERHEAD_BYTES: u64 = 4 + 12 + 16;
 /// Longest request head accepted.
 const HEAD_BYTES_MAX: usize = 64 * 1024;

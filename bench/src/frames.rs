@@ -1,6 +1,7 @@
 //! What a load client puts on the wire: the upgrade request and masked client frames carrying
-//! pusher messages (protocol.md §2: a `u32 LE` header, then the payload, in one binary message),
-//! and what it reads: the server's unmasked frames (protocol.md §4: 201 answers, Close).
+//! pusher messages (docs/protocol.md §2: a `u32 LE` header, then the payload, in one binary
+//! message), and what it reads: the server's unmasked frames (docs/protocol.md §4: 201 answers,
+//! Close).
 //!
 //! Everything here is pure byte work, so it can be precomputed once and written in a loop.
 
@@ -9,13 +10,13 @@ use std::ops::Range;
 use pusher::websocket::Opcode;
 use pusher::websocket::frame::encode_client_frame;
 
-/// Pusher message headers (protocol.md §2).
+/// Pusher message headers (docs/protocol.md §2).
 pub const HEARTBEAT: u32 = 100;
 pub const AUDIO: u32 = 101;
 pub const TRANSCRIPT: u32 = 102;
 pub const CONVERSATION_ID: u32 = 103;
 pub const PROCESS_CONVERSATION: u32 = 104;
-/// The server's answer to a 104 (protocol.md §4).
+/// The server's answer to a 104 (docs/protocol.md §4).
 pub const PROCESS_RESULT: u32 = 201;
 
 /// Masking key of every frame the tool sends. Servers must accept any key; a fixed one lets

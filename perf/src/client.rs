@@ -1,4 +1,4 @@
-//! What the transcription service's client sends (protocol.md §2 and §6), as masked client
+//! What the transcription service's client sends (docs/protocol.md §2 and §6), as masked client
 //! frames: the single frames the frame cases decode and the whole session the `session` case
 //! replays. Everything is a pure function of the constants below, so `record` always writes the
 //! same bytes.

@@ -55,10 +55,10 @@ pub struct Config {
     pub pin: crate::cpus::PinChoice,
     pub driver: DriverChoice,
     pub log_format: LogFormat,
-    /// Per-user settings file (downstream.md §5); none = every user gets the defaults.
+    /// Per-user settings file (docs/downstream.md §5); none = every user gets the defaults.
     pub settings: Option<PathBuf>,
-    /// `http` settings source (downstream.md §5): `GET {settings_url}/{uid}` → one user's settings
-    /// as JSON. Exclusive with `settings`.
+    /// `http` settings source (docs/downstream.md §5): `GET {settings_url}/{uid}` → one user's
+    /// settings as JSON. Exclusive with `settings`.
     pub settings_url: Option<String>,
     /// How long a fetched user's settings are reused.
     pub settings_cache_ttl_ms: u64,
@@ -312,7 +312,8 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
-    /// Per-user settings file (TOML, downstream.md §5) [default: none, every user gets defaults]
+    /// Per-user settings file (TOML, docs/downstream.md §5)
+    /// [default: none, every user gets defaults]
     #[arg(long, env = "PUSHER_SETTINGS", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settings: Option<PathBuf>,

@@ -1,5 +1,6 @@
-//! What a downstream's answer means: the 201 a process-conversation call becomes (downstream.md
-//! §3) and the message a webhook's answer may carry for the response relay (§1).
+//! What a downstream's answer means: the 201 a process-conversation call becomes
+//! (docs/downstream.md §3) and the message a webhook's answer may carry for the response relay
+//! (§1).
 //!
 //! Invariant: pure functions of (status, body); every answer maps to exactly one outcome.
 

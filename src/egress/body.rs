@@ -1,4 +1,4 @@
-//! Request bodies (downstream.md §1, §3, §4), built on the egress thread from what a session
+//! Request bodies (docs/downstream.md §1, §3, §4), built on the egress thread from what a session
 //! handed over.
 //!
 //! Invariant: pure functions; segments and 104 fields are copied as the client wrote them (they

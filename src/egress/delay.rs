@@ -1,8 +1,8 @@
-//! The per-core delay queue of speaker-sample requests (downstream.md §4): each becomes due a
+//! The per-core delay queue of speaker-sample requests (docs/downstream.md §4): each becomes due a
 //! fixed delay after it arrived and outlives its session.
 //!
 //! Every entry has the same delay, so arrival order is due order and the queue is a FIFO ring.
-//! A per-owner bound (protocol.md §3: 100 per session) drops that owner's oldest entry, which
+//! A per-owner bound (docs/protocol.md §3: 100 per session) drops that owner's oldest entry, which
 //! may sit anywhere in the ring: it is marked dead in place (found by a scan bounded by the
 //! capacity) and skipped when it reaches the front.
 //!

@@ -1,4 +1,4 @@
-//! Egress (downstream.md §1, §3, §4, §5): everything pusher sends over HTTP besides uploads.
+//! Egress (docs/downstream.md §1, §3, §4, §5): everything pusher sends over HTTP besides uploads.
 //!
 //! A core turns a session's items into owned [`job::Job`]s and hands them to the egress thread
 //! through its [`job::Link`]; the egress runtime ([`runtime`]) makes the requests with one shared

@@ -1,5 +1,6 @@
-//! Where egress sends things: the kinds of target (each with its own timeout and metric label)
-//! and how a target's URL gets its query (downstream.md: `?` or `&`, whichever the URL needs).
+//! Where egress sends things: the kinds of target (each with its own timeout and metric label) and
+//! how a target's URL gets its query (docs/downstream.md, "Query strings": `?` or `&`, whichever
+//! the URL needs).
 //!
 //! Invariant: pure functions; the uid and sample rate are appended unencoded, as the Python
 //! service did (a uid's characters, `[A-Za-z0-9._:@-]`, are all legal in a query).
@@ -88,7 +89,8 @@ impl TargetKind {
         self != TargetKind::Processor
     }
 
-    /// True for deliveries whose `200 {"message": …}` answer may be relayed (downstream.md §1).
+    /// True for deliveries whose `200 {"message": …}` answer may be relayed
+    /// (docs/downstream.md §1).
     pub fn may_relay(self) -> bool {
         matches!(
             self,

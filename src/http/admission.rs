@@ -1,4 +1,4 @@
-//! Routing and the upgrade rules of protocol.md §1: which route a request names, whether its
+//! Routing and the upgrade rules of docs/protocol.md §1: which route a request names, whether its
 //! token, query and WebSocket headers are acceptable. Capacity and settings are checked by the
 //! server after these pass.
 //!
@@ -13,7 +13,7 @@ pub const LISTEN_PATH: &str = "/v1/trigger/listen";
 pub const ECHO_PATH: &str = "/test/echo";
 pub const DRAIN_PATH: &str = "/__internal/drain";
 
-/// Sample rate when the query has none (protocol.md §1).
+/// Sample rate when the query has none (docs/protocol.md §1).
 pub const SAMPLE_RATE_DEFAULT_HZ: u32 = 8_000;
 pub const SAMPLE_RATE_MIN_HZ: u32 = 8_000;
 pub const SAMPLE_RATE_MAX_HZ: u32 = 48_000;
@@ -110,7 +110,7 @@ pub fn check_websocket<'b>(request: &Request<'b>) -> Result<&'b [u8], Refusal> {
     }
 }
 
-/// Parses `uid` and `sample_rate` from the listen query (protocol.md §1).
+/// Parses `uid` and `sample_rate` from the listen query (docs/protocol.md §1).
 pub fn parse_listen_query(query: Option<&str>) -> Result<ListenParams, Refusal> {
     let mut uid = None;
     let mut sample_rate_hz = None;

@@ -49,7 +49,7 @@ impl FrameKind {
     }
 }
 
-/// Droppable streams (protocol.md §3).
+/// Droppable streams (docs/protocol.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Transcript,
@@ -136,8 +136,8 @@ impl Refusal {
     }
 }
 
-/// Why a session was closed right after its upgrade (protocol §1: never an HTTP 503 for these,
-/// so the client's circuit breaker does not count them).
+/// Why a session was closed right after its upgrade (docs/protocol.md §1: never an HTTP 503 for
+/// these, so the client's circuit breaker does not count them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnAway {
     /// The drain began: close 1001.

@@ -1,4 +1,4 @@
-//! Inbound frame decoder (protocol.md §2).
+//! Inbound frame decoder (docs/protocol.md §2).
 //!
 //! Invariant: a successful decode builds nothing: raw JSON values are slices of the message, ids
 //! are parsed inline from the (possibly unescaped) JSON string, and unknown fields are skipped as

@@ -1,4 +1,4 @@
-//! Outbound 201 encoder (protocol.md §4).
+//! Outbound 201 encoder (docs/protocol.md §4).
 //!
 //! Invariant: the frame is written into the caller's buffer; the JSON written is valid whenever
 //! `Ok` is returned, and starts with `conversation_id` followed by `success: true` or `error`. On

@@ -1,4 +1,4 @@
-//! The pusher wire protocol (protocol.md §2 and §4), sans-I/O.
+//! The pusher wire protocol (docs/protocol.md §2 and §4), sans-I/O.
 //!
 //! [`decode`] turns one binary WebSocket message into an [`Inbound`] frame that borrows from the
 //! message; [`encode_result`] writes one outbound 201 frame into a caller-provided buffer.
@@ -38,7 +38,7 @@ pub const HEADER_BYTES: usize = 4;
 /// Bytes of the `f64 LE` timestamp that starts a 101 payload.
 pub const AUDIO_TIMESTAMP_BYTES: usize = 8;
 /// Largest 101 timestamp accepted, in epoch seconds (year 33658). It keeps the batch object key,
-/// which carries the timestamp with three decimals (downstream.md §2), short.
+/// which carries the timestamp with three decimals (docs/downstream.md §2), short.
 pub const AUDIO_TIMESTAMP_SECONDS_MAX: f64 = 1e12;
 
 /// Close code for every [`FrameError`]: invalid payload.
@@ -72,7 +72,7 @@ pub enum Inbound<'a> {
         conversation_id: Id,
         segment_ids: &'a str,
     },
-    /// 105 with a field missing, null or empty: ignored (protocol.md §2).
+    /// 105 with a field missing, null or empty: ignored (docs/protocol.md §2).
     Ignored105,
     /// Any other header: ignored and counted by the caller.
     Unknown(u32),
@@ -91,7 +91,7 @@ pub enum FrameError {
     InvalidJson,
     /// JSON of the wrong shape: not an object, a required field missing, a field of the wrong type.
     WrongShape,
-    /// An id that fails the rule of protocol.md §1.
+    /// An id that fails the rule of docs/protocol.md §1.
     BadId(IdError),
     /// JSON nested deeper than [`JSON_DEPTH_MAX`].
     TooDeep,

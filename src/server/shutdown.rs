@@ -1,8 +1,8 @@
-//! The drain on the main thread (protocol §5): runs [`crate::drain::Drain`] on the real clock,
-//! feeding it SIGTERM/SIGINT and the drain begun by `POST /__internal/drain` (seen through
-//! [`super::DrainState`]), and carries out what it decides: readiness 503 and new sessions
-//! turned away (the workers read the shared flag), open sessions closed with 1001 after the
-//! grace period, then a flush of the spill log, uploads for up to `upload_drain_ms`, and the exit.
+//! The drain on the main thread (docs/protocol.md §5): runs [`crate::drain::Drain`] on the real
+//! clock, feeding it SIGTERM/SIGINT and the drain begun by `POST /__internal/drain` (seen through
+//! [`super::DrainState`]), and carries out what it decides: readiness 503 and new sessions turned
+//! away (the workers read the shared flag), open sessions closed with 1001 after the grace period,
+//! then a flush of the spill log, uploads for up to `upload_drain_ms`, and the exit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,4 +1,4 @@
-//! The per-session state machine of protocol.md §3, sans-I/O.
+//! The per-session state machine of docs/protocol.md §3, sans-I/O.
 //!
 //! A [`Session`] is fed decoded frames ([`Session::on_frame`]), the passage of time
 //! ([`Session::next_deadline`] / [`Session::on_deadline`]), the end of process-conversation calls
@@ -12,8 +12,9 @@
 //! - between calls an open batch holds fewer than `R*2*batch_audio_seconds` bytes;
 //! - an accumulator exists only when its consumer does, and never reallocates;
 //! - at most `process_in_flight_max` ≤ [`PROCESS_IN_FLIGHT_LIMIT`] 104s are in flight;
-//! - a session allocates only in [`Session::new`] (the accumulators' buffers), and its inline
-//!   state stays a few hundred bytes (10,000 idle sessions per core are expected).
+//! - a session allocates only in [`Session::new`] (the accumulators' buffers) and on its first
+//!   104 (the in-flight array, `in_flight.rs`), and its inline state stays a few hundred bytes
+//!   (10,000 idle sessions per core are expected).
 
 mod accumulator;
 mod batch;
@@ -31,13 +32,13 @@ use crate::id::Id;
 use crate::protocol::Inbound;
 use crate::settings::UserSettings;
 
-/// Lowest sample rate a session accepts (protocol.md §1).
+/// Lowest sample rate a session accepts (docs/protocol.md §1).
 pub const SAMPLE_RATE_HZ_MIN: u32 = 8000;
-/// Highest sample rate a session accepts (protocol.md §1).
+/// Highest sample rate a session accepts (docs/protocol.md §1).
 pub const SAMPLE_RATE_HZ_MAX: u32 = 48000;
 /// Bytes per sample: PCM16 mono.
 pub const PCM_BYTES_PER_SAMPLE: u32 = 2;
-/// Seconds of audio the app-audio trigger accumulates before emitting (protocol.md §3).
+/// Seconds of audio the app-audio trigger accumulates before emitting (docs/protocol.md §3).
 pub const APP_AUDIO_SECONDS: u32 = 4;
 /// Longest accumulation (app trigger or developer webhook delay); it bounds an accumulator's
 /// buffer.

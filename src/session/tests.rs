@@ -1,5 +1,5 @@
-//! Session rules (protocol.md §3), driven through the frame decoder with a simulated clock and a
-//! recording [`Outputs`].
+//! Session rules (docs/protocol.md §3), driven through the frame decoder with a simulated clock and
+//! a recording [`Outputs`].
 
 use super::*;
 use crate::protocol::{

@@ -1,6 +1,6 @@
-//! Per-user settings (downstream.md §5), loaded once per session before the upgrade completes,
-//! from one of two sources ([`SettingsSource`]): a TOML file ([`SettingsFile`], the default) or
-//! an HTTP endpoint ([`source::HttpSettings`], fetched by egress and cached with a TTL).
+//! Per-user settings (docs/downstream.md §5), loaded once per session before the upgrade completes,
+//! from one of two sources ([`SettingsSource`]): a TOML file ([`SettingsFile`], the default) or an
+//! HTTP endpoint ([`source::HttpSettings`], fetched by egress and cached with a TTL).
 //!
 //! Invariant: every user's settings from the file are resolved (the `[default]` table merged
 //! under the user's overrides) when the file is loaded, so a lookup on the connection path is one
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-/// How the user's private-cloud audio is stored (downstream.md §2).
+/// How the user's private-cloud audio is stored (docs/downstream.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DataProtectionLevel {
@@ -52,7 +52,7 @@ pub struct AudioBytesWebhook {
     pub delay_seconds: u32,
 }
 
-/// One user's settings, as downstream.md §5 shapes them.
+/// One user's settings, as docs/downstream.md §5 shapes them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserSettings {

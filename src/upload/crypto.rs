@@ -1,5 +1,5 @@
-//! The backend's encryption format for `enhanced` audio (downstream.md §2), pure except for the
-//! random nonce.
+//! The backend's encryption format for `enhanced` audio (docs/downstream.md §2), pure except for
+//! the random nonce.
 //!
 //! - key = HKDF-SHA256(ikm = the secret's UTF-8 bytes, salt = uid as UTF-8,
 //!   info = `user-data-encryption`, length 32);
@@ -20,7 +20,7 @@ use sha2::Sha256;
 
 /// The one variable the secret is read from.
 pub const SECRET_ENV: &str = "PUSHER_ENCRYPTION_SECRET";
-/// Shortest secret accepted, in bytes (downstream.md §2).
+/// Shortest secret accepted, in bytes (docs/downstream.md §2).
 pub const SECRET_BYTES_MIN: usize = 32;
 /// Longest secret accepted, in bytes: a bound on what is held, far above any real key.
 pub const SECRET_BYTES_MAX: usize = 4096;

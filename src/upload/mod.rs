@@ -1,5 +1,5 @@
-//! Private-cloud audio uploads (downstream.md §2): closed batches read back from the spill log are
-//! stored in the configured object store, encrypted for users whose data protection level is
+//! Private-cloud audio uploads (docs/downstream.md §2): closed batches read back from the spill log
+//! are stored in the configured object store, encrypted for users whose data protection level is
 //! `enhanced`, retried forever with capped backoff, and reported back once the store confirms.
 //!
 //! Pieces, from pure to I/O:

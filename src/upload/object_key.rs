@@ -1,4 +1,4 @@
-//! Object keys of private-cloud audio (downstream.md §2), pure.
+//! Object keys of private-cloud audio (docs/downstream.md §2), pure.
 //!
 //! `chunks/{uid}/{conversation_id}/{timestamp}.{bin|enc}`, where `timestamp` is the batch's
 //! first-frame timestamp with exactly 3 decimals (`1700000000.123`), and the extension is `enc`
@@ -34,7 +34,7 @@ pub fn partial_object_key(
 pub fn is_encrypted(level: DataProtectionLevel) -> bool {
     match level {
         DataProtectionLevel::Enhanced => true,
-        // e2ee audio is stored as plain `.bin`, as the Python service did (downstream.md §2).
+        // e2ee audio is stored as plain `.bin`, as the Python service did (docs/downstream.md §2).
         DataProtectionLevel::Standard | DataProtectionLevel::E2ee => false,
     }
 }

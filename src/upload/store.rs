@@ -1,4 +1,4 @@
-//! The object store named by `--store` (downstream.md §2).
+//! The object store named by `--store` (docs/downstream.md §2).
 //!
 //! | URL | store | credentials |
 //! |---|---|---|

@@ -795,7 +795,7 @@ struct Notification {
     sample_rate_hz: u32,
 }
 
-/// The JSON body of downstream.md §2.
+/// The JSON body of docs/downstream.md §2.
 #[derive(Serialize)]
 struct NotificationBody<'a> {
     uid: &'a str,

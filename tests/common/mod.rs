@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// How long any single expected event may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(5);
-/// The listen path of protocol.md §1.
+/// The listen path of docs/protocol.md §1.
 pub const LISTEN: &str = "/v1/trigger/listen";
 /// The `Sec-WebSocket-Key` of RFC 6455 §1.3 and the accept value it must produce.
 const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -510,7 +510,7 @@ fn parse_response(raw: &[u8]) -> Response {
     }
 }
 
-/// One pusher message: `u32 LE header` ‖ payload (protocol.md §2).
+/// One pusher message: `u32 LE header` ‖ payload (docs/protocol.md §2).
 pub fn frame(header: u32, payload: &[u8]) -> Vec<u8> {
     let mut message = header.to_le_bytes().to_vec();
     message.extend_from_slice(payload);

@@ -1,5 +1,5 @@
-"""A model of the Omi listen service's pusher client (omi-deployment.md §3, protocol.md §6), for
-tests that put many such sessions through restarts of pusher.
+"""A model of the Omi listen service's pusher client (docs/protocol.md §6), for tests that put
+many such sessions through restarts of pusher.
 
 - One `CircuitBreaker` shared by every session of the "listen pod": every failed connect attempt
   (any non-101 answer, refused or reset connection, timeout) counts; 20 failures within 30 s open

@@ -1,9 +1,9 @@
 """Durable private-cloud audio, end to end: the real binary, the real client (`websockets`), and
 the objects read back from the store and checked against the bytes sent.
 
-Expectations come from an independent model of protocol.md §3 (batch rules) and downstream.md §2
-(object keys); `.enc` objects are decrypted with the Python `cryptography` package, not with
-pusher's code. Each test runs on both io drivers.
+Expectations come from an independent model of docs/protocol.md §3 (batch rules) and
+docs/downstream.md §2 (object keys); `.enc` objects are decrypted with the Python `cryptography`
+package, not with pusher's code. Each test runs on both io drivers.
 """
 
 import asyncio
@@ -200,9 +200,9 @@ class Batch:
 
 
 def model_batches(stream: Stream, events=None) -> tuple[list[Batch], bool]:
-    """The batches protocol.md §3 makes of `events` (default: all of the stream's), each closed at
-    60 s of audio or a conversation change, the last one closed by the session's end (or, after a
-    crash, by recovery). Returns (batches, whether the last one was still open)."""
+    """The batches docs/protocol.md §3 makes of `events` (default: all of the stream's), each
+    closed at 60 s of audio or a conversation change, the last one closed by the session's end (or,
+    after a crash, by recovery). Returns (batches, whether the last one was still open)."""
     if not stream.stored:
         return [], False
     limit = stream.sample_rate * 2 * BATCH_SECONDS
@@ -259,7 +259,8 @@ def sent_per_conversation(stream: Stream) -> dict[tuple[str, str], bytes]:
 
 
 def user_key(uid: str, secret: str = TEST_ENCRYPTION_SECRET) -> bytes:
-    """downstream.md §2: HKDF-SHA256(ikm = secret, salt = uid, info = "user-data-encryption", 32)."""
+    """docs/downstream.md §2: HKDF-SHA256(ikm = secret, salt = uid,
+    info = "user-data-encryption", 32)."""
     if HKDF is None:
         pytest.fail("the Python `cryptography` package is missing (tests/python/requirements.txt)")
     return HKDF(
@@ -376,8 +377,8 @@ def wait_uploaded(server, batches: int, timeout: float) -> dict:
 
 
 def write_settings(path: Path, users: dict[str, dict]) -> Path:
-    """The `file` settings source (downstream.md §5): `[default]` and `[users."<uid>"]` tables.
-    Values are booleans or strings (a JSON string is a valid TOML basic string)."""
+    """The `file` settings source (docs/downstream.md §5): `[default]` and `[users."<uid>"]`
+    tables. Values are booleans or strings (a JSON string is a valid TOML basic string)."""
     lines = ["[default]", "private_cloud_sync_enabled = true", 'data_protection_level = "enhanced"', ""]
     for uid, fields in users.items():
         lines.append(f"[users.{json.dumps(uid)}]")

@@ -1,9 +1,9 @@
 """Egress, end to end: the real binary, the real client (`websockets`), and loopback downstreams
 written here (stdlib only) that record every request pusher makes.
 
-Expectations come from the egress contract (downstream.md §1, §3, §4, §5 and the request shapes
-it pins down: exact bodies, `?`/`&` query joining, uid never URL-encoded), not from pusher's code.
-Each test runs on both io drivers.
+Expectations come from the egress contract (docs/downstream.md §1, §3, §4, §5 and the request
+shapes it pins down: exact bodies, `?`/`&` query joining, uid never URL-encoded), not from pusher's
+code. Each test runs on both io drivers.
 """
 
 import asyncio
@@ -360,7 +360,7 @@ def toml_value(value) -> str:
 
 
 def write_settings(tmp_path: Path, users: dict, default: dict | None = None) -> str:
-    """A settings file (downstream.md §5): private cloud off by default (audio storage is not
+    """A settings file (docs/downstream.md §5): private cloud off by default (audio storage is not
     what these tests look at), `default` and per-user overrides as given."""
     table = {"private_cloud_sync_enabled": False, **(default or {})}
     lines = ["[default]"] + [f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items()]

@@ -1,4 +1,4 @@
-"""A rolling restart under load, modelled on Omi's deployment (omi-deployment.md §1, §3).
+"""A rolling restart under load, modelled on Omi's deployment (docs/protocol.md §5, §6).
 
 Two pusher "pods" share one object store (`file://`), each with its own data dir, behind a
 readiness-aware TCP balancer (balancer.py: new connections only to backends whose last `/ready`
@@ -148,8 +148,9 @@ class StoreTally:
 
 
 def tally_store(root: Path) -> StoreTally:
-    """Every object under `<store>/chunks/` split into frames and identified (downstream.md §2:
-    `chunks/{uid}/{conversation_id}/{timestamp}.bin`, the PCM of a batch's frames in order)."""
+    """Every object under `<store>/chunks/` split into frames and identified
+    (docs/downstream.md §2: `chunks/{uid}/{conversation_id}/{timestamp}.bin`, the PCM of a batch's
+    frames in order)."""
     tally = StoreTally()
     chunks = root / "chunks"
     if not chunks.exists():

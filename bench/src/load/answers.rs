@@ -1,4 +1,4 @@
-//! The server's 201 answers to 104s (protocol.md §4), as the load clients that send 104s read
+//! The server's 201 answers to 104s (docs/protocol.md §4), as the load clients that send 104s read
 //! them: which conversation id each answers and what it says.
 
 use std::collections::hash_map::Entry;
