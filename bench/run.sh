@@ -181,8 +181,8 @@ PEER_TARGET=${PEER_TARGET:-}
 PEER_PID=${PEER_PID:-}
 PEER_NAME=${PEER_NAME:-peer}
 
-SERVER=target/release/pusher
-BENCH=target/release/pusher-bench
+SERVER=${CARGO_TARGET_DIR:-target}/release/pusher
+BENCH=${CARGO_TARGET_DIR:-target}/release/pusher-bench
 TARGET=127.0.0.1:$PORT
 
 if [[ -n $PEER_TARGET ]] && ! kill -0 "${PEER_PID:?PEER_PID: the process id of the peer, with PEER_TARGET}" 2>/dev/null; then

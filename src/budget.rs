@@ -215,6 +215,27 @@ impl Budget {
     pub fn total_bytes(&self) -> u64 {
         self.lines.iter().map(BudgetLine::bytes).sum()
     }
+
+    /// One short line for the start-up log: the total and the largest structures; the full
+    /// table is `pusher budget`'s output.
+    pub fn summary(&self) -> String {
+        const LARGEST_SHOWN: usize = 3;
+        let mut largest: Vec<&BudgetLine> = self.lines.iter().collect();
+        largest.sort_by_key(|line| std::cmp::Reverse(line.bytes()));
+        let parts: Vec<String> = largest
+            .iter()
+            .take(LARGEST_SHOWN)
+            .map(|line| format!("{} {:.1} MiB", line.name, mib(line.bytes())))
+            .collect();
+        format!(
+            "memory budget {:.1} MiB for {} workers x {} session slots (largest: {}); \
+             `pusher budget` prints every line",
+            mib(self.total_bytes()),
+            self.workers,
+            self.sessions_per_core,
+            parts.join(", ")
+        )
+    }
 }
 
 impl fmt::Display for Budget {
@@ -275,6 +296,17 @@ mod tests {
         egress_job_bytes: 200,
         delay_entry_bytes: 40,
     };
+
+    #[test]
+    fn the_log_summary_is_one_short_line_with_the_total() {
+        let config = Config::default();
+        let budget = Budget::compute(&config, 2, 1000, SIZES);
+        let summary = budget.summary();
+        assert!(!summary.contains('\n'), "{summary}");
+        assert!(summary.len() < 300, "{} chars: {summary}", summary.len());
+        let total = format!("{:.1} MiB", mib(budget.total_bytes()));
+        assert!(summary.contains(&total), "{summary}");
+    }
 
     #[test]
     fn total_is_the_sum_of_count_times_size() {

@@ -27,8 +27,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
+    #[command(allow_negative_numbers = true)]
     Serve(ConfigArgs),
     /// Print the worst-case memory budget computed from the config, then exit.
+    #[command(allow_negative_numbers = true)]
     Budget(ConfigArgs),
     /// The durable audio log under <data_dir>/spill.
     Spill {
@@ -38,13 +40,15 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum SpillCommand {
-    /// List segments, batches (open/closed), pending bytes and tail damage, without modifying
-    /// anything.
-    Inspect(ConfigArgs),
+    /// List segments and batches (open, closed, damaged, uploaded and awaiting deletion),
+    /// pending bytes and damage, without modifying anything.
+    Inspect(InspectArgs),
     /// Upload everything in the log of --data-dir (a volume whose server is gone, or a
     /// Kubernetes Job) and empty it; exit 0 once empty, 1 if batches are left after
     /// --upload-drain-ms. Refused while a server holds the data directory.
+    #[command(allow_negative_numbers = true)]
     Drain(ConfigArgs),
 }
 
@@ -54,6 +58,17 @@ enum Mode {
     Budget,
     SpillInspect,
     SpillDrain,
+}
+
+/// `pusher spill inspect` reads only where the log is, and how many batches it may hold.
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// TOML config file (its data_dir and spill_batches_max are used)
+    #[arg(long, env = "PUSHER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory the server writes to; the log is <DIR>/spill [default: ./data]
+    #[arg(long, env = "PUSHER_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,13 +82,26 @@ struct ConfigArgs {
 
 fn main() -> ExitCode {
     pusher::memory::configure_allocator();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
     let (args, mode) = match cli.command {
         Command::Serve(args) => (args, Mode::Serve),
         Command::Budget(args) => (args, Mode::Budget),
         Command::Spill {
             command: SpillCommand::Inspect(args),
-        } => (args, Mode::SpillInspect),
+        } => {
+            let overrides = Overrides {
+                data_dir: args.data_dir,
+                ..Overrides::default()
+            };
+            let args = ConfigArgs {
+                config: args.config,
+                overrides,
+            };
+            (args, Mode::SpillInspect)
+        }
         Command::Spill {
             command: SpillCommand::Drain(args),
         } => (args, Mode::SpillDrain),
@@ -108,6 +136,64 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command line clap refused (exit 2; `--help` and `--version` exit 0). When the bad value
+/// came from a `PUSHER_*` variable rather than the flag, the message names the variable.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue};
+    let code = if error.use_stderr() { 2 } else { 0 };
+    let context = |kind| match error.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.clone()),
+        _ => None,
+    };
+    let arg = context(ContextKind::InvalidArg);
+    let variable = arg.as_deref().and_then(variable_of);
+    match (variable, arg) {
+        (Some(name), Some(arg)) => {
+            let value = context(ContextKind::InvalidValue).unwrap_or_default();
+            let why = match (
+                std::error::Error::source(&error),
+                error.get(ContextKind::ValidValue),
+            ) {
+                (Some(source), _) => format!(": {source}"),
+                (None, Some(ContextValue::Strings(valid))) => {
+                    format!(": one of {}", valid.join(", "))
+                }
+                _ => String::new(),
+            };
+            eprintln!("pusher: invalid value {value:?} in the variable {name} (for {arg}){why}");
+        }
+        _ => {
+            let _ = error.print();
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// The `PUSHER_*` variable that supplied the flag in `arg` (`--workers <N>` → `PUSHER_WORKERS`),
+/// or `None` when the flag is on the command line (which wins over the variable) or unset.
+fn variable_of(arg: &str) -> Option<String> {
+    let flag = arg.split(' ').next()?;
+    let long = flag.strip_prefix("--")?;
+    let on_command_line = std::env::args().skip(1).any(|a| {
+        a == flag
+            || a.strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
+    });
+    if on_command_line {
+        return None;
+    }
+    let command = <Cli as clap::CommandFactory>::command();
+    let name = command
+        .get_subcommands()
+        .flat_map(|c| std::iter::once(c).chain(c.get_subcommands()))
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    std::env::var_os(&name).map(|_| name)
+}
+
 /// A start error, printed once on stderr in the log format (a JSON line with Cloud Logging's
 /// `severity` for `json`), and the exit code: 2 for usage and configuration, 1 for run time.
 fn fatal(format: LogFormat, message: &str, code: u8) -> ExitCode {
@@ -136,14 +222,18 @@ fn spill_inspect(config: &Config) -> ExitCode {
     }
 }
 
-/// Logs go to stdout, filtered by `RUST_LOG` (default `info`). `json`: one object per line with
+/// `info`, except object_store's retry chatter: it logs each retry at INFO (several lines per
+/// attempt during a store outage); pusher's uploader logs the attempts that matter at WARN.
+const LOG_FILTER_DEFAULT: &str = "info,object_store=warn";
+
+/// Logs go to stdout, filtered by `RUST_LOG` (default [`LOG_FILTER_DEFAULT`]). `json`: one object per line with
 /// Cloud Logging's `severity` and `message` at the top level (tracing-stackdriver); `text`:
 /// human lines, coloured only on a terminal (and never with `NO_COLOR` set).
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER_DEFAULT));
     match format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(filter)

@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
         }
         match op % 8 {
             // Bytes arrive: the next (op / 8 + 1) bytes of the input.
-            0 | 1 | 2 if conn.wants_input() => {
+            0..=2 if conn.wants_input() => {
                 let take = (usize::from(op / 8) + 1).min(input.len());
                 let (bytes, rest) = input.split_at(take);
                 input = rest;

@@ -9,10 +9,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(settings) = UserSettings::from_json(data) {
         assert!(settings.apps.len() <= pusher::settings::APPS_MAX);
     }
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(file) = SettingsFile::parse(text) {
-            let _ = file.may_encrypt();
-            let _ = file.lookup("fuzz-user");
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(file) = SettingsFile::parse(text)
+    {
+        let _ = file.may_encrypt();
+        let _ = file.lookup("fuzz-user");
     }
 });

@@ -26,8 +26,8 @@ export LATENCY_SECONDS=${LATENCY_SECONDS:-30}
 CARGO=${CARGO:-cargo}
 DRIVERS=(uring epoll)
 SCENARIOS=(ingest latency)
-SERVER=target/release/pusher
-BENCH=target/release/pusher-bench
+SERVER=${CARGO_TARGET_DIR:-target}/release/pusher
+BENCH=${CARGO_TARGET_DIR:-target}/release/pusher-bench
 
 "$CARGO" build --release -p pusher -p pusher-bench
 # The same binaries for both drivers: note them, so that a rebuild in between shows.

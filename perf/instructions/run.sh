@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 HERE=perf/instructions
 BASELINE=$HERE/baseline.json
 SESSION=$HERE/session.bin
-BIN=target/release/pusher-perf
+BIN=${CARGO_TARGET_DIR:-target}/release/pusher-perf
 CARGO=${CARGO:-cargo}
 VALGRIND=${VALGRIND:-valgrind}
 PYTHON=${PYTHON:-python3}

@@ -517,7 +517,8 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_SPEAKER_SAMPLE_RING_CAPACITY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speaker_sample_ring_capacity: Option<usize>,
-    /// Process-conversation requests in flight per session; beyond → 201 "busy" [default: 8]
+    /// Process-conversation requests in flight per session, 1..=16; beyond → 201 "busy"
+    /// [default: 8]
     #[arg(
         long,
         env = "PUSHER_PROCESS_IN_FLIGHT_PER_SESSION_MAX",
@@ -620,6 +621,48 @@ pub struct Overrides {
     pub chunk_notification_timeout_ms: Option<u64>,
 }
 
+/// One line per problem in the layered configuration: the key (without figment's profile
+/// prefix), where it came from and, for a misspelt key, the nearest known one.
+fn describe_figment_error(error: figment::Error) -> String {
+    let lines: Vec<String> = error.into_iter().map(|e| describe_one(&e)).collect();
+    format!("configuration: {}", lines.join("; "))
+}
+
+fn describe_one(error: &figment::Error) -> String {
+    let origin = match error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => format!(" in {}", path.display()),
+        _ => String::new(),
+    };
+    match &error.kind {
+        figment::error::Kind::UnknownField(key, known) => {
+            let hint = match nearest_key(key, known) {
+                Some(near) => format!("; did you mean `{near}`?"),
+                None => "; `pusher serve --help` lists the options".to_string(),
+            };
+            format!("unknown key `{key}`{origin}{hint}")
+        }
+        kind => {
+            let key = error.path.join(".");
+            if key.is_empty() {
+                format!("{kind}{origin}")
+            } else {
+                format!("key `{key}`{origin}: {kind}")
+            }
+        }
+    }
+}
+
+/// The known key most like `key`, if any is close enough to be a likely misspelling.
+fn nearest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    const SIMILARITY_MIN: f64 = 0.8;
+    known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(key, candidate), *candidate))
+        .filter(|(similarity, _)| *similarity >= SIMILARITY_MIN)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
 impl Config {
     /// Defaults, then `file` (if any), then `overrides`, then Omi's environment names where
     /// pusher's are unset ([`omi`]); validated.
@@ -643,7 +686,7 @@ impl Config {
         let mut config: Config = figment
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(|e| format!("configuration: {e}"))?;
+            .map_err(describe_figment_error)?;
         omi::apply(&mut config, env)?;
         config.validate()?;
         Ok(config)
@@ -760,7 +803,8 @@ impl Config {
             "process_in_flight_per_session_max",
             self.process_in_flight_per_session_max,
             1,
-            64,
+            // A session's in-flight set is inline, of this many slots.
+            crate::session::PROCESS_IN_FLIGHT_LIMIT,
         )?;
         check_range("upload_concurrency", self.upload_concurrency, 1, 256)?;
         check_range(
@@ -1066,6 +1110,13 @@ mod tests {
         };
         let err = Config::load(None, &zero).unwrap_err();
         assert!(err.contains("recv_buffers_per_core"), "{err}");
+        // Accepted values never panic later: the in-flight set has 16 slots.
+        let too_many = Overrides {
+            process_in_flight_per_session_max: Some(17),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &too_many).unwrap_err();
+        assert!(err.contains("process_in_flight_per_session_max"), "{err}");
         assert!(Config::load(Some(&dir.join("missing.toml")), &Overrides::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -295,8 +295,13 @@ impl Fatal {
 pub fn run(config: Config) -> Result<(), Fatal> {
     abort_on_panic();
     // One process owns a data directory (its spill log): held until this function returns.
-    let _data_dir_lock = crate::spill::lock::DataDirLock::acquire(&config.data_dir)
-        .map_err(|error| Fatal::Runtime(error.to_string()))?;
+    let _data_dir_lock = crate::spill::lock::DataDirLock::acquire(&config.data_dir).map_err(
+        |error| match error {
+            // The option names a place that cannot be a directory: configuration.
+            crate::spill::lock::LockError::Create { .. } => Fatal::Config(error.to_string()),
+            _ => Fatal::Runtime(error.to_string()),
+        },
+    )?;
     match raise_open_files_limit() {
         Ok(limit) => tracing::info!(
             open_files_limit = limit,
@@ -348,13 +353,18 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     tracing::info!(
         budget_bytes = plan.budget.total_bytes(),
         "{}",
-        plan.budget.to_string().replace('\n', "; ")
+        plan.budget.summary()
     );
     if config.test_echo_route {
         tracing::warn!("TEST ONLY: the echo route /test/echo is enabled");
     }
     let secret = EncryptionSecret::from_env().map_err(Fatal::Config)?;
     match &secret {
+        Some((secret, name)) if secret.is_public_dev_secret() => tracing::warn!(
+            source = name,
+            "{name} is the public development secret of `make run`: anything it encrypts is \
+             readable by anyone; set a secret of your own outside development"
+        ),
         Some((_, name)) => tracing::info!(source = name, "encryption secret from {name}"),
         None if settings.may_encrypt() => {
             return Err(Fatal::Config(format!(

@@ -33,6 +33,12 @@ pub enum LockError {
         path: PathBuf,
         holder: String,
     },
+    /// The data directory could not be created (a read-only or virtual file system, no
+    /// permission).
+    Create {
+        data_dir: PathBuf,
+        error: io::Error,
+    },
     Io {
         path: PathBuf,
         error: io::Error,
@@ -49,6 +55,11 @@ impl std::fmt::Display for LockError {
                 path.parent().unwrap_or(path).display(),
                 path.display()
             ),
+            LockError::Create { data_dir, error } => write!(
+                f,
+                "cannot create the data directory {} (--data-dir / PUSHER_DATA_DIR): {error}",
+                data_dir.display()
+            ),
             LockError::Io { path, error } => write!(f, "lock file {}: {error}", path.display()),
         }
     }
@@ -63,7 +74,10 @@ impl DataDirLock {
             path: path.clone(),
             error,
         };
-        std::fs::create_dir_all(data_dir).map_err(io_error)?;
+        std::fs::create_dir_all(data_dir).map_err(|error| LockError::Create {
+            data_dir: data_dir.to_path_buf(),
+            error,
+        })?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -131,6 +145,19 @@ mod tests {
         drop(first);
         let again = DataDirLock::acquire(&data).expect("free again once dropped");
         drop(again);
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_created_is_named_as_such() {
+        let dir = TempDir::new("lock-create");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let data_dir = file.join("data");
+        let error = DataDirLock::acquire(&data_dir).unwrap_err();
+        assert!(matches!(error, LockError::Create { .. }), "{error:?}");
+        let message = error.to_string();
+        let expected = format!("cannot create the data directory {}", data_dir.display());
+        assert!(message.starts_with(&expected), "{message}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::disk::Disk;
-use super::index::{BatchKey, BatchState, Index, IndexError};
+use super::index::{BatchEntry, BatchKey, BatchState, Index, IndexError};
 use super::record::{Header, Kind, Location, decode_uploaded};
 use super::scan::{SEGMENT_SEQUENCE_MAX, SegmentScanner, Tail, list_segments};
 
@@ -65,6 +65,10 @@ pub struct Recovered {
     pub holed_batches: u64,
     /// Batches dropped by their uploaded record.
     pub confirmed_batches: u64,
+    /// The first `uploaded_max` of those batches as they were before their uploaded record
+    /// (only [`rebuild_keeping_uploaded`] keeps them: `pusher spill inspect`).
+    pub uploaded: Vec<BatchEntry>,
+    uploaded_max: usize,
     /// Valid records the index could not take (see the module doc).
     pub skipped_records: u64,
     /// Open batches closed because their sessions are gone (0 from [`rebuild`]).
@@ -134,6 +138,18 @@ pub fn rebuild(
     batches_max: usize,
     now_unix_ms: u64,
 ) -> io::Result<Recovered> {
+    rebuild_keeping_uploaded(disk, dir, batches_max, now_unix_ms, 0)
+}
+
+/// [`rebuild`], also keeping the first `uploaded_max` batches that an uploaded record dropped
+/// (their segments wait for deletion) in [`Recovered::uploaded`]: bounded, for inspection.
+pub fn rebuild_keeping_uploaded(
+    disk: &dyn Disk,
+    dir: &Path,
+    batches_max: usize,
+    now_unix_ms: u64,
+    uploaded_max: usize,
+) -> io::Result<Recovered> {
     let listed = list_segments(disk, dir)?;
     let mut index = Index::new(batches_max);
     index.defer_closed_queue();
@@ -144,6 +160,8 @@ pub fn rebuild(
         damaged_segments: 0,
         holed_batches: 0,
         confirmed_batches: 0,
+        uploaded: Vec::with_capacity(uploaded_max),
+        uploaded_max,
         skipped_records: 0,
         closed_at_recovery: 0,
         next_sequence: listed.last().map_or(1, |&(sequence, _)| sequence + 1),
@@ -207,6 +225,8 @@ fn replay_segment(
 ) -> io::Result<SegmentInfo> {
     let run = scanner.run_id().unwrap_or_default();
     let header_damaged = scanner.run_id().is_none();
+    let uploaded_max = recovered.uploaded_max;
+    let uploaded = &mut recovered.uploaded;
     // Both callbacks touch the index; the scan calls them one at a time.
     let index = RefCell::new(&mut recovered.index);
     let mut skipped = 0u64;
@@ -222,7 +242,12 @@ fn replay_segment(
             let mut index = index.borrow_mut();
             match replay_record(&mut index, run, header, payload, at, now_unix_ms) {
                 Ok(Replayed::Applied) => {}
-                Ok(Replayed::Confirmed) => confirmed += 1,
+                Ok(Replayed::Confirmed(entry)) => {
+                    confirmed += 1;
+                    if uploaded.len() < uploaded_max {
+                        uploaded.push(entry);
+                    }
+                }
                 Err(Skip::Refused(IndexError::Full)) => full_at = Some(at),
                 Err(why) => {
                     skipped += 1;
@@ -276,11 +301,13 @@ fn replay_segment(
     })
 }
 
-/// What one record did to the index.
+/// What one record did to the index. Returned by value and consumed at once, never stored: the
+/// size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Replayed {
     Applied,
-    /// An uploaded record dropped its batch.
-    Confirmed,
+    /// An uploaded record dropped its batch (as it was).
+    Confirmed(BatchEntry),
 }
 
 /// Applies one record if it continues its batch's chain (across a hole if records were lost).
@@ -296,7 +323,7 @@ fn replay_record(
         let (run, batch) =
             decode_uploaded(payload).map_err(|error| Skip::Refused(IndexError::Payload(error)))?;
         return Ok(match index.forget(&BatchKey { run, batch }) {
-            Some(_) => Replayed::Confirmed,
+            Some(entry) => Replayed::Confirmed(entry),
             None => Replayed::Applied,
         });
     }

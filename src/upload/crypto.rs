@@ -41,6 +41,10 @@ pub const PLAINTEXT_BYTES_MAX: usize = u32::MAX as usize - NONCE_BYTES - TAG_BYT
 #[derive(Clone)]
 pub struct EncryptionSecret(Arc<str>);
 
+/// The secret `make run` uses when none is set: public (it is in this repository), so anything
+/// encrypted with it is readable by anyone; the server warns at start when it is in use.
+pub const DEV_ONLY_SECRET: &str = "dev-only-insecure-secret-do-not-use-in-production";
+
 impl EncryptionSecret {
     /// Accepts a secret of [`SECRET_BYTES_MIN`]..=[`SECRET_BYTES_MAX`] bytes; `name` is the
     /// variable it came from, for the error.
@@ -58,6 +62,11 @@ impl EncryptionSecret {
             ));
         }
         Ok(EncryptionSecret(Arc::from(secret)))
+    }
+
+    /// True for [`DEV_ONLY_SECRET`].
+    pub fn is_public_dev_secret(&self) -> bool {
+        &*self.0 == DEV_ONLY_SECRET
     }
 
     /// Reads [`SECRET_ENV`], else Omi's `ENCRYPTION_SECRET`: the secret and the name it came
@@ -194,6 +203,25 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn make_run_uses_the_secret_the_server_warns_about() {
+        let makefile = include_str!("../../Makefile");
+        let line = makefile
+            .lines()
+            .find(|line| line.starts_with("DEV_ONLY_SECRET :="))
+            .expect("the Makefile defines DEV_ONLY_SECRET");
+        assert_eq!(
+            line.trim_start_matches("DEV_ONLY_SECRET :=").trim(),
+            DEV_ONLY_SECRET
+        );
+        assert!(
+            EncryptionSecret::new(DEV_ONLY_SECRET, SECRET_ENV)
+                .unwrap()
+                .is_public_dev_secret()
+        );
+        assert!(!secret().is_public_dev_secret());
     }
 
     #[test]

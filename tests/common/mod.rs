@@ -60,7 +60,7 @@ macro_rules! on_both_drivers {
 /// the binary cannot end up sharing one through SO_REUSEPORT.
 static PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let port = StdListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -243,7 +243,7 @@ impl Server {
         panic!("pusher did not become healthy in 20 s:\n{}", self.log());
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("pusher.log")).unwrap_or_default()
     }
 

@@ -32,7 +32,11 @@ import websockets
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "release" / "pusher"
+# The release binary: PUSHER_BINARY (the Makefile sets it), else under CARGO_TARGET_DIR or target/.
+BINARY = Path(
+    os.environ.get("PUSHER_BINARY")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "pusher"
+)
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SANDBOX = Path(__file__).resolve().parent / "sandbox.py"

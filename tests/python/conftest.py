@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "release" / "pusher"
+# The release binary: PUSHER_BINARY (the Makefile sets it), else under CARGO_TARGET_DIR or target/.
+BINARY = Path(
+    os.environ.get("PUSHER_BINARY")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "pusher"
+)
 DRIVERS = ["uring", "epoll"]
 TEST_ENCRYPTION_SECRET = "python-test-secret-0123456789abcdef0123"
 

@@ -584,7 +584,8 @@ def test_store_outage_then_recovery(driver, start_server, moto, fault_proxy):
         "65536",
         "--spill-handoff-bytes-per-core",
         str(MIB),
-        env=s3_env(fault_proxy.endpoint),
+        # The default log filter: no RUST_LOG from the caller's shell.
+        env={**s3_env(fault_proxy.endpoint), "RUST_LOG": None},
     )
     rss_start = server.rss_bytes()
     sampler = RssSampler(server)
@@ -625,6 +626,12 @@ def test_store_outage_then_recovery(driver, start_server, moto, fault_proxy):
     assert after["pusher_upload_succeeded_total"] == len(expected)
     assert fault_proxy.stored == {f"/{bucket}/p/{key}": 1 for key in expected}
     assert after["pusher_upload_store_healthy"] == 1
+    # The outage is reported by pusher's own health transition, not by object_store's INFO
+    # line per retry (several per attempt).
+    log = server.log_text().splitlines()
+    assert any("object store failing" in line and "WARN" in line for line in log), log[-20:]
+    chatter = [line for line in log if "object_store" in line and "WARN" not in line and "ERROR" not in line]
+    assert not chatter, chatter[:5]
     quarters = [max(samples[i * len(samples) // 4 : (i + 1) * len(samples) // 4]) / MIB for i in range(4)]
     print(
         f"\n[{driver}] outage: RSS max per quarter {[round(q, 1) for q in quarters]} MiB;"

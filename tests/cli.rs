@@ -1,0 +1,165 @@
+//! What the `pusher` command prints when it is given something wrong, or something unusual:
+//! each message names what the operator typed (the flag, the variable, the key, the directory),
+//! and the exit code says the kind of error (2: usage or configuration, 1: run time).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// A scratch directory for one test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("pusher-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `pusher <args>` with no `PUSHER_*` variable but `env`, and a free port, to its exit.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pusher"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PUSHER_") || name == "ENCRYPTION_SECRET" || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(args)
+        .env("PUSHER_ENCRYPTION_SECRET", TEST_ENCRYPTION_SECRET)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run pusher")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The one line a start error prints.
+fn one_line(output: &Output) -> String {
+    let text = stderr(output);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, not:\n{text}");
+    lines[0].to_string()
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    let output = run(&["budget"], &[("PUSHER_WORKERS", "many")]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let line = one_line(&output);
+    assert!(
+        line.contains("invalid value \"many\" in the variable PUSHER_WORKERS"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_bad_value_on_the_command_line_names_the_flag() {
+    // The flag wins over the variable; the message is about the flag.
+    let output = run(&["budget", "--workers", "many"], &[("PUSHER_WORKERS", "2")]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let text = stderr(&output);
+    assert!(text.contains("--workers"), "{text}");
+    assert!(!text.contains("PUSHER_WORKERS"), "{text}");
+}
+
+#[test]
+fn a_negative_number_is_an_invalid_value_not_an_unexpected_argument() {
+    let output = run(&["budget", "--drain-grace-ms", "-5"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let text = stderr(&output);
+    assert!(text.contains("invalid value '-5'"), "{text}");
+    assert!(text.contains("--drain-grace-ms"), "{text}");
+    assert!(!text.contains("unexpected argument"), "{text}");
+}
+
+#[test]
+fn a_misspelt_config_key_gets_a_suggestion() {
+    let scratch = Scratch::new("key");
+    let file = scratch.0.join("pusher.toml");
+    std::fs::write(&file, "idle_timout_ms = 5000\n").unwrap();
+    let output = run(&["budget", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let line = one_line(&output);
+    assert!(line.contains("unknown key `idle_timout_ms`"), "{line}");
+    assert!(line.contains("did you mean `idle_timeout_ms`?"), "{line}");
+    assert!(line.contains(file.to_str().unwrap()), "{line}");
+    assert!(!line.contains("default."), "{line}");
+    assert!(line.len() < 300, "{} characters: {line}", line.len());
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_is_a_configuration_error() {
+    let scratch = Scratch::new("data-dir");
+    let file = scratch.0.join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let data_dir = file.join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["serve", "--listen", &listen, "--data-dir"];
+    let output = run(&[&args[..], &[data_dir.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let line = one_line(&output);
+    let expected = format!("cannot create the data directory {}", data_dir.display());
+    assert!(line.contains(&expected), "{line}");
+    assert!(!line.contains("store"), "{line}");
+}
+
+#[test]
+fn spill_inspect_help_lists_only_its_own_options() {
+    let output = run(&["spill", "inspect", "--help"], &[]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--data-dir"), "{help}");
+    assert!(help.contains("--config"), "{help}");
+    for serve_only in ["--max-message-bytes", "--listen", "--workers", "--store"] {
+        assert!(!help.contains(serve_only), "{serve_only} in:\n{help}");
+    }
+}
+
+on_both_drivers!(more_workers_than_cpus_is_warned_and_the_budget_line_is_short);
+
+async fn more_workers_than_cpus_is_warned_and_the_budget_line_is_short(driver: &str) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = (cpus + 1).to_string();
+    let server = Server::start(driver, &["--workers", &workers, "--pin", "off"]).await;
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("more workers than the CPUs")),
+        "{log}"
+    );
+    let budget = log
+        .lines()
+        .find(|l| l.contains("memory budget"))
+        .expect("a budget line");
+    assert!(budget.len() < 400, "{} characters: {budget}", budget.len());
+    assert!(budget.contains("pusher budget"), "{budget}");
+}
+
+#[tokio::test]
+async fn the_public_development_secret_is_warned_about() {
+    let dev_secret = [(
+        "PUSHER_ENCRYPTION_SECRET",
+        pusher::upload::crypto::DEV_ONLY_SECRET,
+    )];
+    let server = Server::start_with_env("auto", &["--workers", "1"], &dev_secret).await;
+    let log = server.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("public development secret"))
+        .unwrap_or_else(|| panic!("no warning about the secret:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+}
