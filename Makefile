@@ -53,6 +53,7 @@ lint: lint-tools
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+	python3 tools/structure.py --check
 
 # `cargo test` includes the simulation's 10,000 seeds (sim::run::tests::seeds, docs/0011); some
 # unit tests run the venv's tools (moto_server for S3, python3 with cryptography).

@@ -4,6 +4,10 @@
 //! feature only the sans-I/O core is built (for the fuzz targets).
 
 #[cfg(feature = "server")]
+pub mod app;
+#[cfg(feature = "server")]
+pub mod audio_log;
+#[cfg(feature = "server")]
 pub mod budget;
 #[cfg(feature = "server")]
 pub mod config;

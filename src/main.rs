@@ -116,13 +116,13 @@ fn main() -> ExitCode {
     match mode {
         Mode::Serve => {}
         Mode::Budget => {
-            println!("{}", pusher::server::plan(&config).budget);
+            println!("{}", pusher::app::plan(&config).budget);
             return ExitCode::SUCCESS;
         }
         Mode::SpillInspect => return spill_inspect(&config),
         Mode::SpillDrain => {
             init_logging(config.log_format);
-            return match pusher::spill::drain::drain_orphaned(&config) {
+            return match pusher::audio_log::drain::drain_orphaned(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => fatal(config.log_format, &format!("spill drain: {message}"), 1),
             };
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
     }
     let format = config.log_format;
     init_logging(format);
-    match pusher::server::run(config) {
+    match pusher::app::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fatal(format, error.message(), error.exit_code()),
     }

@@ -5,6 +5,7 @@
 //! rest of the server may rely on every bound being non-zero and within its documented range.
 
 pub mod omi;
+pub mod store_location;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -850,7 +851,7 @@ impl Config {
             600_000,
         )?;
         if let Some(store) = &self.store {
-            crate::upload::store::StoreLocation::parse(store)?;
+            store_location::StoreLocation::parse(store)?;
         }
         self.validate_egress()?;
         self.validate_spill()?;

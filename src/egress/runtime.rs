@@ -6,11 +6,12 @@
 //! Invariants: tokio futures run only here, never on a worker thread; every attempt runs under
 //! its target's timeout, so no delivery outlives `timeout × (1 + retries)` (plus one relay); a
 //! process call also runs under its session's cancellation token and is dropped when the
-//! session ends; the number of jobs is bounded by the cores' counts (see `server::delivery`); an
+//! session ends; the number of jobs is bounded by the cores' counts (see `server::core_egress`; checked in
+//! debug builds); an
 //! answer body is read up to a configured size, never more.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::answer::{FailReason, ProcessOutcome, relay_message};
 use super::body;
-use super::job::{AudioTarget, Completion, Done, Job, Link, SessionContext, Work};
+use super::job::{AudioTarget, Completion, CoreShares, Done, Job, Link, SessionContext, Work};
 use super::metrics::{AttemptResult, EgressMetrics};
 use super::target::{TARGET_KINDS, TargetKind, audio_url, uid_url};
 use crate::config::Config;
@@ -51,6 +52,10 @@ struct Context {
     started: Instant,
     /// Per target kind: the earliest time (ms since `started`) the next failure may be logged.
     next_failure_log_ms: [AtomicU64; TARGET_KINDS.len()],
+    /// Jobs running now, over all cores, and their bound: the sum of the cores' shares (each
+    /// core counts its jobs against its share before submitting; checked in debug builds).
+    jobs_in_flight: AtomicUsize,
+    jobs_in_flight_max: usize,
 }
 
 /// Starts the egress runtime serving `links` (one per core).
@@ -85,6 +90,8 @@ pub fn start(
         settings,
         started: Instant::now(),
         next_failure_log_ms: std::array::from_fn(|_| AtomicU64::new(0)),
+        jobs_in_flight: AtomicUsize::new(0),
+        jobs_in_flight_max: CoreShares::of(config, links.len().max(1)).jobs() * links.len(),
     });
     let thread = std::thread::Builder::new()
         .name("pusher-egress".into())
@@ -104,6 +111,12 @@ pub fn start(
 async fn dispatch(context: Arc<Context>, link: Arc<Link>) {
     loop {
         while let Some(job) = link.next_job() {
+            let running = context.jobs_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            debug_assert!(
+                running <= context.jobs_in_flight_max,
+                "egress jobs in flight ({running}) pass the cores' shares ({})",
+                context.jobs_in_flight_max
+            );
             tokio::spawn(run(Arc::clone(&context), Arc::clone(&link), job));
         }
         link.jobs_ready().await;
@@ -111,6 +124,11 @@ async fn dispatch(context: Arc<Context>, link: Arc<Link>) {
 }
 
 async fn run(context: Arc<Context>, link: Arc<Link>, job: Job) {
+    run_job(&context, &link, job).await;
+    context.jobs_in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run_job(context: &Arc<Context>, link: &Link, job: Job) {
     let Job {
         ticket,
         session,
@@ -120,13 +138,13 @@ async fn run(context: Arc<Context>, link: Arc<Link>, job: Job) {
     let done = match *work {
         Work::Settings { uid, reply } => {
             // The handshake may have given up waiting; then nobody reads the answer.
-            let _ = reply.send(fetch_settings(&context, &uid).await);
+            let _ = reply.send(fetch_settings(context, &uid).await);
             return;
         }
         Work::SpeakerSample { body } => {
             if let Some(url) = &context.config.speaker_sample_url {
                 let delivery = Delivery::new(TargetKind::SpeakerSample, url.clone(), body, JSON);
-                deliver(&context, delivery).await;
+                deliver(context, delivery).await;
             }
             Done::SpeakerSample
         }
@@ -135,14 +153,14 @@ async fn run(context: Arc<Context>, link: Arc<Link>, job: Job) {
             segments,
         } => {
             let session = session.expect("a transcript job carries its session");
-            let deliveries = transcript_deliveries(&context, &session, conversation, &segments);
-            deliver_all(&context, deliveries).await;
+            let deliveries = transcript_deliveries(context, &session, conversation, &segments);
+            deliver_all(context, deliveries).await;
             Done::Delivered(Stream::Transcript)
         }
         Work::Audio { target, pcm } => {
             let session = session.expect("an audio job carries its session");
             let deliveries = audio_deliveries(&session, target, pcm);
-            deliver_all(&context, deliveries).await;
+            deliver_all(context, deliveries).await;
             Done::Delivered(Stream::AudioBytes)
         }
         Work::Process {
@@ -150,7 +168,7 @@ async fn run(context: Arc<Context>, link: Arc<Link>, job: Job) {
             payload,
         } => {
             let session = session.expect("a process job carries its session");
-            let call = process(&context, &session, &conversation, &payload);
+            let call = process(context, &session, &conversation, &payload);
             let reply = until_cancelled(&session.cancel, call).await;
             if reply.is_none() {
                 context.metrics.process_cancelled.inc();
@@ -548,6 +566,7 @@ async fn send(
         }
         answer.body.extend_from_slice(&chunk);
     }
+    debug_assert!(answer.body.len() <= answer_bytes_max);
     Ok(answer)
 }
 

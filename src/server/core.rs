@@ -7,27 +7,26 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::Shared;
-use super::delivery::{self, CoreEgress};
+use super::core_egress::CoreEgress;
 use super::handshake_slots::HandshakeSlots;
 use super::outbound::OutboundBudget;
 use super::parked::ParkedBuffers;
 use super::pool::BufferPool;
+use super::shared::Shared;
 use super::slots::Slots;
 use crate::connection::Limits as ConnectionLimits;
 use crate::metrics::CoreGauges;
 use crate::payload::PayloadArena;
 use crate::session::Millis;
-use crate::spill::handoff::Handoff;
+use crate::spill::handoff::{self, Handoff};
 use crate::spill::writer::SpillShared;
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
-/// How often a worker fires due session deadlines and speaker-sample requests, refreshes its
-/// gauges and looks for the drain's close signal: the resolution of every session timer (idle,
-/// close handshake, batch age, speaker-sample delay).
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(10);
+/// Capacity of a core's reply buffer: one 201 error frame (an id of at most 128 bytes and a
+/// short reason) with room to spare.
+pub const REPLY_BYTES_MAX: usize = 1024;
 
 /// This core's end of the spill log.
 pub struct SpillCore {
@@ -46,9 +45,7 @@ impl SpillCore {
             ring: Arc::clone(&shared.spill.rings[index]),
             shared: Arc::clone(&shared.spill.shared),
             writer: shared.spill.writer.clone(),
-            bytes_per_message: super::outputs::spill_bytes_per_message_max(
-                shared.config.max_message_bytes,
-            ),
+            bytes_per_message: handoff::bytes_per_message_max(shared.config.max_message_bytes),
             next_batch: Cell::new(((index as u64) << 56) | 1),
         }
     }
@@ -136,7 +133,7 @@ impl Core {
             },
             spill: SpillCore::new(index, &shared),
             egress: CoreEgress::new(index, &shared, shared.sessions_per_core),
-            replies: RefCell::new(Vec::with_capacity(super::outputs::REPLY_BYTES_MAX)),
+            replies: RefCell::new(Vec::with_capacity(REPLY_BYTES_MAX)),
             gauges,
             epoch: Instant::now(),
             closing_signalled: Cell::new(false),
@@ -164,26 +161,25 @@ impl Core {
         self.shared.metrics.closed(code).inc();
     }
 
-    /// Refreshes gauges and relays the drain's close signal to every open session.
-    pub async fn housekeeping(self: Rc<Self>) {
-        loop {
-            monoio::time::sleep(HOUSEKEEPING_INTERVAL).await;
-            let now = self.now_ms();
-            self.slots.fire_due(now);
-            delivery::send_due_speaker_samples(&self, now);
-            let arena = self.arena.borrow();
-            self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
-            self.gauges
-                .handshakes_in_flight
-                .set(self.handshakes.len() as i64);
-            self.gauges
-                .recv_buffers_parked
-                .set(self.parked.len() as i64);
-            drop(arena);
-            if self.shared.drain.is_closing() && !self.closing_signalled.get() {
-                self.closing_signalled.set(true);
-                self.slots.signal_all();
-            }
+    /// Refreshes the core's gauges: arena use, handshakes in flight, parked receive buffers.
+    pub fn refresh_gauges(&self) {
+        let arena = self.arena.borrow();
+        self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
+        drop(arena);
+        self.gauges
+            .handshakes_in_flight
+            .set(self.handshakes.len() as i64);
+        self.gauges
+            .recv_buffers_parked
+            .set(self.parked.len() as i64);
+    }
+
+    /// Once the drain's grace period is over, wakes every open session (once) so that each
+    /// closes with 1001.
+    pub fn relay_drain_close(&self) {
+        if self.shared.drain.is_closing() && !self.closing_signalled.get() {
+            self.closing_signalled.set(true);
+            self.slots.signal_all();
         }
     }
 

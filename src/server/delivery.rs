@@ -11,207 +11,18 @@
 //!   completion frees room (its items wait in its drop-oldest ring meanwhile);
 //! - a completion whose session has gone is dropped; a 201 reaches only the session that asked.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
-use super::Shared;
 use super::core::Core;
-use super::outputs::{Item, Streams};
-use crate::egress::delay::{DelayQueue, Owner};
-use crate::egress::job::{AudioTarget, Completion, CoreShares, Done, Job, Work};
-use crate::egress::{Link, SessionContext, Ticket};
+use super::core_egress::Waiting;
+use super::streams::{AUDIO_FOR_APPS, Item, ORDERED_STREAMS, SessionEgress, Streams};
+use crate::egress::Ticket;
+use crate::egress::delay::Owner;
+use crate::egress::job::{AudioTarget, Completion, Done, Job, Work};
 use crate::id::Id;
 use crate::metrics::Stream;
 use crate::payload::{DropOldestRing, Handle, PayloadArena, RingItem};
 use crate::session::{Millis, Session};
-use crate::settings::UserSettings;
-
-/// The streams whose items egress delivers in order, one job at a time per session.
-pub const ORDERED_STREAMS: [Stream; 2] = [Stream::Transcript, Stream::AudioBytes];
-
-/// First byte of an audio item: which consumer it is for.
-pub const AUDIO_FOR_APPS: u8 = 0;
-pub const AUDIO_FOR_WEBHOOK: u8 = 1;
-
-/// The 201 payloads waiting for one session: one inline, more (up to
-/// `process_in_flight_per_session_max`) on the heap.
-pub type Replies = smallvec::SmallVec<[Vec<u8>; 1]>;
-
-/// A session's egress state (lives in its slot).
-pub struct SessionEgress {
-    pub settings: Option<Arc<UserSettings>>,
-    /// Shared with its jobs; made on the session's first job. Its token cancels the session's
-    /// process calls when the session ends.
-    context: Option<Arc<SessionContext>>,
-    busy: [bool; ORDERED_STREAMS.len()],
-    waiting: [bool; ORDERED_STREAMS.len()],
-    /// 201 payloads answered by egress, waiting for the connection to send them (at most one
-    /// per process call in flight; usually one, held inline: no allocation on the worker).
-    pub replies: Replies,
-}
-
-impl SessionEgress {
-    pub fn new(settings: Option<Arc<UserSettings>>) -> SessionEgress {
-        SessionEgress {
-            settings,
-            context: None,
-            busy: [false; ORDERED_STREAMS.len()],
-            waiting: [false; ORDERED_STREAMS.len()],
-            replies: Replies::new(),
-        }
-    }
-
-    /// The session's context for a job, made on first use.
-    pub fn context(&mut self, uid: &Id, sample_rate_hz: u32) -> Arc<SessionContext> {
-        let settings = &self.settings;
-        Arc::clone(self.context.get_or_insert_with(|| {
-            Arc::new(SessionContext {
-                uid: *uid,
-                sample_rate_hz,
-                settings: settings.clone().unwrap_or_default(),
-                cancel: CancellationToken::new(),
-            })
-        }))
-    }
-
-    /// Cancels the session's process calls still in flight (their requests are dropped).
-    pub fn cancel(&self) {
-        if let Some(context) = &self.context {
-            context.cancel.cancel();
-        }
-    }
-}
-
-/// A session stream that found no room, to be started when room frees up.
-#[derive(Debug, Clone, Copy)]
-struct Waiting {
-    ticket: Ticket,
-    stream: usize,
-}
-
-/// A count of jobs in flight with its bound.
-struct Quota {
-    used: Cell<usize>,
-    max: usize,
-}
-
-impl Quota {
-    fn new(max: usize) -> Quota {
-        Quota {
-            used: Cell::new(0),
-            max,
-        }
-    }
-
-    fn has_room(&self) -> bool {
-        self.used.get() < self.max
-    }
-
-    /// Counts one more if there is room.
-    fn try_take(&self) -> bool {
-        let room = self.has_room();
-        if room {
-            self.used.set(self.used.get() + 1);
-        }
-        room
-    }
-
-    fn release(&self) {
-        debug_assert!(self.used.get() > 0);
-        self.used.set(self.used.get() - 1);
-    }
-}
-
-/// This core's egress counts, queues and delay queue.
-pub struct CoreEgress {
-    pub link: Arc<Link>,
-    deliveries: Quota,
-    /// Payload bytes of the deliveries in flight (may pass `bytes_max` by one item).
-    bytes: Cell<usize>,
-    bytes_max: usize,
-    processes: Quota,
-    settings_fetches: Quota,
-    waiting: RefCell<VecDeque<Waiting>>,
-    waiting_max: usize,
-    speaker_samples: RefCell<DelayQueue<Handle>>,
-}
-
-/// The link of one core, sized for its shares.
-pub fn new_link(config: &crate::config::Config, workers: usize) -> Arc<Link> {
-    let shares = CoreShares::of(config, workers);
-    Arc::new(Link::new(shares.jobs(), shares.completions()))
-}
-
-impl CoreEgress {
-    pub fn new(index: usize, shared: &Shared, sessions: usize) -> CoreEgress {
-        let config = &shared.config;
-        let shares = CoreShares::of(config, shared.budget.workers as usize);
-        CoreEgress {
-            link: Arc::clone(&shared.egress_links[index]),
-            deliveries: Quota::new(shares.deliveries),
-            bytes: Cell::new(0),
-            bytes_max: shares.bytes,
-            processes: Quota::new(shares.processes),
-            settings_fetches: Quota::new(shares.settings_fetches),
-            waiting: RefCell::new(VecDeque::with_capacity(sessions * ORDERED_STREAMS.len())),
-            waiting_max: sessions * ORDERED_STREAMS.len(),
-            speaker_samples: RefCell::new(DelayQueue::new(config.speaker_sample_queue_per_core)),
-        }
-    }
-
-    fn has_delivery_room(&self) -> bool {
-        self.deliveries.has_room() && self.bytes.get() < self.bytes_max
-    }
-
-    /// Counts a delivery job of `bytes` in flight (the caller saw [`Self::has_delivery_room`]).
-    fn start_delivery(&self, bytes: usize) {
-        assert!(self.deliveries.try_take(), "checked has_delivery_room");
-        self.bytes.set(self.bytes.get() + bytes);
-    }
-
-    fn finish_delivery(&self, bytes: usize) {
-        self.deliveries.release();
-        self.bytes.set(self.bytes.get() - bytes);
-    }
-
-    /// True when a process call may start (and counts it).
-    pub fn start_process(&self) -> bool {
-        self.processes.try_take()
-    }
-
-    /// True when a settings fetch may start (and counts it); see [`CoreEgress::settings_fetched`].
-    pub fn start_settings_fetch(&self) -> bool {
-        self.settings_fetches.try_take()
-    }
-
-    pub fn settings_fetched(&self) {
-        self.settings_fetches.release();
-    }
-
-    /// Hands a counted job over; the link has room for every counted job.
-    pub fn submit(&self, job: Job) {
-        if self.link.submit(job).is_err() {
-            unreachable!("the job queue holds every job the counts admit");
-        }
-    }
-
-    fn wait(&self, core: &Core, ticket: Ticket, stream: usize) {
-        let mut waiting = self.waiting.borrow_mut();
-        if waiting.len() == self.waiting_max {
-            // Entries of ended sessions are stale; each live session stream is queued once.
-            waiting.retain(|w| core.slots.is_live(w.ticket.key, w.ticket.generation));
-        }
-        assert!(
-            waiting.len() < self.waiting_max,
-            "each session stream waits once at most"
-        );
-        waiting.push_back(Waiting { ticket, stream });
-    }
-}
 
 fn stream_index(stream: Stream) -> usize {
     ORDERED_STREAMS
@@ -241,7 +52,7 @@ pub fn dispatch(
         }
         if !core.egress.has_delivery_room() {
             streams.egress.waiting[index] = true;
-            core.egress.wait(core, ticket, index);
+            core.egress.wait(&core.slots, ticket, index);
             continue;
         }
         let Some(item) = pop_counted(core, stream, ring, arena) else {

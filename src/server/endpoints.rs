@@ -8,7 +8,7 @@
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use super::Shared;
+use super::shared::Shared;
 use crate::http::admission::Route;
 use crate::http::request::Request;
 use crate::http::response::write_response;

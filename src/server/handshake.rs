@@ -319,7 +319,7 @@ fn open(
 ) -> Upgraded {
     let slot = match (params, settings) {
         (Some(params), Some(settings)) => outputs::open_session(core, params, settings),
-        _ => Slot::new(None, outputs::Streams::none()),
+        _ => Slot::new(None, super::streams::Streams::none()),
     };
     let key = core.slots.insert(slot).expect("checked not full");
     core.session_opened();

@@ -3,12 +3,18 @@
 //! modules (`http`, `websocket`, `protocol`, `session`); this layer moves bytes, keeps time and
 //! enforces the per-core bounds.
 //!
+//! Layers, bottom up (a file imports only from files below it): `pool`, `task`, `parked`,
+//! `outbound`, `handshake_slots`, `driver`, `shared` → `streams` → `slots` → `core_egress` →
+//! `core` → `delivery` → `outputs` → `connection`, `endpoints` → `handshake` → `worker`,
+//! `shutdown` → this file (the facade `crate::app` starts them through).
+//!
 //! Invariant: no file I/O and no blocking call ever runs on a worker thread (under the epoll
 //! driver it would stall every socket of the core); all per-core memory is allocated when the
 //! worker starts.
 
 mod connection;
 mod core;
+mod core_egress;
 mod delivery;
 pub mod driver;
 mod endpoints;
@@ -18,77 +24,24 @@ mod outbound;
 mod outputs;
 mod parked;
 pub mod pool;
+mod shared;
 mod shutdown;
 mod slots;
+mod streams;
 mod task;
 mod worker;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+pub use core_egress::new_link as egress_link;
+pub use shared::{DrainState, Shared};
+pub use shutdown::wait_for_signals;
+pub use worker::{bind_listeners, start as start_workers};
 
-use crate::budget::{Budget, ItemSizes};
+use crate::budget::ItemSizes;
 use crate::config::Config;
-use crate::cpus::{CpuPlan, Machine};
-use crate::egress::{self, EgressMetrics, Link};
-use crate::metrics::Metrics;
-use crate::settings::{HttpSettings, SettingsFile, SettingsSource};
-use crate::spill::log::SpillLog;
-use crate::spill::metrics::SpillMetrics;
-use crate::upload::crypto::{EncryptionSecret, SECRET_ENV};
-use crate::upload::{self, UploadMetrics};
 use crate::websocket::codec::{Decoder, DecoderLimits};
 
-/// Descriptors for listeners, runtimes, logs, spill segments and idle pooled HTTP connections.
-const FD_RESERVE_FIXED: u64 = 64;
-
-/// File descriptors kept out of the session cap, so that accept never meets EMFILE however
-/// many sessions are open: the fixed reserve; one per connection that may be mid-handshake
-/// (two when it may fetch its settings over HTTP meanwhile); one per outbound call that may be
-/// in flight (deliveries, process calls when a processor is set, uploads).
-fn fd_reserve(config: &Config, workers: usize) -> u64 {
-    let per_handshake = if config.settings_url.is_some() { 2 } else { 1 };
-    let handshakes = (workers * config.handshake_buffers_per_core * per_handshake) as u64;
-    let process_calls = if config.processor_url.is_some() {
-        config.processor_in_flight_max
-    } else {
-        0
-    };
-    let outbound = (config.egress_in_flight_max + process_calls + config.upload_concurrency) as u64;
-    FD_RESERVE_FIXED + handshakes + outbound
-}
-
-/// What a config resolves to on this machine: workers and their CPUs, session slots and the
-/// memory budget.
-pub struct Plan {
-    pub workers: usize,
-    pub cpus: CpuPlan,
-    pub machine: Machine,
-    pub sessions_per_core: usize,
-    pub open_files_limit: u64,
-    pub budget: Budget,
-}
-
-/// Resolves workers, caps sessions by the open-files hard limit, and computes the budget.
-pub fn plan(config: &Config) -> Plan {
-    let machine = Machine::read();
-    let cpus = crate::cpus::plan(config.workers, config.pin, &machine);
-    let workers = cpus.workers;
-    let open_files_limit = open_files_limits().1;
-    let by_files = open_files_limit.saturating_sub(fd_reserve(config, workers)) / workers as u64;
-    let sessions_per_core = config.max_sessions_per_core.min(by_files.max(1) as usize);
-    let budget = Budget::compute(config, workers, sessions_per_core, item_sizes(config));
-    Plan {
-        workers,
-        cpus,
-        machine,
-        sessions_per_core,
-        open_files_limit,
-        budget,
-    }
-}
-
-fn item_sizes(config: &Config) -> ItemSizes {
+/// The sizes of the per-core items the memory budget counts.
+pub fn item_sizes(config: &Config) -> ItemSizes {
     let limits = DecoderLimits {
         max_message_bytes: config.max_message_bytes,
     };
@@ -97,349 +50,11 @@ fn item_sizes(config: &Config) -> ItemSizes {
         connection_task_bytes: connection::TASK_BYTES_MAX as u64,
         handshake_task_bytes: handshake::HANDSHAKE_TASK_BYTES_MAX as u64,
         recv_buffer_bytes: Decoder::buffer_bytes_required(limits) as u64,
-        ring_entry_bytes: outputs::RING_ENTRY_BYTES as u64,
-        arena_block_meta_bytes: outputs::ARENA_BLOCK_META_BYTES as u64,
+        ring_entry_bytes: streams::RING_ENTRY_BYTES as u64,
+        arena_block_meta_bytes: crate::payload::BLOCK_META_BYTES as u64,
         spill_index_entry_bytes: crate::spill::index::ENTRY_BYTES as u64,
         upload_job_bytes: std::mem::size_of::<crate::upload::UploadJob>() as u64,
         egress_job_bytes: crate::egress::job::JOB_BYTES as u64,
         delay_entry_bytes: crate::egress::delay::entry_bytes::<crate::payload::Handle>() as u64,
     }
-}
-
-/// (soft, hard) RLIMIT_NOFILE.
-fn open_files_limits() -> (u64, u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the provided struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return (1024, 1024);
-    }
-    (limit.rlim_cur, limit.rlim_max)
-}
-
-/// Raises the soft open-files limit to the hard limit.
-fn raise_open_files_limit() -> std::io::Result<u64> {
-    let (_, hard) = open_files_limits();
-    let limit = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit reads the provided struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(hard)
-}
-
-/// A panic anywhere (a broken invariant) takes the whole process down rather than leaving a
-/// worker dead and its sessions stuck; the spill log keeps every written record for the next
-/// start.
-fn abort_on_panic() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        tracing::error!("panic: {info}; aborting");
-        default_hook(info);
-        std::process::abort();
-    }));
-}
-
-/// The drain's flags, shared by the main thread and the workers.
-///
-/// Invariant: `began_at_ms` is written once (from [`DrainState::NOT_BEGUN`]); `closing` only
-/// goes from false to true.
-pub struct DrainState {
-    epoch: Instant,
-    /// Milliseconds since `epoch` when the drain began; [`DrainState::NOT_BEGUN`] while serving.
-    began_at_ms: AtomicU64,
-    /// The grace period is over: every open session is closed with 1001.
-    closing: AtomicBool,
-}
-
-impl DrainState {
-    const NOT_BEGUN: u64 = u64::MAX;
-
-    fn new() -> DrainState {
-        DrainState {
-            epoch: Instant::now(),
-            began_at_ms: AtomicU64::new(Self::NOT_BEGUN),
-            closing: AtomicBool::new(false),
-        }
-    }
-
-    /// Milliseconds on the drain's clock (monotonic, from the process start).
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// When the drain began, if it did.
-    pub fn began_at_ms(&self) -> Option<u64> {
-        let at = self.began_at_ms.load(Ordering::SeqCst);
-        (at != Self::NOT_BEGUN).then_some(at)
-    }
-
-    /// Begins the drain now unless it began already: (when it began, whether this call did it).
-    fn begin(&self) -> (u64, bool) {
-        let now = self.now_ms();
-        match self.began_at_ms.compare_exchange(
-            Self::NOT_BEGUN,
-            now,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        ) {
-            Ok(_) => (now, true),
-            Err(earlier) => (earlier, false),
-        }
-    }
-
-    /// Tells the workers to close every open session (the grace period is over).
-    pub fn close_sessions(&self) {
-        self.closing.store(true, Ordering::SeqCst);
-    }
-
-    /// True once the workers must close every open session.
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Relaxed)
-    }
-}
-
-/// State every worker shares (read-mostly; atomics for the few flags and counts).
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Metrics,
-    pub settings: SettingsSource,
-    pub driver: driver::Driver,
-    pub sessions_per_core: usize,
-    pub budget: Budget,
-    /// The drain as the workers see it (begun by a signal or `POST /__internal/drain`).
-    pub drain: DrainState,
-    /// Sessions open over all cores.
-    pub sessions_open: AtomicUsize,
-    /// The durable audio log: one hand-off ring per worker, the writer, the index.
-    pub spill: SpillLog,
-    /// The uploader's metrics (uploads in flight feed /debug/memory).
-    pub uploads: UploadMetrics,
-    /// One link per worker to the egress thread.
-    pub egress_links: Vec<Arc<Link>>,
-    pub egress_metrics: EgressMetrics,
-}
-
-impl Shared {
-    pub fn is_draining(&self) -> bool {
-        self.drain.began_at_ms().is_some()
-    }
-
-    /// Begins the drain now unless it already began (idempotent); `via` names who asked, for
-    /// the log. Returns when the drain began (this call's time or the earlier one's).
-    pub fn begin_drain(&self, via: &str) -> u64 {
-        let (began_at_ms, first) = self.drain.begin();
-        if first {
-            self.metrics.drain_began();
-            tracing::info!(
-                via,
-                grace_ms = self.config.drain_grace_ms,
-                "draining: readiness 503, new sessions are closed with 1001 after their upgrade, \
-                 open sessions have the grace period to end"
-            );
-        }
-        began_at_ms
-    }
-
-    /// True when `/ready` answers 200: not draining and a session slot free somewhere.
-    pub fn is_ready(&self) -> bool {
-        !self.is_draining() && !self.is_full()
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.sessions_open.load(Ordering::Relaxed)
-            >= self.sessions_per_core * self.metrics_workers()
-    }
-
-    /// Background tasks in flight (`asyncio_tasks` of /debug/memory): uploads and egress HTTP
-    /// attempts (process calls, deliveries, settings fetches).
-    pub fn background_tasks(&self) -> u64 {
-        (self.uploads.in_flight().max(0) + self.egress_metrics.attempts_in_flight().max(0)) as u64
-    }
-
-    fn metrics_workers(&self) -> usize {
-        self.budget.workers as usize
-    }
-}
-
-/// Why the server could not start or stopped: the operator's configuration (exit 2), or the
-/// machine and its environment at run time (exit 1).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fatal {
-    Config(String),
-    Runtime(String),
-}
-
-impl Fatal {
-    pub fn message(&self) -> &str {
-        match self {
-            Fatal::Config(message) | Fatal::Runtime(message) => message,
-        }
-    }
-
-    /// The process exit code: 2 for usage and configuration, 1 for run time.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Fatal::Config(_) => 2,
-            Fatal::Runtime(_) => 1,
-        }
-    }
-}
-
-/// Runs the server until drained (SIGTERM) or killed.
-pub fn run(config: Config) -> Result<(), Fatal> {
-    abort_on_panic();
-    // One process owns a data directory (its spill log): held until this function returns.
-    let _data_dir_lock = crate::spill::lock::DataDirLock::acquire(&config.data_dir).map_err(
-        |error| match error {
-            // The option names a place that cannot be a directory: configuration.
-            crate::spill::lock::LockError::Create { .. } => Fatal::Config(error.to_string()),
-            _ => Fatal::Runtime(error.to_string()),
-        },
-    )?;
-    match raise_open_files_limit() {
-        Ok(limit) => tracing::info!(
-            open_files_limit = limit,
-            "raised the soft open-files limit to the hard limit"
-        ),
-        Err(err) => tracing::warn!("could not raise the open-files limit: {err}"),
-    }
-    let plan = plan(&config);
-    let (driver, why) = driver::resolve(config.driver).map_err(Fatal::Config)?;
-    tracing::info!(
-        driver = driver.label(),
-        "io driver: {}: {why}",
-        driver.label()
-    );
-    let settings = match (&config.settings, &config.settings_url) {
-        (_, Some(url)) => SettingsSource::Http(Arc::new(HttpSettings::new(
-            url,
-            std::time::Duration::from_millis(config.settings_cache_ttl_ms),
-            config.settings_cache_entries_max,
-            config.settings_cache_bytes_max,
-        ))),
-        (Some(path), None) => {
-            SettingsSource::File(SettingsFile::load(path).map_err(Fatal::Config)?)
-        }
-        (None, None) => SettingsSource::File(SettingsFile::defaults_only()),
-    };
-    tracing::info!(
-        workers = plan.workers,
-        usable_cpus = plan.machine.usable,
-        affinity = ?plan.machine.mask,
-        pins = ?plan.cpus.pins,
-        "workers: {}; {}",
-        plan.workers,
-        plan.cpus.reason
-    );
-    if plan.workers > plan.machine.usable {
-        tracing::warn!(
-            workers = plan.workers,
-            usable_cpus = plan.machine.usable,
-            "more workers than the CPUs this process may use: they will share CPUs"
-        );
-    }
-    tracing::info!(
-        workers = plan.workers,
-        sessions_per_core = plan.sessions_per_core,
-        open_files_limit = plan.open_files_limit,
-        "session slots capped by max_sessions_per_core and the open-files limit"
-    );
-    tracing::info!(
-        budget_bytes = plan.budget.total_bytes(),
-        "{}",
-        plan.budget.summary()
-    );
-    if config.test_echo_route {
-        tracing::warn!("TEST ONLY: the echo route /test/echo is enabled");
-    }
-    let secret = EncryptionSecret::from_env().map_err(Fatal::Config)?;
-    match &secret {
-        Some((secret, name)) if secret.is_public_dev_secret() => tracing::warn!(
-            source = name,
-            "{name} is the public development secret of `make run`: anything it encrypts is \
-             readable by anyone; set a secret of your own outside development"
-        ),
-        Some((_, name)) => tracing::info!(source = name, "encryption secret from {name}"),
-        None if settings.may_encrypt() => {
-            return Err(Fatal::Config(format!(
-                "{SECRET_ENV} (or {}) is not set, but private-cloud audio of users at data \
-                 protection level `enhanced` (the default) must be encrypted with it (at least 32 \
-                 bytes); set it, or set every user's private_cloud_sync_enabled = false or level \
-                 standard/e2ee",
-                crate::config::omi::ENCRYPTION_SECRET
-            )));
-        }
-        None => tracing::info!("no encryption secret: no user stores audio at level enhanced"),
-    }
-    let secret = secret.map(|(secret, _)| secret);
-    if config.metrics_token.is_some() {
-        tracing::info!(
-            source = %config.origins.metrics_token,
-            "/metrics and /debug/memory need the bearer token (from {})",
-            config.origins.metrics_token
-        );
-    }
-    let mut metrics = Metrics::new(driver.label(), plan.workers);
-    metrics.budget_bytes.set(plan.budget.total_bytes() as i64);
-    let spill_metrics = SpillMetrics::register(metrics.registry_mut());
-    let upload_metrics = UploadMetrics::register(metrics.registry_mut());
-    let egress_metrics = EgressMetrics::register(metrics.registry_mut());
-    let egress_links: Vec<_> = (0..plan.workers)
-        .map(|_| delivery::new_link(&config, plan.workers))
-        .collect();
-    let _egress = egress::runtime::start(
-        &config,
-        egress_links.clone(),
-        egress_metrics.clone(),
-        settings.http().cloned(),
-    )
-    .map_err(Fatal::Runtime)?;
-    let opened = upload::store::open_configured(&config).map_err(Fatal::Config)?;
-    tracing::info!(
-        store = %opened.location,
-        source = %match config.origins.store {
-            crate::config::omi::Origin::Unset => "the default under data_dir".to_string(),
-            origin => origin.to_string(),
-        },
-        credentials = opened.credentials,
-        "object store {} (credentials: {})",
-        opened.location,
-        opened.credentials
-    );
-    let store = opened.store;
-    let spill = SpillLog::start(&config, plan.workers, spill_metrics, |source| {
-        upload::start(
-            &config,
-            store,
-            secret,
-            source,
-            upload_metrics.clone(),
-            config.spill_batches_max,
-        )
-    })
-    .map_err(Fatal::Runtime)?;
-    let shared = Arc::new(Shared {
-        config,
-        metrics,
-        settings,
-        driver,
-        sessions_per_core: plan.sessions_per_core,
-        budget: plan.budget,
-        drain: DrainState::new(),
-        sessions_open: AtomicUsize::new(0),
-        spill,
-        uploads: upload_metrics,
-        egress_links,
-        egress_metrics,
-    });
-    let listeners = worker::bind_listeners(&shared, plan.workers).map_err(Fatal::Runtime)?;
-    tracing::info!(listen = %shared.config.listen, "listening");
-    let workers = worker::start(&shared, listeners, plan.cpus.pins).map_err(Fatal::Runtime)?;
-    shutdown::wait_for_signals(&shared, workers).map_err(Fatal::Runtime)
 }

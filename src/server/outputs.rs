@@ -13,23 +13,21 @@ use std::ops::Range;
 
 use std::sync::Arc;
 
-use super::core::Core;
-use super::delivery::{self, AUDIO_FOR_APPS, AUDIO_FOR_WEBHOOK, SessionEgress};
+use super::core::{Core, REPLY_BYTES_MAX};
+use super::delivery;
 use super::slots::Slot;
+use super::streams::{AUDIO_FOR_APPS, AUDIO_FOR_WEBHOOK, Item, SessionEgress, SpillState, Streams};
 use crate::egress::Ticket;
 use crate::egress::delay::Owner;
 use crate::egress::job::{Job, Work};
 use crate::http::admission::ListenParams;
 use crate::id::Id;
 use crate::metrics::{FrameKind, Stream};
-use crate::payload::{DropOldestRing, Handle, PayloadArena, RingItem};
+use crate::payload::{DropOldestRing, Handle, PayloadArena};
 use crate::protocol::{self, Inbound, ResultOutcome};
 use crate::session::{BUSY, BatchCloseReason, Millis, Outputs, Session, SessionConfig};
-use crate::settings::{DataProtectionLevel, UserSettings};
-use crate::spill::record::{
-    BATCH_OPEN_PAYLOAD_BYTES_MAX, BatchOpen, Kind, Location, RECORD_HEADER_BYTES,
-    close_reason_byte, encode_batch_open, encode_header,
-};
+use crate::settings::UserSettings;
+use crate::spill::record::BatchOpen;
 use crate::websocket::frame::{self, Opcode};
 
 /// Copies `parts` into one new arena block; `None` when the arena refuses it.
@@ -45,83 +43,10 @@ fn alloc_parts(arena: &mut PayloadArena, parts: &[&[u8]]) -> Option<Handle> {
     Some(handle)
 }
 
-/// Bytes one ring entry takes: the item plus crossbeam's per-slot stamp.
-pub const RING_ENTRY_BYTES: usize = std::mem::size_of::<Item>() + std::mem::size_of::<usize>();
-pub use crate::payload::BLOCK_META_BYTES as ARENA_BLOCK_META_BYTES;
-/// Capacity of a core's reply buffer: one 201 error frame (an id of at most 128 bytes and a
-/// short reason) with room to spare.
-pub const REPLY_BYTES_MAX: usize = 1024;
 /// The 201 error for every 104 when no processor URL is configured.
 const PROCESSOR_NOT_CONFIGURED: &str = "processor_not_configured";
 /// The 201 error for a 104 larger than `process_payload_bytes_max`.
 const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
-
-/// A droppable item: a handle to its arena block.
-#[derive(Debug, Clone, Copy)]
-pub struct Item {
-    handle: Handle,
-}
-
-impl RingItem for Item {
-    fn handle(&self) -> Handle {
-        self.handle
-    }
-}
-
-/// A session's streams: droppable-stream rings, its share of the core's accumulator budget, its
-/// spill log state and its egress state. Rings are boxed: a ring's queue is cache-padded
-/// (hundreds of bytes), and most sessions have none, so a slot holds only pointers.
-pub struct Streams {
-    transcript: Option<Box<DropOldestRing<Item>>>,
-    audio_bytes: Option<Box<DropOldestRing<Item>>>,
-    accumulator_bytes: usize,
-    spill: SpillState,
-    pub egress: SessionEgress,
-}
-
-/// A session's place in the spill log.
-#[derive(Debug, Clone, Copy)]
-struct SpillState {
-    /// The session writes private-cloud audio (its settings enable it).
-    writes: bool,
-    level: DataProtectionLevel,
-    /// Id of the open (or last) batch.
-    batch: u64,
-    /// Hand-off position just past the session's latest record: once durable, all is.
-    last_position: u64,
-}
-
-impl Streams {
-    pub fn none() -> Streams {
-        Streams {
-            transcript: None,
-            audio_bytes: None,
-            accumulator_bytes: 0,
-            spill: SpillState {
-                writes: false,
-                level: DataProtectionLevel::Enhanced,
-                batch: 0,
-                last_position: 0,
-            },
-            egress: SessionEgress::new(None),
-        }
-    }
-
-    /// The ring of an ordered stream, if the session has its consumer.
-    pub fn ring_mut(&mut self, stream: Stream) -> Option<&mut DropOldestRing<Item>> {
-        match stream {
-            Stream::Transcript => self.transcript.as_deref_mut(),
-            Stream::AudioBytes => self.audio_bytes.as_deref_mut(),
-            Stream::SpeakerSample => None,
-        }
-    }
-}
-
-/// Hand-off bytes one message may need: its audio record, a batch-open, two batch-closes, each
-/// possibly preceded by a pad as long as itself.
-pub fn spill_bytes_per_message_max(max_message_bytes: usize) -> usize {
-    2 * (max_message_bytes + 4 * RECORD_HEADER_BYTES + BATCH_OPEN_PAYLOAD_BYTES_MAX + 32)
-}
 
 /// True when the slot's session may be fed a message now: it does not write audio, or the
 /// spill log is below its disk budget and the core's hand-off ring has room for anything the
@@ -221,9 +146,6 @@ pub fn on_deadline(core: &Core, key: usize, now: Millis) -> Replies {
     })
 }
 
-/// Hand-off bytes a batch-close record may need (with a pad as long as itself).
-const CLOSE_RECORD_BYTES_MAX: usize = 2 * (RECORD_HEADER_BYTES + 8);
-
 /// Ends the slot's session (closing its open batch) once the hand-off has room for the close
 /// record; false if it must be tried again later.
 pub fn end_session(core: &Core, key: usize, now: Millis) -> bool {
@@ -234,7 +156,7 @@ pub fn end_session(core: &Core, key: usize, now: Millis) -> bool {
     if ended {
         return true;
     }
-    if open_batch && core.spill.ring.free_bytes() < CLOSE_RECORD_BYTES_MAX {
+    if open_batch && !core.spill.ring.has_room_for_batch_close() {
         return false;
     }
     step(core, key, |session, out| session.end(now, out));
@@ -263,7 +185,7 @@ pub fn release(core: &Core, mut slot: Slot) {
 }
 
 /// Takes the 201 payloads egress answered for the slot's session (the connection sends them).
-pub fn take_replies(core: &Core, key: usize) -> super::delivery::Replies {
+pub fn take_replies(core: &Core, key: usize) -> super::streams::Replies {
     core.slots
         .with(key, |slot| std::mem::take(&mut slot.streams.egress.replies))
 }
@@ -346,23 +268,11 @@ struct CoreOutputs<'a> {
 }
 
 impl CoreOutputs<'_> {
-    /// Appends one record of the session's current batch to the core's hand-off ring.
-    fn spill(&mut self, kind: Kind, parts: &[&[u8]]) {
-        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
-        let batch = self.streams.spill.batch;
-        let pushed = self
-            .core
-            .spill
-            .ring
-            .push(RECORD_HEADER_BYTES + payload_len, |out| {
-                encode_header(out, kind, payload_len, batch, Location::NONE);
-                let mut at = RECORD_HEADER_BYTES;
-                for part in parts {
-                    out[at..at + part.len()].copy_from_slice(part);
-                    at += part.len();
-                }
-            });
+    /// Records where the session's latest record ends in the hand-off ring (once that
+    /// position is durable, all of the session's audio is).
+    fn spilled(&mut self, pushed: Option<u64>) {
         let position = pushed.expect("spill_ready checked the hand-off has room for this message");
+        debug_assert!(position > self.streams.spill.last_position);
         self.streams.spill.last_position = position;
         self.wrote_spill = true;
     }
@@ -422,17 +332,18 @@ impl Outputs for CoreOutputs<'_> {
             sample_rate_hz,
             level: self.streams.spill.level,
         };
-        let mut payload = [0u8; BATCH_OPEN_PAYLOAD_BYTES_MAX];
-        let len = encode_batch_open(&mut payload, &open);
-        self.spill(Kind::BatchOpen, &[&payload[..len]]);
+        let batch = self.streams.spill.batch;
+        self.spilled(self.core.spill.ring.push_batch_open(batch, &open));
     }
 
     fn audio_append(&mut self, pcm: &[u8]) {
-        self.spill(Kind::Audio, &[pcm]);
+        let batch = self.streams.spill.batch;
+        self.spilled(self.core.spill.ring.push_audio(batch, pcm));
     }
 
     fn audio_batch_close(&mut self, reason: BatchCloseReason) {
-        self.spill(Kind::BatchClose, &[&[close_reason_byte(reason)]]);
+        let batch = self.streams.spill.batch;
+        self.spilled(self.core.spill.ring.push_batch_close(batch, reason));
     }
 
     fn transcript(&mut self, conversation: Option<&Id>, segments_json: &str) {

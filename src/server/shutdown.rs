@@ -1,6 +1,6 @@
 //! The drain on the main thread (docs/protocol.md §5): runs [`crate::drain::Drain`] on the real
 //! clock, feeding it SIGTERM/SIGINT and the drain begun by `POST /__internal/drain` (seen through
-//! [`super::DrainState`]), and carries out what it decides: readiness 503 and new sessions turned
+//! [`super::shared::DrainState`]), and carries out what it decides: readiness 503 and new sessions turned
 //! away (the workers read the shared flag), open sessions closed with 1001 after the grace period,
 //! then a flush of the spill log, uploads for up to `upload_drain_ms`, and the exit.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::drain::{Action, Drain, Limits};
 
 /// How often the main thread looks at the signals, the shared drain flag and the open-session
@@ -73,7 +73,7 @@ pub fn wait_for_signals(shared: &Arc<Shared>, workers: Vec<JoinHandle<()>>) -> R
 fn drain_uploads(shared: &Shared) {
     let limit = Duration::from_millis(shared.config.upload_drain_ms);
     let started = std::time::Instant::now();
-    let left = crate::spill::drain::wait_uploaded(&shared.spill, limit);
+    let left = crate::audio_log::drain::wait_uploaded(&shared.spill, limit);
     let metrics = &shared.spill.shared.metrics;
     metrics.left_at_exit_batches.set(left.batches as i64);
     if left.batches == 0 {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
-use super::outputs::Streams;
+use super::streams::Streams;
 use crate::session::{Millis, Session};
 
 /// Bytes one slot takes in the slab (for the budget): the slot plus the slab entry tag.
@@ -244,7 +244,7 @@ impl Future for Signalled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::outputs::Streams;
+    use crate::server::streams::Streams;
 
     fn slot() -> Slot {
         Slot::new(None, Streams::none())

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::Shared;
 use super::core::Core;
+use super::delivery;
 use super::driver::Driver;
+use super::shared::Shared;
 
 /// Pending connections the kernel may queue per listener before the worker accepts them.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -128,7 +129,7 @@ async fn serve(index: usize, shared: Arc<Shared>, listener: StdListener) {
     let listener =
         monoio::net::TcpListener::from_std(listener).expect("listener registers with the driver");
     let core = Rc::new(Core::new(index, shared));
-    monoio::spawn(Rc::clone(&core).housekeeping());
+    monoio::spawn(housekeeping(Rc::clone(&core)));
     monoio::spawn(super::delivery::pump(Rc::clone(&core)));
     let mut errors = AcceptErrors::default();
     loop {
@@ -210,6 +211,24 @@ impl AcceptErrors {
         }
         self.last_logged = Some(now);
         Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// How often a worker fires due session deadlines and speaker-sample requests, refreshes its
+/// gauges and looks for the drain's close signal: the resolution of every session timer (idle,
+/// close handshake, batch age, speaker-sample delay).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The worker's housekeeping task: fires due session deadlines and speaker-sample requests,
+/// refreshes gauges and relays the drain's close signal to every open session.
+async fn housekeeping(core: Rc<Core>) {
+    loop {
+        monoio::time::sleep(HOUSEKEEPING_INTERVAL).await;
+        let now = core.now_ms();
+        core.slots.fire_due(now);
+        delivery::send_due_speaker_samples(&core, now);
+        core.refresh_gauges();
+        core.relay_drain_close();
     }
 }
 

@@ -3,7 +3,7 @@
 //! Invariant: an open batch holds fewer than `bytes_max` bytes between calls (reaching it closes
 //! the batch), and its deadline is its opening time plus `age_ms_max`.
 
-use super::Millis;
+use super::millis::Millis;
 
 #[derive(Debug, Clone, Copy)]
 struct OpenBatch {

@@ -19,10 +19,12 @@
 mod accumulator;
 mod batch;
 mod in_flight;
+mod millis;
 #[cfg(test)]
 mod tests;
 
 pub use in_flight::PROCESS_IN_FLIGHT_LIMIT;
+pub use millis::Millis;
 
 use accumulator::Accumulator;
 use batch::Batch;
@@ -45,16 +47,6 @@ pub const APP_AUDIO_SECONDS: u32 = 4;
 pub const ACCUMULATOR_SECONDS_MAX: u32 = 60;
 /// The 201 error sent at once for a 104 beyond the in-flight bound.
 pub const BUSY: &str = "busy";
-
-/// Monotonic time in milliseconds, as the caller's clock reads it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Millis(pub u64);
-
-impl Millis {
-    pub fn saturating_add_ms(self, ms: u64) -> Millis {
-        Millis(self.0.saturating_add(ms))
-    }
-}
 
 /// Why a private-cloud batch was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,16 +36,16 @@ use super::SimClock;
 use super::disk::{DiskFaults, SimDisk};
 use super::rng::SimRng;
 use super::store::{PutOutcome, SimStore, StoreFaults};
+use crate::audio_log::{SpillSource, open_shared, open_writer, upload_job};
 use crate::config::Config;
 use crate::id::Id;
 use crate::settings::DataProtectionLevel;
 use crate::spill::handoff::Handoff;
 use crate::spill::index::BatchEntry;
-use crate::spill::log::{SpillSource, open_shared, open_writer, upload_job};
 use crate::spill::metrics::SpillMetrics;
 use crate::spill::record::{
-    BATCH_OPEN_PAYLOAD_BYTES_MAX, BatchOpen, Kind, Location, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES, encode_batch_open, encode_header,
+    BATCH_OPEN_PAYLOAD_BYTES_MAX, BatchOpen, Kind, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    encode_batch_open,
 };
 use crate::spill::recovery::DAMAGED_DIR_NAME;
 use crate::spill::writer::{SpillShared, Writer};
@@ -662,11 +662,8 @@ impl World {
 /// Appends a record to a ring as a core does (`prev` and the CRC are the writer's); returns the
 /// ring position just past it.
 fn push(ring: &Handoff, kind: Kind, batch: u64, payload: &[u8]) -> u64 {
-    ring.push(RECORD_HEADER_BYTES + payload.len(), |out| {
-        encode_header(out, kind, payload.len(), batch, Location::NONE);
-        out[RECORD_HEADER_BYTES..].copy_from_slice(payload);
-    })
-    .expect("the session checked the ring's room")
+    ring.push_record(kind, batch, &[payload])
+        .expect("the session checked the ring's room")
 }
 
 /// Seeds `first..first + count`, split over `threads`; the first failure, or the reports.

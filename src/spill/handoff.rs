@@ -18,11 +18,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use super::record::RECORD_HEADER_BYTES;
+use super::record::{
+    BATCH_OPEN_PAYLOAD_BYTES_MAX, BatchOpen, Kind, Location, RECORD_HEADER_BYTES,
+    close_reason_byte, encode_batch_open, encode_header,
+};
 use crate::mapped::MappedRegion;
+use crate::session::BatchCloseReason;
 
 const ALIGN_BYTES: usize = 8;
 const PAD_MARKER: u32 = u32::MAX;
+/// Payload bytes of a batch-close record (its reason).
+const BATCH_CLOSE_PAYLOAD_BYTES: usize = 1;
+/// Hand-off bytes a batch-close record may need: its aligned length, and a pad as long as
+/// itself when it would cross the end.
+const BATCH_CLOSE_BYTES_MAX: usize =
+    2 * (RECORD_HEADER_BYTES + BATCH_CLOSE_PAYLOAD_BYTES).next_multiple_of(ALIGN_BYTES);
+
+/// Hand-off bytes one message of up to `message_bytes_max` may need: its audio record, a
+/// batch-open and two batch-closes, each possibly preceded by a pad as long as itself.
+/// (Four record headers; 32 bytes cover the close payloads and the alignment of all four.)
+pub fn bytes_per_message_max(message_bytes_max: usize) -> usize {
+    2 * (message_bytes_max + 4 * RECORD_HEADER_BYTES + BATCH_OPEN_PAYLOAD_BYTES_MAX + 32)
+}
 
 pub struct Handoff {
     region: MappedRegion,
@@ -68,9 +85,49 @@ impl Handoff {
         self.capacity_bytes() - used as usize
     }
 
+    /// Producer: true when a batch-close record fits now (a session's end needs one).
+    pub fn has_room_for_batch_close(&self) -> bool {
+        self.free_bytes() >= BATCH_CLOSE_BYTES_MAX
+    }
+
+    /// Producer: appends the batch-open record of `batch`; the producer position just past it,
+    /// or None when the ring has no room (nothing is written then).
+    pub fn push_batch_open(&self, batch: u64, open: &BatchOpen) -> Option<u64> {
+        let mut payload = [0u8; BATCH_OPEN_PAYLOAD_BYTES_MAX];
+        let len = encode_batch_open(&mut payload, open);
+        self.push_record(Kind::BatchOpen, batch, &[&payload[..len]])
+    }
+
+    /// Producer: appends an audio record of `batch` holding `pcm`.
+    pub fn push_audio(&self, batch: u64, pcm: &[u8]) -> Option<u64> {
+        self.push_record(Kind::Audio, batch, &[pcm])
+    }
+
+    /// Producer: appends the batch-close record of `batch`.
+    pub fn push_batch_close(&self, batch: u64, reason: BatchCloseReason) -> Option<u64> {
+        let payload = [close_reason_byte(reason)];
+        debug_assert_eq!(payload.len(), BATCH_CLOSE_PAYLOAD_BYTES);
+        self.push_record(Kind::BatchClose, batch, &[&payload])
+    }
+
+    /// Producer: appends one record of `kind` in `batch` whose payload is `parts` in order
+    /// (`prev` and the CRC are the writer's to fill in).
+    pub fn push_record(&self, kind: Kind, batch: u64, parts: &[&[u8]]) -> Option<u64> {
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        self.push(RECORD_HEADER_BYTES + payload_len, |out| {
+            encode_header(out, kind, payload_len, batch, Location::NONE);
+            let mut at = RECORD_HEADER_BYTES;
+            for part in parts {
+                out[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            debug_assert_eq!(at, out.len());
+        })
+    }
+
     /// Producer: appends a record of `len` bytes written by `fill`; returns the producer position
     /// just past it, or None when the ring has no room (nothing is written then).
-    pub fn push(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<u64> {
+    fn push(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<u64> {
         assert!(len >= RECORD_HEADER_BYTES);
         let aligned = len.next_multiple_of(ALIGN_BYTES);
         let capacity = self.capacity_bytes();
@@ -191,13 +248,9 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spill::record::{Kind, Location, encode_header};
 
     fn push_record(ring: &Handoff, batch: u64, payload: &[u8]) -> Option<u64> {
-        ring.push(RECORD_HEADER_BYTES + payload.len(), |out| {
-            encode_header(out, Kind::Audio, payload.len(), batch, Location::NONE);
-            out[RECORD_HEADER_BYTES..].copy_from_slice(payload);
-        })
+        ring.push_audio(batch, payload)
     }
 
     fn take(ring: &Handoff) -> Option<(u64, Vec<u8>)> {

@@ -5,7 +5,6 @@
 //! - [`disk`]: the file operations the log uses, behind a trait (real or simulated disk).
 //! - [`clock`]: monotonic and wall-clock milliseconds, behind a trait.
 //! - [`lock`]: one process per data directory (`flock` on `pusher.lock`).
-//! - [`drain`]: the shutdown's upload drain and `pusher spill drain`.
 //! - [`index`]: the batch index, fed records in log order.
 //! - [`scan`]: segment file names, listing, and scanning a segment for its valid records.
 //! - [`recovery`]: rebuilding the index from the segments at start.
@@ -13,20 +12,18 @@
 //! - [`inspect`]: `pusher spill inspect`, a read-only report.
 //! - [`handoff`]: the bounded ring from each core to the writer.
 //! - [`writer`]: the writer thread (group commit, rotation, disk budget, segment deletion).
-//! - [`log`]: start-up: recovery, uploader, writer.
 //! - [`metrics`]: the `pusher_spill_*` metrics.
+//!
+//! Boundary: this module knows nothing of the uploader; `crate::audio_log` wires the log to it
+//! (start-up, the upload drain, `pusher spill drain`).
 
 pub mod clock;
 pub mod disk;
-#[cfg(feature = "server")]
-pub mod drain;
 pub mod handoff;
 pub mod index;
 #[cfg(feature = "server")]
 pub mod inspect;
 pub mod lock;
-#[cfg(feature = "server")]
-pub mod log;
 pub mod metrics;
 pub mod reader;
 pub mod record;

@@ -538,10 +538,10 @@ mod tests {
             out
         };
         assert_eq!(read(&b1), b"a1-a3");
-        assert!(crate::spill::log::upload_job(&b1).partial);
+        assert!(crate::audio_log::upload_job(&b1).partial);
         let b2 = *index.get(&key(RUN_A, 2)).unwrap();
         assert_eq!((b2.holes, read(&b2)), (0, b"b1-b2".to_vec()));
-        assert!(!crate::spill::log::upload_job(&b2).partial);
+        assert!(!crate::audio_log::upload_job(&b2).partial);
         let b3 = *index.get(&key(RUN_A, 3)).unwrap();
         assert_eq!((b3.holes, read(&b3)), (0, b"c1".to_vec()));
     }

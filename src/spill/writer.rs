@@ -198,6 +198,8 @@ struct PendingRing {
     /// The ring position after the last record taken (skipped ones included).
     cursor: u64,
     bytes: u64,
+    /// Offset in the active segment the records were located at (the index has them there).
+    offset: u64,
 }
 
 pub struct Writer {
@@ -402,6 +404,7 @@ impl Writer {
             positions,
             cursor,
             bytes,
+            offset: self.active_offset,
         });
         self.retry_pending()?;
         Ok(taken)
@@ -411,6 +414,10 @@ impl Writer {
     /// released), false when the disk still lacks space.
     fn retry_pending(&mut self) -> Result<bool, WriterFailed> {
         let pending = self.pending.take().expect("a pending write");
+        debug_assert_eq!(
+            self.active_offset, pending.offset,
+            "records are written at the locations the index gave them"
+        );
         let ring = Arc::clone(&self.rings[pending.ring_index]);
         let records: Vec<&[u8]> = pending
             .positions
@@ -567,6 +574,7 @@ impl Writer {
     /// fdatasync, then publish durability, release closed batches and complete confirmations.
     /// A failed sync stops the writer (never retried: fsyncgate).
     fn sync(&mut self) -> Result<(), WriterFailed> {
+        debug_assert!(self.failed.is_none(), "nothing is synced after a failure");
         let started_ms = self.shared.clock.monotonic_ms();
         if let Err(err) = self.active.sync_data() {
             return Err(self.fail("fdatasync", &err));
@@ -579,6 +587,11 @@ impl Writer {
         self.unsynced_bytes = 0;
         self.last_sync_ms = now_ms;
         for (ring, &position) in self.rings.iter().zip(&self.consumed) {
+            debug_assert_eq!(
+                position,
+                ring.released(),
+                "only written records become durable"
+            );
             ring.set_durable(position);
         }
         let durable = Location::new(self.active_sequence(), self.active_offset as u32);
@@ -612,7 +625,12 @@ impl Writer {
             let mut index = self.shared.index.lock().expect("index lock");
             let dropped = index.take_ready(durable, usize::MAX, &mut self.ready);
             for key in &self.ready {
-                (self.submit)(index.get(key).expect("taken batches stay indexed"));
+                let entry = index.get(key).expect("taken batches stay indexed");
+                debug_assert!(
+                    entry.last <= durable,
+                    "a batch reaches the uploader only once its close is durable"
+                );
+                (self.submit)(entry);
             }
             dropped
         };
@@ -666,6 +684,7 @@ impl Writer {
             if sequence >= keep_from {
                 break;
             }
+            debug_assert!(sequence < active, "the active segment is never deleted");
             let path = self.shared.dir.join(segment_file_name(sequence));
             if let Err(err) = self.shared.disk.remove_file(&path)
                 && err.kind() != std::io::ErrorKind::NotFound
@@ -852,15 +871,11 @@ mod tests {
     use super::*;
     use crate::sim::SimClock;
     use crate::sim::disk::{DiskFaults, SimDisk};
-    use crate::spill::record::{Kind, encode_header};
+    use crate::spill::record::Kind;
     use prometheus_client::registry::Registry;
 
     fn push(ring: &Handoff, kind: Kind, batch: u64, payload: &[u8]) -> u64 {
-        ring.push(RECORD_HEADER_BYTES + payload.len(), |out| {
-            encode_header(out, kind, payload.len(), batch, Location::NONE);
-            out[RECORD_HEADER_BYTES..].copy_from_slice(payload);
-        })
-        .unwrap()
+        ring.push_record(kind, batch, &[payload]).unwrap()
     }
 
     /// fsyncgate: after a failed fdatasync the writer never publishes durability again (a

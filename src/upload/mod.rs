@@ -16,11 +16,18 @@
 //! uploaded again by the next process (an upload is idempotent: same key, same audio).
 
 pub mod backoff;
+mod body;
 pub mod crypto;
+mod health;
+pub mod job;
+pub mod metrics;
+pub mod notifier;
 pub mod object_key;
 pub mod store;
 pub mod uploader;
 
-pub use uploader::{BatchSource, UploadJob, UploadMetrics, UploaderHandle, start};
+pub use job::{BatchSource, UploadJob};
+pub use metrics::UploadMetrics;
+pub use uploader::{UploaderHandle, start};
 
 pub use crate::spill::index::BatchKey;

@@ -20,282 +20,42 @@
 //! - blocking threads: [`BLOCKING_THREADS`] (audio reads and encryption, local-store writes, DNS
 //!   lookups): that work is CPU- or disk-bound, so more threads than cores only add stacks and
 //!   per-thread allocator caches (measured: RSS grew with the number of blocking threads);
-//! - chunk notifications: [`NOTIFICATION_QUEUE_CAPACITY`] waiting (beyond: dropped, counted) and
+//! - chunk notifications ([`super::notifier`]): [`NOTIFICATION_QUEUE_CAPACITY`] waiting (beyond: dropped, counted) and
 //!   `upload_concurrency` in flight, `chunk_notification_attempts_max` attempts of
 //!   `chunk_notification_timeout_ms` each.
 //!
 //! Store health: the `pusher_upload_store_healthy` gauge is 1 until a put fails or times out, 0
 //! until one succeeds again; each change (not each attempt) is logged once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{Attribute, AttributeValue, Attributes, ObjectStore, PutOptions, PutPayload};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
-use serde::Serialize;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::BatchKey;
 use super::backoff::Backoff;
+use super::body::{Body, BodyBuffers, LentBuffer};
 use super::crypto::{BLOB_HEADER_BYTES, EncryptionSecret, PlaintextTooLarge, seal_in_place};
-use super::object_key::{is_encrypted, object_key, partial_object_key};
+use super::health::StoreHealth;
+use super::job::{BatchSource, UploadJob};
+use super::metrics::{FailureReason, UploadMetrics};
+use super::notifier::{self, Notification, Notifier};
+use super::object_key::is_encrypted;
 use super::store::Store;
 use crate::config::Config;
-use crate::id::Id;
-use crate::settings::DataProtectionLevel;
 
 /// Largest job queue [`start`] accepts (each slot is one [`UploadJob`], ~300 bytes).
 pub const QUEUE_CAPACITY_MAX: usize = 1 << 20;
-/// Chunk notifications waiting for a sender (each ~700 bytes); beyond it they are dropped.
-pub const NOTIFICATION_QUEUE_CAPACITY: usize = 4096;
 /// Threads of the uploader's blocking pool.
 pub const BLOCKING_THREADS: usize = 4;
 /// After the loop stops, how long the runtime waits for blocking work (a read in progress).
 const RUNTIME_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const CONTENT_TYPE: &str = "application/octet-stream";
-
-/// One closed batch to upload.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UploadJob {
-    pub key: BatchKey,
-    pub uid: Id,
-    pub conversation: Id,
-    /// The batch's first-frame timestamp, epoch seconds.
-    pub timestamp: f64,
-    pub sample_rate_hz: u32,
-    pub level: DataProtectionLevel,
-    /// Audio bytes the batch holds (a hint for the read buffer; the read decides).
-    pub audio_bytes: u64,
-    /// Records of the batch were lost to damage in the log: stored under its `.partial` key.
-    pub partial: bool,
-}
-
-impl UploadJob {
-    /// Where the batch is stored.
-    pub fn object_key(&self) -> String {
-        if self.partial {
-            partial_object_key(&self.uid, &self.conversation, self.timestamp, self.level)
-        } else {
-            object_key(&self.uid, &self.conversation, self.timestamp, self.level)
-        }
-    }
-}
-
-/// Where batches come from and where their confirmation goes (the spill log).
-pub trait BatchSource: Send + Sync + 'static {
-    /// Reads the batch's audio, in order, appending to `out` (blocking file I/O; call it via spawn_blocking).
-    fn read_audio(&self, job: &UploadJob, out: &mut Vec<u8>) -> std::io::Result<()>;
-    /// The store confirmed the upload: record it durably, then call `confirmed` (the batch may
-    /// now leave the log; the chunk notification waits for it). `confirmed` is never called if
-    /// the log cannot make the record durable (the process then exits).
-    ///
-    /// Called once per accepted job, on a blocking-pool thread of the uploader.
-    fn uploaded(&self, job: &UploadJob, confirmed: Box<dyn FnOnce() + Send>);
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
-/// Why an upload attempt failed (the `reason` label of `pusher_upload_attempts_failed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailureReason {
-    Read,
-    Encrypt,
-    Store,
-    Timeout,
-}
-
-const FAILURE_REASONS: [FailureReason; 4] = [
-    FailureReason::Read,
-    FailureReason::Encrypt,
-    FailureReason::Store,
-    FailureReason::Timeout,
-];
-
-impl FailureReason {
-    fn label(self) -> &'static str {
-        match self {
-            FailureReason::Read => "read",
-            FailureReason::Encrypt => "encrypt",
-            FailureReason::Store => "store",
-            FailureReason::Timeout => "timeout",
-        }
-    }
-}
-
-/// Outcome of a chunk notification (the `result` label of `pusher_upload_chunk_notifications_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NotificationResult {
-    Ok,
-    /// Every attempt failed, or the answer was a non-retryable error.
-    Failed,
-    /// The notification queue was full.
-    Dropped,
-}
-
-const NOTIFICATION_RESULTS: [NotificationResult; 3] = [
-    NotificationResult::Ok,
-    NotificationResult::Failed,
-    NotificationResult::Dropped,
-];
-
-impl NotificationResult {
-    fn label(self) -> &'static str {
-        match self {
-            NotificationResult::Ok => "ok",
-            NotificationResult::Failed => "failed",
-            NotificationResult::Dropped => "dropped",
-        }
-    }
-}
-
-/// The uploader's metrics (`pusher_upload_*`); handles are resolved once, label sets are closed.
-#[derive(Clone)]
-pub struct UploadMetrics {
-    succeeded: Counter,
-    attempts_failed: [Counter; FAILURE_REASONS.len()],
-    retries: Counter,
-    queued: Gauge,
-    in_flight: Gauge,
-    bytes: Counter,
-    store_healthy: Gauge,
-    duration: Histogram,
-    notifications: [Counter; NOTIFICATION_RESULTS.len()],
-    partial: Counter,
-}
-
-impl UploadMetrics {
-    /// Uploads running now.
-    pub fn in_flight(&self) -> i64 {
-        self.in_flight.get()
-    }
-
-    /// Registers under `upload_*` in `registry`, which is expected to carry the `pusher` prefix
-    /// (as `crate::metrics::Metrics`' registry does), giving `pusher_upload_*`.
-    pub fn register(registry: &mut Registry) -> UploadMetrics {
-        let succeeded = Counter::default();
-        registry.register(
-            "upload_succeeded",
-            "batches the object store confirmed",
-            succeeded.clone(),
-        );
-        let failed = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "upload_attempts_failed",
-            "upload attempts that failed, by reason (read, encrypt, store, timeout); each is retried",
-            failed.clone(),
-        );
-        let retries = Counter::default();
-        registry.register(
-            "upload_retries",
-            "upload attempts after a failed one",
-            retries.clone(),
-        );
-        let queued = Gauge::default();
-        registry.register(
-            "upload_queued",
-            "batches waiting for an upload slot",
-            queued.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "upload_in_flight",
-            "batches being uploaded or waiting to retry",
-            in_flight.clone(),
-        );
-        let bytes = Counter::default();
-        registry.register(
-            "upload_bytes",
-            "object bytes stored (after encryption)",
-            bytes.clone(),
-        );
-        let store_healthy = Gauge::default();
-        store_healthy.set(1);
-        registry.register(
-            "upload_store_healthy",
-            "1 while the last upload attempt succeeded (or none was made), 0 while failing",
-            store_healthy.clone(),
-        );
-        // 10 ms .. ~82 s.
-        let duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
-        registry.register(
-            "upload_duration_seconds",
-            "time of successful put attempts",
-            duration.clone(),
-        );
-        let partial = Counter::default();
-        registry.register(
-            "upload_partial",
-            "batches with holes (records lost to damage in the spill log) stored under their \
-             .partial key",
-            partial.clone(),
-        );
-        let notifications = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "upload_chunk_notifications",
-            "chunk notifications, by result (ok, failed, dropped)",
-            notifications.clone(),
-        );
-        UploadMetrics {
-            succeeded,
-            attempts_failed: FAILURE_REASONS.map(|r| {
-                failed
-                    .get_or_create(&ReasonLabel { reason: r.label() })
-                    .clone()
-            }),
-            retries,
-            queued,
-            in_flight,
-            bytes,
-            store_healthy,
-            duration,
-            notifications: NOTIFICATION_RESULTS.map(|r| {
-                notifications
-                    .get_or_create(&ResultLabel { result: r.label() })
-                    .clone()
-            }),
-            partial,
-        }
-    }
-
-    /// Batches confirmed by the store.
-    pub fn succeeded(&self) -> u64 {
-        self.succeeded.get()
-    }
-
-    fn attempt_failed(&self, reason: FailureReason) {
-        let index = FAILURE_REASONS
-            .iter()
-            .position(|&r| r == reason)
-            .expect("every reason is listed");
-        self.attempts_failed[index].inc();
-    }
-
-    fn notification(&self, result: NotificationResult) {
-        let index = NOTIFICATION_RESULTS
-            .iter()
-            .position(|&r| r == result)
-            .expect("every result is listed");
-        self.notifications[index].inc();
-    }
-}
 
 /// Submits jobs to the upload thread and stops it.
 pub struct UploaderHandle {
@@ -354,21 +114,8 @@ pub fn start(
     }
     let concurrency = config.upload_concurrency.max(1);
     let backoff = Backoff::new(config.upload_backoff_ms_min, config.upload_backoff_ms_max);
-    let (notifier, notifications) = match &config.chunk_notification_url {
-        Some(url) => {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(config.chunk_notification_timeout_ms))
-                .build()
-                .map_err(|e| format!("chunk notification client: {e}"))?;
-            let (queue, receiver) = mpsc::channel(NOTIFICATION_QUEUE_CAPACITY);
-            let notifier = Notifier {
-                client,
-                url: url.clone(),
-                attempts_max: config.chunk_notification_attempts_max.max(1),
-                queue,
-            };
-            (Some(notifier), Some(receiver))
-        }
+    let (notifier, notifications) = match Notifier::from_config(config, backoff, metrics.clone())? {
+        Some((notifier, receiver)) => (Some(notifier), Some(receiver)),
         None => (None, None),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -418,7 +165,7 @@ struct Context {
     health: StoreHealth,
     backoff: Backoff,
     attempt_timeout: Duration,
-    notifier: Option<Notifier>,
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// The dispatcher: one permit, then one job, then a task; until stopped.
@@ -429,8 +176,8 @@ async fn run(
     mut stop: oneshot::Receiver<Duration>,
     notifications: Option<mpsc::Receiver<Notification>>,
 ) {
-    if let Some(receiver) = notifications {
-        tokio::spawn(send_notifications(context.clone(), concurrency, receiver));
+    if let (Some(notifier), Some(receiver)) = (&context.notifier, notifications) {
+        tokio::spawn(notifier::send_all(notifier.clone(), concurrency, receiver));
     }
     let permits = Arc::new(Semaphore::new(concurrency));
     let grace = loop {
@@ -497,83 +244,6 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The body of a batch, made once and reused by every attempt.
-struct Body {
-    payload: PutPayload,
-    audio_bytes: u64,
-}
-
-/// Body buffers, one per upload slot: allocated and faulted in at start, lent to an upload and
-/// given back when the store has let go of its payload. A batch larger than a buffer (above
-/// 16 kHz with the default size) grows it for that upload; it is replaced by a standard one
-/// when given back.
-///
-/// Invariant: at most `upload_concurrency` buffers exist (one per permit), each of
-/// `buffer_bytes` or, while it carries a larger batch, that batch.
-pub struct BodyBuffers {
-    free: Mutex<Vec<Vec<u8>>>,
-    count: usize,
-    buffer_bytes: usize,
-}
-
-impl BodyBuffers {
-    fn new(count: usize, buffer_bytes: usize) -> Arc<BodyBuffers> {
-        let free = (0..count)
-            .map(|_| {
-                let mut buffer = vec![0u8; buffer_bytes];
-                crate::mapped::prefault(&mut buffer);
-                buffer.clear();
-                buffer
-            })
-            .collect();
-        Arc::new(BodyBuffers {
-            free: Mutex::new(free),
-            count,
-            buffer_bytes,
-        })
-    }
-
-    /// A buffer for one upload. A permit normally guarantees one is free; if a store still
-    /// holds a finished upload's payload, a fresh one is made (and dropped when given back
-    /// beyond `count`).
-    fn take(&self) -> Vec<u8> {
-        self.free
-            .lock()
-            .expect("buffer lock")
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.buffer_bytes))
-    }
-
-    fn give_back(&self, mut buffer: Vec<u8>) {
-        if buffer.capacity() > self.buffer_bytes {
-            buffer = Vec::with_capacity(self.buffer_bytes);
-        }
-        buffer.clear();
-        let mut free = self.free.lock().expect("buffer lock");
-        if free.len() < self.count {
-            free.push(buffer);
-        }
-    }
-}
-
-/// A lent buffer as an object payload; dropping the last reference gives it back.
-struct LentBuffer {
-    buffer: Vec<u8>,
-    pool: Arc<BodyBuffers>,
-}
-
-impl AsRef<[u8]> for LentBuffer {
-    fn as_ref(&self) -> &[u8] {
-        &self.buffer
-    }
-}
-
-impl Drop for LentBuffer {
-    fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.buffer));
-    }
-}
-
 /// Uploads one job until the store confirms it; holds `permit` until then.
 async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePermit) {
     let metrics = &context.metrics;
@@ -606,6 +276,7 @@ async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePer
             }
         }
     }
+    debug_assert!(body.is_some(), "a stored batch had its body read");
     let audio_bytes = body.as_ref().map_or(0, |b| b.audio_bytes);
     drop(body);
     let source = context.source.clone();
@@ -638,6 +309,10 @@ async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePer
         return;
     }
     if let Some(notifier) = &context.notifier {
+        debug_assert!(
+            durable && !job.partial,
+            "only a durable, whole batch is notified"
+        );
         let notification = Notification {
             uid: job.uid,
             conversation: job.conversation,
@@ -646,9 +321,7 @@ async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePer
             bytes: audio_bytes,
             sample_rate_hz: job.sample_rate_hz,
         };
-        if notifier.queue.try_send(notification).is_err() {
-            metrics.notification(NotificationResult::Dropped);
-        }
+        notifier.queue(notification);
     }
 }
 
@@ -751,137 +424,16 @@ async fn prepare(context: &Context, job: &UploadJob) -> Result<Body, Failure> {
     }
 }
 
-/// Whether the store looks healthy, with the gauge that shows it.
-struct StoreHealth {
-    healthy: AtomicBool,
-    gauge: Gauge,
-}
-
-impl StoreHealth {
-    fn new(gauge: Gauge) -> StoreHealth {
-        gauge.set(1);
-        StoreHealth {
-            healthy: AtomicBool::new(true),
-            gauge,
-        }
-    }
-
-    /// Records an attempt's outcome; true when it changed the state (log it once).
-    fn record(&self, ok: bool) -> bool {
-        let changed = self.healthy.swap(ok, Ordering::AcqRel) != ok;
-        if changed {
-            self.gauge.set(i64::from(ok));
-        }
-        changed
-    }
-}
-
-struct Notifier {
-    client: reqwest::Client,
-    url: String,
-    attempts_max: u32,
-    queue: mpsc::Sender<Notification>,
-}
-
-/// A chunk notification waiting to be sent.
-#[derive(Debug, Clone, PartialEq)]
-struct Notification {
-    uid: Id,
-    conversation: Id,
-    key: String,
-    timestamp: f64,
-    /// Audio (PCM) bytes of the batch, before encryption.
-    bytes: u64,
-    sample_rate_hz: u32,
-}
-
-/// The JSON body of docs/downstream.md §2.
-#[derive(Serialize)]
-struct NotificationBody<'a> {
-    uid: &'a str,
-    conversation_id: &'a str,
-    key: &'a str,
-    timestamp: f64,
-    bytes: u64,
-    sample_rate: u32,
-}
-
-impl Notification {
-    fn body(&self) -> NotificationBody<'_> {
-        NotificationBody {
-            uid: self.uid.as_str(),
-            conversation_id: self.conversation.as_str(),
-            key: &self.key,
-            timestamp: self.timestamp,
-            bytes: self.bytes,
-            sample_rate: self.sample_rate_hz,
-        }
-    }
-}
-
-/// Whether a notification answered with `status` is worth another attempt.
-fn retryable(status: reqwest::StatusCode) -> bool {
-    status.is_server_error()
-        || status == reqwest::StatusCode::REQUEST_TIMEOUT
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-}
-
-/// Sends queued notifications, at most `concurrency` at once.
-async fn send_notifications(
-    context: Arc<Context>,
-    concurrency: usize,
-    mut queue: mpsc::Receiver<Notification>,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    loop {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let Some(notification) = queue.recv().await else {
-            return;
-        };
-        let context = context.clone();
-        tokio::spawn(async move {
-            let result = notify(&context, &notification).await;
-            context.metrics.notification(result);
-            drop(permit);
-        });
-    }
-}
-
-async fn notify(context: &Context, notification: &Notification) -> NotificationResult {
-    let notifier = context
-        .notifier
-        .as_ref()
-        .expect("only sent when configured");
-    let body = notification.body();
-    for attempt in 0..notifier.attempts_max {
-        if attempt > 0 {
-            tokio::time::sleep(context.backoff.delay(attempt - 1, rand::random())).await;
-        }
-        match notifier.client.post(&notifier.url).json(&body).send().await {
-            Ok(response) if response.status().is_success() => return NotificationResult::Ok,
-            Ok(response) if !retryable(response.status()) => {
-                tracing::debug!(key = %notification.key, status = %response.status(), "chunk notification refused");
-                return NotificationResult::Failed;
-            }
-            Ok(response) => {
-                tracing::debug!(key = %notification.key, attempt, status = %response.status(), "chunk notification failed")
-            }
-            Err(e) => {
-                tracing::debug!(key = %notification.key, attempt, "chunk notification failed: {e}")
-            }
-        }
-    }
-    NotificationResult::Failed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::Id;
+    use crate::settings::DataProtectionLevel;
+    use crate::upload::BatchKey;
     use crate::upload::crypto::{SECRET_ENV, decrypt_blob};
+    use crate::upload::metrics::NotificationResult;
+    use crate::upload::notifier::retryable;
+    use crate::upload::object_key::object_key;
     use async_trait::async_trait;
     use futures_util::stream::BoxStream;
     use object_store::memory::InMemory;
@@ -889,11 +441,13 @@ mod tests {
         CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
         PutMultipartOptions, PutResult,
     };
+    use prometheus_client::registry::Registry;
     use std::collections::HashMap;
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
-use super::lock::DataDirLock;
-use super::log::SpillLog;
-use super::metrics::SpillMetrics;
-use super::scan::{list_segments, spill_dir};
+use super::SpillLog;
 use crate::config::Config;
+use crate::spill::lock::DataDirLock;
+use crate::spill::metrics::SpillMetrics;
+use crate::spill::scan::{list_segments, spill_dir};
 use crate::upload::crypto::EncryptionSecret;
 use crate::upload::{self, UploadMetrics};
 

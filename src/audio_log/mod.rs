@@ -1,21 +1,24 @@
-//! Starting the durable audio path: recover the log, start the uploader, open a new segment and
+//! The running durable audio log: the spill log (`crate::spill`) wired to its uploader
+//! (`crate::upload`). Starting the durable audio path: recover the log, start the uploader, open a new segment and
 //! start the writer thread. The cores get one hand-off ring each.
 //!
 //! Order matters: recovery rebuilds the index before anything is written; the uploader exists
 //! before the writer hands it the recovered batches; the writer exists before any core pushes.
 
+pub mod drain;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::clock::{Clock, SystemClock};
-use super::disk::{Disk, RealDisk};
-use super::handoff::Handoff;
-use super::index::BatchEntry;
-use super::metrics::SpillMetrics;
-use super::reader::read_batch_audio;
-use super::recovery::{Recovered, recover};
-use super::writer::{Confirmed, SpillShared, Submit, Writer, WriterFailed, WriterLimits};
 use crate::config::Config;
+use crate::spill::clock::{Clock, SystemClock};
+use crate::spill::disk::{Disk, RealDisk};
+use crate::spill::handoff::Handoff;
+use crate::spill::index::BatchEntry;
+use crate::spill::metrics::SpillMetrics;
+use crate::spill::reader::read_batch_audio;
+use crate::spill::recovery::{Recovered, recover};
+use crate::spill::writer::{Confirmed, SpillShared, Submit, Writer, WriterFailed, WriterLimits};
 use crate::upload::{BatchSource, UploadJob, UploaderHandle};
 
 /// What the server keeps of the spill log.
@@ -105,7 +108,7 @@ pub fn open_shared(
     metrics.corrupt_tails.inc_by(recovered.corrupt_tails);
     metrics.damaged_segments.inc_by(recovered.damaged_segments);
     metrics.holed_batches.inc_by(recovered.holed_batches);
-    let index = std::mem::replace(&mut recovered.index, super::index::Index::new(1));
+    let index = std::mem::replace(&mut recovered.index, crate::spill::index::Index::new(1));
     let shared = Arc::new(SpillShared::new(dir, run_id, index, metrics, disk, clock));
     Ok((shared, recovered))
 }
