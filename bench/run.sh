@@ -33,7 +33,7 @@
 #   LOG_FRAME_BYTES     log: PCM bytes per 101 frame                 [16000]
 #   LOG_DD_MIB          log: MiB dd writes with conv=fdatasync, before and after the load [2048]
 #   LOG_DSYNC_MIB       log: MiB dd writes with oflag=dsync, before  [512]
-#   LOG_SPILL_MAX_BYTES log: the server's --spill-max-bytes          [10 GiB, less if the disk is short]
+#   LOG_SPILL_BYTES_MAX log: the server's --spill-bytes-max          [10 GiB, less if the disk is short]
 #   LOG_QUIET_LOAD      log: wait for a 1-minute load average below  [0.8]
 #   LOG_QUIET_WAIT_S    log: ... for at most this long               [600]
 #   STREAM_SESSIONS     stream: sessions at real-time rate           [1000]
@@ -126,7 +126,7 @@ LOG_SECONDS=${LOG_SECONDS:-20}
 LOG_FRAME_BYTES=${LOG_FRAME_BYTES:-16000}
 LOG_DD_MIB=${LOG_DD_MIB:-2048}
 LOG_DSYNC_MIB=${LOG_DSYNC_MIB:-512}
-LOG_SPILL_MAX_BYTES=${LOG_SPILL_MAX_BYTES:-}
+LOG_SPILL_BYTES_MAX=${LOG_SPILL_BYTES_MAX:-}
 LOG_QUIET_LOAD=${LOG_QUIET_LOAD:-0.8}
 LOG_QUIET_WAIT_S=${LOG_QUIET_WAIT_S:-600}
 STREAM_SESSIONS=${STREAM_SESSIONS:-1000}
@@ -459,7 +459,7 @@ for scenario in $SCENARIO; do
             wait_for_quiet
             load=$(cut -d ' ' -f 1 /proc/loadavg)
             avail=$(df -B1 --output=avail "$work" | tail -n 1 | tr -d ' ')
-            spill_max=$LOG_SPILL_MAX_BYTES
+            spill_max=$LOG_SPILL_BYTES_MAX
             if [[ -z $spill_max ]]; then
                 spill_max=$((10 << 30))
                 room=$((avail - (LOG_DD_MIB << 20) - (4 << 30)))
@@ -469,7 +469,7 @@ for scenario in $SCENARIO; do
                 echo "run.sh: only $avail bytes free under $work; the log scenario needs more" >&2
                 exit 1
             fi
-            echo "run.sh: $avail bytes free under $work; --spill-max-bytes $spill_max" >&2
+            echo "run.sh: $avail bytes free under $work; --spill-bytes-max $spill_max" >&2
             # Uploads go to an S3 endpoint on a closed port: they fail at once and back off, so
             # the uploader neither frees log space nor competes for the CPU.
             if listening "$DEAD_PORT"; then
@@ -477,7 +477,7 @@ for scenario in $SCENARIO; do
                 exit 1
             fi
             s3_env "$DEAD_PORT"
-            start_server log --store s3://bench/log --spill-max-bytes "$spill_max"
+            start_server log --store s3://bench/log --spill-bytes-max "$spill_max"
             # The tool measures the disk with dd in $work (the filesystem of the data
             # directory) before and after the load.
             bench log --connections "$LOG_CONNECTIONS" --seconds "$LOG_SECONDS" \
@@ -485,7 +485,7 @@ for scenario in $SCENARIO; do
                 --disk-probe-mib "$LOG_DD_MIB" --disk-probe-dsync-mib "$LOG_DSYNC_MIB" \
                 --label "loadavg_1m_before=$load" \
                 --label "filesystem=$(df --output=fstype "$work" | tail -n 1)" \
-                --label "spill_max_bytes=$spill_max"
+                --label "spill_bytes_max=$spill_max"
             ;;
         stream)
             start_sink

@@ -55,7 +55,7 @@ pub fn plan(config: &Config) -> Plan {
     let workers = cpus.workers;
     let open_files_limit = open_files_limits().1;
     let by_files = open_files_limit.saturating_sub(fd_reserve(config, workers)) / workers as u64;
-    let sessions_per_core = config.max_sessions_per_core.min(by_files.max(1) as usize);
+    let sessions_per_core = config.sessions_per_core_max.min(by_files.max(1) as usize);
     let budget = Budget::compute(
         config,
         workers,
@@ -192,7 +192,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
         workers = plan.workers,
         sessions_per_core = plan.sessions_per_core,
         open_files_limit = plan.open_files_limit,
-        "session slots capped by max_sessions_per_core and the open-files limit"
+        "session slots capped by sessions_per_core_max and the open-files limit"
     );
     tracing::info!(
         budget_bytes = plan.budget.total_bytes(),

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use crate::config::Config;
+use crate::session::{BATCH_AUDIO_SECONDS, PCM_BYTES_PER_SAMPLE, SAMPLE_RATE_HZ_MAX};
 
 /// Code, static data, runtime drivers and touched thread-stack pages: measured RSS of an idle
 /// process with no sessions is well below this.
@@ -50,13 +51,18 @@ pub fn egress_item_bytes_max(config: &Config) -> u64 {
             .webhook_audio_delay_s_max
             .max(crate::session::APP_AUDIO_SECONDS),
     );
-    seconds * 48_000 * 2 + config.max_message_bytes as u64 + 1
+    seconds * audio_bytes_per_second_max() + config.message_bytes_max as u64 + 1
 }
 
-/// Largest batch: 60 s of audio at the highest sample rate (48 kHz, 16-bit), plus the frame that
-/// crossed the limit (a batch closes after the append that reaches 60 s).
+/// Bytes of one second of audio at the highest sample rate a session accepts (PCM16 mono).
+fn audio_bytes_per_second_max() -> u64 {
+    u64::from(SAMPLE_RATE_HZ_MAX * PCM_BYTES_PER_SAMPLE)
+}
+
+/// Largest batch: [`BATCH_AUDIO_SECONDS`] of audio at the highest sample rate, plus the frame that
+/// crossed the limit (a batch closes after the append that reaches it).
 pub fn batch_bytes_max(max_message_bytes: usize) -> u64 {
-    60 * 48_000 * 2 + max_message_bytes as u64
+    u64::from(BATCH_AUDIO_SECONDS) * audio_bytes_per_second_max() + max_message_bytes as u64
 }
 
 #[derive(Debug, Clone)]
@@ -113,7 +119,7 @@ impl Budget {
             line(
                 "request-head scratch buffers",
                 w,
-                config.max_request_header_bytes as u64,
+                config.request_header_bytes_max as u64,
             ),
             line(
                 "payload arenas",
@@ -122,7 +128,7 @@ impl Budget {
             ),
             line(
                 "payload arena block metadata",
-                w * config.payload_blocks_max_per_core as u64,
+                w * config.payload_blocks_per_core_max as u64,
                 sizes.arena_block_meta_bytes,
             ),
             line(
@@ -164,7 +170,7 @@ impl Budget {
                 "upload body buffers",
                 config.upload_concurrency as u64,
                 (config.upload_buffer_bytes as u64).max(
-                    batch_bytes_max(config.max_message_bytes)
+                    batch_bytes_max(config.message_bytes_max)
                         + crate::upload::crypto::BLOB_OVERHEAD_BYTES as u64,
                 ),
             ),

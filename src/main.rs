@@ -73,7 +73,7 @@ struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 struct ConfigArgs {
-    /// TOML config file; keys are the option names with '_' (e.g. max_message_bytes)
+    /// TOML config file; keys are the option names with '_' (e.g. message_bytes_max)
     #[arg(long, env = "PUSHER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]

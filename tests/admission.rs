@@ -198,7 +198,7 @@ async fn plain_routes_answer(driver: &str) {
 }
 
 async fn full_server_turns_sessions_away_with_1013_until_a_slot_frees(driver: &str) {
-    let server = Server::start(driver, &["--workers", "1", "--max-sessions-per-core", "2"]).await;
+    let server = Server::start(driver, &["--workers", "1", "--sessions-per-core-max", "2"]).await;
     let mut first = server.connect("u-1").await;
     let mut second = server.connect("u-2").await;
     // The upgrade completes (the listen client's breaker counts no failure), then 1013.
@@ -351,7 +351,7 @@ async fn a_burst_larger_than_the_handshake_slots_waits_and_is_upgraded(driver: &
 }
 
 async fn oversized_request_head_gets_431(driver: &str) {
-    let server = Server::start(driver, &["--max-request-header-bytes", "1024"]).await;
+    let server = Server::start(driver, &["--request-header-bytes-max", "1024"]).await;
     let head = |pad: usize| {
         format!(
             "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
@@ -374,7 +374,7 @@ async fn oversized_request_head_gets_431(driver: &str) {
 }
 
 async fn refusal_before_the_whole_head_is_read_is_not_lost_to_a_reset(driver: &str) {
-    let server = Server::start(driver, &["--max-request-header-bytes", "1024"]).await;
+    let server = Server::start(driver, &["--request-header-bytes-max", "1024"]).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     // The client writes its (too long) head in two parts, as a slow client would; pusher
     // answers after the first part and must still let the client finish and read the 431.

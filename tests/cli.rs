@@ -124,7 +124,7 @@ fn spill_inspect_help_lists_only_its_own_options() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(help.contains("--data-dir"), "{help}");
     assert!(help.contains("--config"), "{help}");
-    for serve_only in ["--max-message-bytes", "--listen", "--workers", "--store"] {
+    for serve_only in ["--message-bytes-max", "--listen", "--workers", "--store"] {
         assert!(!help.contains(serve_only), "{serve_only} in:\n{help}");
     }
 }
@@ -162,4 +162,71 @@ async fn the_public_development_secret_is_warned_about() {
         .find(|l| l.contains("public development secret"))
         .unwrap_or_else(|| panic!("no warning about the secret:\n{log}"));
     assert!(warning.contains("WARN"), "{warning}");
+}
+
+/// The slots per worker `pusher budget` reports ("memory budget: 1 workers x N session slots").
+fn budget_slots(output: &Output) -> String {
+    assert!(output.status.success(), "{}", stderr(output));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let first = text.lines().next().unwrap_or_default().to_string();
+    first
+        .split(" x ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no slot count in {first:?}"))
+        .to_string()
+}
+
+#[test]
+fn renamed_options_keep_their_old_names_as_flag_variable_and_key() {
+    let scratch = Scratch::new("renamed");
+    let file = scratch.0.join("pusher.toml");
+    std::fs::write(&file, "max_sessions_per_core = 33\n").expect("write the config file");
+    let file = file.to_str().expect("a UTF-8 path");
+    let current = run(
+        &["budget", "--workers", "1", "--sessions-per-core-max", "31"],
+        &[],
+    );
+    assert_eq!(budget_slots(&current), "31");
+    let old_flag = run(
+        &["budget", "--workers", "1", "--max-sessions-per-core", "32"],
+        &[],
+    );
+    assert_eq!(budget_slots(&old_flag), "32");
+    let old_key = run(&["budget", "--workers", "1", "--config", file], &[]);
+    assert_eq!(budget_slots(&old_key), "33");
+    let old_variable = run(
+        &["budget", "--workers", "1", "--config", file],
+        &[("PUSHER_MAX_SESSIONS_PER_CORE", "34")],
+    );
+    assert_eq!(
+        budget_slots(&old_variable),
+        "34",
+        "a variable beats the file"
+    );
+    // The old names stay out of --help: one name per option there.
+    let help = run(&["serve", "--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--sessions-per-core-max"), "{help}");
+    assert!(!help.contains("--max-sessions-per-core"), "{help}");
+}
+
+#[test]
+fn both_names_of_one_option_are_refused() {
+    let output = run(
+        &[
+            "budget",
+            "--spill-max-bytes",
+            "1000000000",
+            "--spill-bytes-max",
+            "2000000000",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        one_line(&output).contains("`spill_max_bytes` is the old name of `spill_bytes_max`"),
+        "{}",
+        stderr(&output)
+    );
 }

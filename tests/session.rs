@@ -181,7 +181,7 @@ async fn short_audio_closes_1007(driver: &str) {
 }
 
 async fn message_over_the_limit_closes_1009(driver: &str) {
-    let server = Server::start(driver, &["--max-message-bytes", "1024"]).await;
+    let server = Server::start(driver, &["--message-bytes-max", "1024"]).await;
     let mut ws = server.connect("user-1").await;
     // Exactly at the limit is accepted.
     send(&mut ws, 101, &audio_payload(1.0, &[0; 1024 - 12])).await;

@@ -126,7 +126,7 @@ pub fn open_writer(
         segment_bytes_max: config.spill_segment_bytes,
         sync_interval_ms: config.spill_sync_interval_ms,
         sync_bytes: config.spill_sync_bytes,
-        max_bytes: config.spill_max_bytes,
+        max_bytes: config.spill_bytes_max,
     };
     let existing = recovered
         .segments

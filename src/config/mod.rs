@@ -5,6 +5,7 @@
 //! rest of the server may rely on every bound being non-zero and within its documented range.
 
 pub mod omi;
+pub mod renamed;
 pub mod store_location;
 
 use std::net::SocketAddr;
@@ -14,6 +15,10 @@ use clap::{Args, ValueEnum};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+use renamed::Renamed;
+
+use crate::websocket::codec::DecoderLimits;
 
 /// Most worker threads (a thread and a runtime each; far beyond any machine's cores).
 pub const WORKERS_MAX: usize = 1024;
@@ -111,7 +116,7 @@ pub struct Config {
     /// Largest webhook answer read (for the response relay); the rest is ignored.
     pub egress_response_bytes_max: usize,
     /// Session slots per worker, allocated at start; further upgrades get 503.
-    pub max_sessions_per_core: usize,
+    pub sessions_per_core_max: usize,
     /// Receive buffers per worker, each `Decoder::buffer_bytes_required` bytes.
     pub recv_buffers_per_core: usize,
     /// Connections per worker between accept and upgrade (each a task, no buffer: heads are
@@ -120,9 +125,9 @@ pub struct Config {
     /// head buffer).
     pub handshake_buffers_per_core: usize,
     /// Largest WebSocket message accepted; larger → close 1009.
-    pub max_message_bytes: usize,
+    pub message_bytes_max: usize,
     /// Largest HTTP request head accepted; larger → 431.
-    pub max_request_header_bytes: usize,
+    pub request_header_bytes_max: usize,
     /// Time from accept to a complete request head.
     pub handshake_timeout_ms: u64,
     /// No message and no ping for this long → close 1001.
@@ -142,7 +147,7 @@ pub struct Config {
     /// Per-worker arena for droppable payloads (transcripts, audio-bytes items, speaker samples).
     pub payload_arena_bytes_per_core: usize,
     /// Per-worker bound on payload blocks alive in the arena.
-    pub payload_blocks_max_per_core: usize,
+    pub payload_blocks_per_core_max: usize,
     /// Per-worker bytes for app/webhook audio accumulators; a session that cannot get one
     /// runs without it (counted).
     pub audio_accumulator_bytes_per_core: usize,
@@ -169,7 +174,7 @@ pub struct Config {
     pub spill_sync_bytes: u64,
     /// Disk budget of the spill log; when reached, sessions that write audio are not read
     /// (backpressure) until uploads free space.
-    pub spill_max_bytes: u64,
+    pub spill_bytes_max: u64,
     /// Per-worker hand-off ring to the spill writer; when full, sessions that write audio are
     /// not read until the writer drains it.
     pub spill_handoff_bytes_per_core: usize,
@@ -240,11 +245,11 @@ impl Default for Config {
             egress_in_flight_max: 512,
             egress_in_flight_bytes_max: 64 << 20,
             egress_response_bytes_max: 64 * 1024,
-            max_sessions_per_core: 12_288,
+            sessions_per_core_max: 12_288,
             recv_buffers_per_core: 64,
             handshake_buffers_per_core: 1024,
-            max_message_bytes: 1 << 20,
-            max_request_header_bytes: 8 * 1024,
+            message_bytes_max: 1 << 20,
+            request_header_bytes_max: 8 * 1024,
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 90_000,
             message_timeout_ms: 10_000,
@@ -253,7 +258,7 @@ impl Default for Config {
             outbound_pending_bytes_max: 64 * 1024,
             outbound_pending_bytes_per_core: 8 << 20,
             payload_arena_bytes_per_core: 32 << 20,
-            payload_blocks_max_per_core: 65_536,
+            payload_blocks_per_core_max: 65_536,
             audio_accumulator_bytes_per_core: 64 << 20,
             webhook_audio_delay_s_max: 30,
             transcript_ring_capacity: 50,
@@ -266,7 +271,7 @@ impl Default for Config {
             spill_segment_bytes: 64 << 20,
             spill_sync_interval_ms: 20,
             spill_sync_bytes: 1 << 20,
-            spill_max_bytes: 8 << 30,
+            spill_bytes_max: 8 << 30,
             spill_handoff_bytes_per_core: 16 << 20,
             spill_batches_max: 100_000,
             store: None,
@@ -429,9 +434,9 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_response_bytes_max: Option<usize>,
     /// Session slots per worker, allocated at start [default: 12288]
-    #[arg(long, env = "PUSHER_MAX_SESSIONS_PER_CORE", value_name = "N")]
+    #[arg(long, env = "PUSHER_SESSIONS_PER_CORE_MAX", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_sessions_per_core: Option<usize>,
+    pub sessions_per_core_max: Option<usize>,
     /// Receive buffers per worker [default: 64]
     #[arg(long, env = "PUSHER_RECV_BUFFERS_PER_CORE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -442,13 +447,13 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_buffers_per_core: Option<usize>,
     /// Largest WebSocket message; larger closes with 1009 [default: 1048576]
-    #[arg(long, env = "PUSHER_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "PUSHER_MESSAGE_BYTES_MAX", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_message_bytes: Option<usize>,
+    pub message_bytes_max: Option<usize>,
     /// Largest HTTP request head; larger gets 431 [default: 8192]
-    #[arg(long, env = "PUSHER_MAX_REQUEST_HEADER_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "PUSHER_REQUEST_HEADER_BYTES_MAX", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_request_header_bytes: Option<usize>,
+    pub request_header_bytes_max: Option<usize>,
     /// Time allowed from accept to a complete request head [default: 10000]
     #[arg(long, env = "PUSHER_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -491,9 +496,9 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_arena_bytes_per_core: Option<usize>,
     /// Per-worker bound on payload blocks in the arena [default: 65536]
-    #[arg(long, env = "PUSHER_PAYLOAD_BLOCKS_MAX_PER_CORE", value_name = "N")]
+    #[arg(long, env = "PUSHER_PAYLOAD_BLOCKS_PER_CORE_MAX", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload_blocks_max_per_core: Option<usize>,
+    pub payload_blocks_per_core_max: Option<usize>,
     /// Per-worker bytes for app/webhook audio accumulators [default: 67108864]
     #[arg(
         long,
@@ -545,7 +550,7 @@ pub struct Overrides {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_token: Option<String>,
-    /// TEST ONLY: serve a WebSocket echo route at /test/echo (Autobahn conformance) [default: off]
+    /// TEST ONLY: serve a WebSocket echo route at /test/echo (Autobahn conformance) [default: false]
     #[arg(long, env = "PUSHER_TEST_ECHO_ROUTE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_echo_route: Option<bool>,
@@ -562,9 +567,9 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spill_sync_bytes: Option<u64>,
     /// Disk budget of the spill log; when reached, audio senders are not read [default: 8589934592]
-    #[arg(long, env = "PUSHER_SPILL_MAX_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "PUSHER_SPILL_BYTES_MAX", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub spill_max_bytes: Option<u64>,
+    pub spill_bytes_max: Option<u64>,
     /// Per-worker hand-off ring to the spill writer [default: 16777216]
     #[arg(
         long,
@@ -620,6 +625,64 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_CHUNK_NOTIFICATION_TIMEOUT_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunk_notification_timeout_ms: Option<u64>,
+
+    // Old names of renamed options ([`renamed::RENAMED_OPTIONS`]), still accepted; hidden from
+    // `--help`. [`Config::load_with_env`] reads each as its current name.
+    /// Old name of --sessions-per-core-max
+    #[arg(
+        long,
+        env = "PUSHER_MAX_SESSIONS_PER_CORE",
+        value_name = "N",
+        hide = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_core: Option<usize>,
+    /// Old name of --message-bytes-max
+    #[arg(
+        long,
+        env = "PUSHER_MAX_MESSAGE_BYTES",
+        value_name = "BYTES",
+        hide = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<usize>,
+    /// Old name of --request-header-bytes-max
+    #[arg(
+        long,
+        env = "PUSHER_MAX_REQUEST_HEADER_BYTES",
+        value_name = "BYTES",
+        hide = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_header_bytes: Option<usize>,
+    /// Old name of --payload-blocks-per-core-max
+    #[arg(
+        long,
+        env = "PUSHER_PAYLOAD_BLOCKS_MAX_PER_CORE",
+        value_name = "N",
+        hide = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_blocks_max_per_core: Option<usize>,
+    /// Old name of --spill-bytes-max
+    #[arg(
+        long,
+        env = "PUSHER_SPILL_MAX_BYTES",
+        value_name = "BYTES",
+        hide = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_max_bytes: Option<u64>,
+}
+
+/// Every option's name: the keys of the TOML file, as in [`Config`].
+pub fn option_names() -> Vec<String> {
+    use figment::Provider;
+    let defaults = Serialized::defaults(Config::default());
+    let data = defaults.data().expect("the defaults serialize");
+    data.values()
+        .flat_map(|dict| dict.keys().cloned())
+        .collect()
 }
 
 /// One line per problem in the layered configuration: the key (without figment's profile
@@ -665,6 +728,14 @@ fn nearest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
 }
 
 impl Config {
+    /// The WebSocket decoder's limits this configuration sets (receive buffers are sized from
+    /// them: `Decoder::buffer_bytes_required`).
+    pub fn decoder_limits(&self) -> DecoderLimits {
+        DecoderLimits {
+            max_message_bytes: self.message_bytes_max,
+        }
+    }
+
     /// Defaults, then `file` (if any), then `overrides`, then Omi's environment names where
     /// pusher's are unset ([`omi`]); validated.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, String> {
@@ -682,10 +753,10 @@ impl Config {
             if !path.is_file() {
                 return Err(format!("config file {} does not exist", path.display()));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            figment = figment.merge(Renamed(Toml::file_exact(path)));
         }
         let mut config: Config = figment
-            .merge(Serialized::defaults(overrides))
+            .merge(Renamed(Serialized::defaults(overrides)))
             .extract()
             .map_err(describe_figment_error)?;
         omi::apply(&mut config, env)?;
@@ -697,8 +768,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         check_range("workers", self.workers, 0, WORKERS_MAX)?;
         check_range(
-            "max_sessions_per_core",
-            self.max_sessions_per_core,
+            "sessions_per_core_max",
+            self.sessions_per_core_max,
             1,
             1 << 20,
         )?;
@@ -714,10 +785,10 @@ impl Config {
             1,
             65_536,
         )?;
-        check_range("max_message_bytes", self.max_message_bytes, 1024, 64 << 20)?;
+        check_range("message_bytes_max", self.message_bytes_max, 1024, 64 << 20)?;
         check_range(
-            "max_request_header_bytes",
-            self.max_request_header_bytes,
+            "request_header_bytes_max",
+            self.request_header_bytes_max,
             512,
             1 << 20,
         )?;
@@ -765,8 +836,8 @@ impl Config {
             16 << 30,
         )?;
         check_range(
-            "payload_blocks_max_per_core",
-            self.payload_blocks_max_per_core,
+            "payload_blocks_per_core_max",
+            self.payload_blocks_per_core_max,
             16,
             1 << 24,
         )?;
@@ -929,6 +1000,12 @@ impl Config {
             10_000_000,
         )?;
         check_range(
+            "settings_cache_bytes_max",
+            self.settings_cache_bytes_max as usize,
+            64 << 10,
+            1 << 30,
+        )?;
+        check_range(
             "processor_in_flight_max",
             self.processor_in_flight_max,
             1,
@@ -1006,7 +1083,7 @@ impl Config {
     /// The spill log's bounds, and how they relate to the largest message: a record must fit in
     /// half a hand-off ring (with its pads) and in a segment.
     fn validate_spill(&self) -> Result<(), String> {
-        let record_bytes_max = self.max_message_bytes + 1024;
+        let record_bytes_max = self.message_bytes_max + 1024;
         check_range(
             "spill_sync_interval_ms",
             self.spill_sync_interval_ms as usize,
@@ -1035,10 +1112,10 @@ impl Config {
         if !self.spill_handoff_bytes_per_core.is_multiple_of(8) {
             return Err("spill_handoff_bytes_per_core must be a multiple of 8".into());
         }
-        if self.spill_max_bytes < 2 * self.spill_segment_bytes {
+        if self.spill_bytes_max < 2 * self.spill_segment_bytes {
             return Err(format!(
-                "spill_max_bytes = {} must be at least twice spill_segment_bytes = {}",
-                self.spill_max_bytes, self.spill_segment_bytes
+                "spill_bytes_max = {} must be at least twice spill_segment_bytes = {}",
+                self.spill_bytes_max, self.spill_segment_bytes
             ));
         }
         Ok(())
@@ -1080,7 +1157,7 @@ mod tests {
         let config = Config::load(Some(&path), &overrides).unwrap();
         assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.idle_timeout_ms, 7000);
-        assert_eq!(config.max_message_bytes, 1 << 20);
+        assert_eq!(config.message_bytes_max, 1 << 20);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1096,6 +1173,127 @@ mod tests {
                 text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = "));
             assert!(listed, "config/pusher.sample.toml does not list `{key}`");
         }
+    }
+
+    /// The default as the docs write it: strings and numbers bare, `none` for an unset option.
+    fn written(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::Null => "none".to_string(),
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Array(items) if items.is_empty() => "none".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Each option is written by hand in several places; they must agree with the code: every
+    /// key of [`Config`] has a flag `--<key>` and a variable `PUSHER_<KEY>` (in [`Overrides`]),
+    /// the flag's `[default: …]` is the real default, and README.md's table has a row for it
+    /// whose first default word is the real default. (The sample file is checked above; the
+    /// validation ranges are in `validate`, one `check_range` per option.)
+    #[test]
+    fn every_option_agrees_with_its_flag_variable_help_and_readme_row() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            overrides: Overrides,
+        }
+        let command = Cli::command();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut problems = Vec::new();
+        for (key, value) in defaults.as_object().unwrap() {
+            // A list option takes one value per flag: its flag is singular.
+            let flag = match key.as_str() {
+                "transcript_hooks" => "transcript-hook".to_string(),
+                _ => key.replace('_', "-"),
+            };
+            let Some(arg) = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(&flag))
+            else {
+                problems.push(format!("`{key}` has no flag --{flag}"));
+                continue;
+            };
+            let variable = format!("PUSHER_{}", key.to_uppercase());
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            if env.as_deref() != Some(variable.as_str()) {
+                problems.push(format!("--{flag} reads {env:?}, not {variable}"));
+            }
+            let default = written(value);
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let help_default = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next());
+            match help_default {
+                Some(shown) if shown.split(' ').next() == Some(default.as_str()) => {}
+                shown if !(value.is_null() || default == "none" && shown.is_none()) => problems
+                    .push(format!(
+                        "--{flag} help says [default: {shown:?}], the default is {default}"
+                    )),
+                _ => {}
+            }
+            // A row is `| `a` / `b` | `1` / `2` | … |`: the n-th key has the n-th default.
+            let row = readme.lines().find_map(|line| {
+                let mut cells = line.split('|').skip(1);
+                let keys = cells.next()?;
+                let at = keys
+                    .split(" / ")
+                    .position(|k| k.trim() == format!("`{key}`"))?;
+                Some(
+                    cells
+                        .next()?
+                        .split(" / ")
+                        .nth(at)
+                        .unwrap_or_default()
+                        .trim(),
+                )
+            });
+            match row {
+                None => problems.push(format!("README.md has no row for `{key}`")),
+                // An unset option may document what it then means (`store`: a directory under
+                // `data_dir`); a set one must show its value first.
+                Some(_) if value.is_null() => {}
+                Some(cell) => {
+                    let first = cell
+                        .trim_start_matches('`')
+                        .split(['`', ' '])
+                        .next()
+                        .unwrap_or_default();
+                    if first != default {
+                        problems.push(format!(
+                            "README.md says `{key}` defaults to {cell}, the default is {default}"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    /// Limits on everything: every numeric option has its range checked in `validate` (or one
+    /// of the functions it calls), found there by name.
+    #[test]
+    fn every_numeric_option_is_validated() {
+        let source = include_str!("mod.rs");
+        let start = source.find("    pub fn validate(&self)").expect("validate");
+        let end = source.find("\nfn check_range(").expect("check_range");
+        let validation = &source[start..end];
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let unchecked: Vec<&String> = defaults
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, value)| value.is_number())
+            .map(|(key, _)| key)
+            .filter(|key| !validation.contains(&format!("self.{key}")))
+            .collect();
+        assert!(
+            unchecked.is_empty(),
+            "options with no range check: {unchecked:?}"
+        );
     }
 
     #[test]

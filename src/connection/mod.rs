@@ -38,10 +38,7 @@ use crate::websocket::{Decoder, DecoderLimits, Event, MessageKind};
 
 /// A close frame: header, code and at most 123 bytes of reason.
 const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
-/// The code counted for a session that ends without a close handshake (RFC 6455 §7.1.5).
-pub const CLOSED_ABNORMALLY: u16 = 1006;
-/// The code counted for a peer's Close without a code (RFC 6455 §7.1.5).
-pub const NO_STATUS_RECEIVED: u16 = 1005;
+use crate::websocket::close::{CLOSED_ABNORMALLY, NO_STATUS_RECEIVED};
 
 /// Why the session did not take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,15 +8,14 @@ use subtle::ConstantTimeEq;
 
 use super::request::Request;
 use crate::id::Id;
+use crate::session::{SAMPLE_RATE_HZ_MAX, SAMPLE_RATE_HZ_MIN};
 
 pub const LISTEN_PATH: &str = "/v1/trigger/listen";
 pub const ECHO_PATH: &str = "/test/echo";
 pub const DRAIN_PATH: &str = "/__internal/drain";
 
 /// Sample rate when the query has none (docs/protocol.md §1).
-pub const SAMPLE_RATE_DEFAULT_HZ: u32 = 8_000;
-pub const SAMPLE_RATE_MIN_HZ: u32 = 8_000;
-pub const SAMPLE_RATE_MAX_HZ: u32 = 48_000;
+pub const SAMPLE_RATE_HZ_DEFAULT: u32 = 8_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -128,7 +127,7 @@ pub fn parse_listen_query(query: Option<&str>) -> Result<ListenParams, Refusal> 
     }
     Ok(ListenParams {
         uid: uid.ok_or(refuse(400, "uid is required"))?,
-        sample_rate_hz: sample_rate_hz.unwrap_or(SAMPLE_RATE_DEFAULT_HZ),
+        sample_rate_hz: sample_rate_hz.unwrap_or(SAMPLE_RATE_HZ_DEFAULT),
     })
 }
 
@@ -147,7 +146,7 @@ fn parse_uid(value: &str) -> Result<Id, Refusal> {
 fn parse_sample_rate(value: &str) -> Result<u32, Refusal> {
     let bad = refuse(400, "sample_rate must be an integer in 8000..=48000");
     let hz: u32 = value.parse().map_err(|_| bad)?;
-    if !(SAMPLE_RATE_MIN_HZ..=SAMPLE_RATE_MAX_HZ).contains(&hz) {
+    if !(SAMPLE_RATE_HZ_MIN..=SAMPLE_RATE_HZ_MAX).contains(&hz) {
         return Err(bad);
     }
     Ok(hz)

@@ -6,6 +6,7 @@
 
 pub mod exposition;
 
+use crate::websocket::close;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,7 +76,17 @@ impl Stream {
 
 /// Close codes counted; anything else is counted under "other".
 pub const CLOSE_CODES: [u16; 11] = [
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1013,
+    close::NORMAL,
+    close::GOING_AWAY,
+    close::PROTOCOL_ERROR,
+    close::UNSUPPORTED_DATA,
+    close::NO_STATUS_RECEIVED,
+    close::CLOSED_ABNORMALLY,
+    close::INVALID_PAYLOAD,
+    close::POLICY_VIOLATION,
+    close::MESSAGE_TOO_BIG,
+    close::INTERNAL_ERROR,
+    close::TRY_AGAIN_LATER,
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

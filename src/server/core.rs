@@ -22,7 +22,7 @@ use crate::payload::PayloadArena;
 use crate::session::Millis;
 use crate::spill::handoff::{self, Handoff};
 use crate::spill::writer::SpillShared;
-use crate::websocket::codec::{Decoder, DecoderLimits};
+use crate::websocket::codec::Decoder;
 
 /// Capacity of a core's reply buffer: one 201 error frame (an id of at most 128 bytes and a
 /// short reason) with room to spare.
@@ -45,7 +45,7 @@ impl SpillCore {
             ring: Arc::clone(&shared.spill.rings[index]),
             shared: Arc::clone(&shared.spill.shared),
             writer: shared.spill.writer.clone(),
-            bytes_per_message: handoff::bytes_per_message_max(shared.config.max_message_bytes),
+            bytes_per_message: handoff::bytes_per_message_max(shared.config.message_bytes_max),
             next_batch: Cell::new(((index as u64) << 56) | 1),
         }
     }
@@ -87,9 +87,7 @@ impl Core {
     pub fn new(index: usize, shared: Arc<Shared>) -> Core {
         let config = &shared.config;
         let gauges = shared.metrics.core(index).clone();
-        let limits = DecoderLimits {
-            max_message_bytes: config.max_message_bytes,
-        };
+        let limits = config.decoder_limits();
         let recv_pool = BufferPool::new(
             config.recv_buffers_per_core,
             Decoder::buffer_bytes_required(limits),
@@ -112,13 +110,13 @@ impl Core {
             recv_pool,
             parked: ParkedBuffers::new(config.recv_buffers_per_core),
             head_scratch: RefCell::new(
-                vec![0u8; config.max_request_header_bytes].into_boxed_slice(),
+                vec![0u8; config.request_header_bytes_max].into_boxed_slice(),
             ),
             handshakes,
             slots: Slots::new(shared.sessions_per_core),
             arena: RefCell::new(PayloadArena::new(
                 config.payload_arena_bytes_per_core,
-                config.payload_blocks_max_per_core,
+                config.payload_blocks_per_core_max,
             )),
             outbound: OutboundBudget::new(
                 config.outbound_pending_bytes_per_core,

@@ -180,7 +180,7 @@ fn read_head(core: &Core, fd: RawFd, peer: SocketAddr) -> Head {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Head::Nothing,
         Err(_) => return Head::Gone,
     };
-    let max_head_bytes = core.shared.config.max_request_header_bytes;
+    let max_head_bytes = core.shared.config.request_header_bytes_max;
     match request::parse(&scratch[..peeked], max_head_bytes) {
         Ok(Parsed::Partial) => Head::Partial,
         Ok(Parsed::Complete {

@@ -38,13 +38,11 @@ pub use worker::{bind_listeners, start as start_workers};
 
 use crate::budget::ItemSizes;
 use crate::config::Config;
-use crate::websocket::codec::{Decoder, DecoderLimits};
+use crate::websocket::codec::Decoder;
 
 /// The sizes of the per-core items the memory budget counts.
 pub fn item_sizes(config: &Config) -> ItemSizes {
-    let limits = DecoderLimits {
-        max_message_bytes: config.max_message_bytes,
-    };
+    let limits = config.decoder_limits();
     ItemSizes {
         slot_bytes: slots::SLOT_BYTES as u64,
         connection_task_bytes: connection::TASK_BYTES_MAX as u64,

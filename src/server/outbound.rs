@@ -53,14 +53,14 @@ pub enum SendError {
 /// One connection's unsent bytes.
 pub struct Outbound {
     pending: Vec<u8>,
-    session_max_bytes: usize,
+    session_bytes_max: usize,
 }
 
 impl Outbound {
-    pub fn new(session_max_bytes: usize) -> Outbound {
+    pub fn new(session_bytes_max: usize) -> Outbound {
         Outbound {
             pending: Vec::new(),
-            session_max_bytes,
+            session_bytes_max,
         }
     }
 
@@ -84,7 +84,7 @@ impl Outbound {
             return Ok(());
         }
         let rest = total - sent;
-        if self.pending.len() + rest > self.session_max_bytes || !budget.reserve(rest) {
+        if self.pending.len() + rest > self.session_bytes_max || !budget.reserve(rest) {
             return Err(SendError::Overflow);
         }
         let mut skip = sent;

@@ -73,7 +73,7 @@ pub fn open_session(core: &Core, params: ListenParams, settings: Arc<UserSetting
     let mut session_config =
         SessionConfig::from_settings(&settings, !config.transcript_hooks.is_empty());
     session_config.process_in_flight_max = config.process_in_flight_per_session_max;
-    session_config.message_bytes_max = config.max_message_bytes;
+    session_config.message_bytes_max = config.message_bytes_max;
     let bytes_per_second = params.sample_rate_hz as usize * 2;
     let mut accumulator_bytes = 0;
     for seconds in [
@@ -82,7 +82,7 @@ pub fn open_session(core: &Core, params: ListenParams, settings: Arc<UserSetting
     ] {
         let Some(s) = *seconds else { continue };
         let s = s.min(config.webhook_audio_delay_s_max);
-        let bytes = bytes_per_second * s as usize + config.max_message_bytes;
+        let bytes = bytes_per_second * s as usize + config.message_bytes_max;
         if core.accumulator_bytes_free.get() >= bytes {
             core.accumulator_bytes_free
                 .set(core.accumulator_bytes_free.get() - bytes);

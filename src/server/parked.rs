@@ -15,7 +15,7 @@ use crate::session::Millis;
 
 /// A parked buffer is taken back only once it has waited this long for the rest of its
 /// message: far longer than an honest frame takes to arrive.
-pub const EVICT_AGE_MIN_MS: u64 = 500;
+pub const EVICT_AGE_MS_MIN: u64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Parked {
@@ -65,12 +65,12 @@ impl ParkedBuffers {
             .retain(|p| !(p.key == key && p.generation == generation));
     }
 
-    /// Takes the longest-parked entry older than [`EVICT_AGE_MIN_MS`] at `now`: the connection
+    /// Takes the longest-parked entry older than [`EVICT_AGE_MS_MIN`] at `now`: the connection
     /// whose buffer goes back to the pool.
     pub fn evict_oldest(&self, now: Millis) -> Option<(usize, u32)> {
         let mut entries = self.entries.borrow_mut();
         let (index, oldest) = entries.iter().enumerate().min_by_key(|(_, p)| p.since)?;
-        if now.0.saturating_sub(oldest.since.0) < EVICT_AGE_MIN_MS {
+        if now.0.saturating_sub(oldest.since.0) < EVICT_AGE_MS_MIN {
             return None;
         }
         let taken = (oldest.key, oldest.generation);
@@ -94,7 +94,7 @@ mod tests {
         parked.park(2, 0, Millis(100));
         parked.park(3, 7, Millis(50));
         parked.unpark(3, 7);
-        let old = EVICT_AGE_MIN_MS;
+        let old = EVICT_AGE_MS_MIN;
         assert_eq!(
             parked.evict_oldest(Millis(100 + old - 1)),
             None,
@@ -115,7 +115,7 @@ mod tests {
         parked.unpark(1, 1);
         assert_eq!(parked.len(), 1, "another session in the same slot");
         assert_eq!(
-            parked.evict_oldest(Millis(900 + EVICT_AGE_MIN_MS - 1)),
+            parked.evict_oldest(Millis(900 + EVICT_AGE_MS_MIN - 1)),
             None
         );
     }

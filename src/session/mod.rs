@@ -45,6 +45,8 @@ pub const APP_AUDIO_SECONDS: u32 = 4;
 /// Longest accumulation (app trigger or developer webhook delay); it bounds an accumulator's
 /// buffer.
 pub const ACCUMULATOR_SECONDS_MAX: u32 = 60;
+/// Seconds of audio after which a private-cloud batch closes (docs/protocol.md §3).
+pub const BATCH_AUDIO_SECONDS: u32 = 60;
 /// The 201 error sent at once for a 104 beyond the in-flight bound.
 pub const BUSY: &str = "busy";
 
@@ -116,7 +118,7 @@ impl Default for SessionConfig {
             app_audio_seconds: None,
             webhook_audio_seconds: None,
             process_in_flight_max: 8,
-            batch_audio_seconds: 60,
+            batch_audio_seconds: BATCH_AUDIO_SECONDS,
             batch_age_ms_max: 60_000,
             message_bytes_max: 1 << 20,
         }

@@ -189,7 +189,7 @@ impl World {
             spill_segment_bytes: segment_bytes,
             spill_sync_interval_ms: 1 + rng.below(30),
             spill_sync_bytes: 64 + rng.below(2048),
-            spill_max_bytes: max_bytes,
+            spill_bytes_max: max_bytes,
             spill_batches_max: 64,
             ..Config::default()
         };

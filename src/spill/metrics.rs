@@ -94,7 +94,7 @@ impl SpillMetrics {
         );
         registry.register(
             "full",
-            "1 while the spill log is at spill_max_bytes (backpressure)",
+            "1 while the spill log is at spill_bytes_max (backpressure)",
             m.full,
         );
         registry.register("live_bytes", "bytes of live segment files", m.live_bytes);

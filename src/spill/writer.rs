@@ -26,7 +26,7 @@
 //! them; a ring's durable position and a batch's close are published only after a successful
 //! sync that covers them, and never after a failed one; a segment is deleted only when every
 //! batch that may have records in it is confirmed; the disk budget flag is raised when the live
-//! segments reach `spill_max_bytes`.
+//! segments reach `spill_bytes_max`.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -100,7 +100,7 @@ pub struct SpillShared {
     pub disk: Arc<dyn Disk>,
     pub clock: Arc<dyn Clock>,
     pub index: Mutex<Index>,
-    /// The live segments reached `spill_max_bytes`: cores take no more audio until uploads free
+    /// The live segments reached `spill_bytes_max`: cores take no more audio until uploads free
     /// space (backpressure; nothing is dropped).
     pub full: AtomicBool,
     pub live_bytes: AtomicU64,

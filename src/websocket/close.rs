@@ -8,6 +8,10 @@ pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// The peer sent a kind of message pusher does not accept (a text message).
 pub const UNSUPPORTED_DATA: u16 = 1003;
+/// Counted, never sent: the peer's Close carried no code (RFC 6455 §7.1.5).
+pub const NO_STATUS_RECEIVED: u16 = 1005;
+/// Counted, never sent: the session ended without a close handshake (RFC 6455 §7.1.5).
+pub const CLOSED_ABNORMALLY: u16 = 1006;
 /// A message's content is inconsistent with its type (invalid UTF-8, bad JSON).
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// The peer broke a rule not covered by a more specific code.

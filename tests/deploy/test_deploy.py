@@ -183,7 +183,7 @@ def budget_rows(env: dict, slots: int) -> tuple[dict, bool]:
     whether the open-files limit capped the slots."""
     out = subprocess.run(
         [str(BINARY), "budget"],
-        env=clean_env(env | {"PUSHER_MAX_SESSIONS_PER_CORE": str(slots)}),
+        env=clean_env(env | {"PUSHER_SESSIONS_PER_CORE_MAX": str(slots)}),
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
@@ -202,11 +202,11 @@ def budget_rows(env: dict, slots: int) -> tuple[dict, bool]:
 
 
 def worst_case_budget(env: dict) -> int:
-    """The budget with every session slot of `env`'s config (max_sessions_per_core per worker),
+    """The budget with every session slot of `env`'s config (sessions_per_core_max per worker),
     whatever this machine's open-files limit: pusher caps its slots by that limit (20,000 here),
     a pod's is higher. Every row is linear in the slots; from 1,000 and 2,000 slots (checked
     against 3,000) the total at the configured slots is exact."""
-    slots = int(env.get("PUSHER_MAX_SESSIONS_PER_CORE", sample_defaults()["max_sessions_per_core"]))
+    slots = int(env.get("PUSHER_SESSIONS_PER_CORE_MAX", sample_defaults()["sessions_per_core_max"]))
     (r1, c1), (r2, c2), (r3, c3) = (budget_rows(env, s) for s in (1000, 2000, 3000))
     assert not (c1 or c2 or c3), "the open-files limit caps even 3,000 slots per core"
     total = fractions.Fraction(0)
@@ -451,7 +451,7 @@ def test_pod_contract(rendered):
         assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
         env = container_env(c)
         defaults = sample_defaults()
-        spill_max = int(env.get("PUSHER_SPILL_MAX_BYTES", defaults["spill_max_bytes"]))
+        spill_max = int(env.get("PUSHER_SPILL_BYTES_MAX", defaults["spill_bytes_max"]))
         workers = int(env["PUSHER_WORKERS"])
         needed = spill_max + workers * defaults["spill_handoff_bytes_per_core"] + defaults["spill_segment_bytes"]
         storage = quantity_bytes(claim["spec"]["resources"]["requests"]["storage"])
@@ -612,7 +612,7 @@ def test_servicemonitor_selects_the_one_service(rendered):
 
 
 def test_omi_overlay_mirrors_omis_chart(rendered):
-    """docs: /work/shared/spec/omi-deployment.md §1-§2 (the chart's values)."""
+    """Omi's chart values as docs/deploy.md lists them (probes, grace, resources, env names)."""
     docs = rendered["omi"]
     sts = one(docs, "StatefulSet", "pusher")
     pod = sts["spec"]["template"]["spec"]
@@ -888,7 +888,7 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     assert int(timeout) >= stop_sequence_s(config) + MARGIN_S
     # LimitNOFILE: session and handshake slots of 64 workers at the defaults, within fs.nr_open.
     (nofile,) = settings["LimitNOFILE"]
-    per_worker = config["max_sessions_per_core"] + config["handshake_buffers_per_core"]
+    per_worker = config["sessions_per_core_max"] + config["handshake_buffers_per_core"]
     assert int(nofile) >= 64 * per_worker
     sysctl = dict(
         line.split(" = ") for line in (DEPLOY / "systemd" / "sysctl-pusher.conf").read_text().splitlines()

@@ -10,7 +10,7 @@ from conftest import env_without_proxy
 ECHO_ARGS = [
     "--test-echo-route",
     # Autobahn's 9.* cases send messages of up to 16 MiB.
-    "--max-message-bytes",
+    "--message-bytes-max",
     "16777216",
     "--recv-buffers-per-core",
     "8",

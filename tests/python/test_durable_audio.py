@@ -484,7 +484,7 @@ def test_full_handoff_ring_slows_senders_then_resumes(driver, start_server):
     writer drains it. Regression: a session that stalled right after its last complete message
     (receive buffer empty, handed back to the pool) was never looked at again and hung until the
     90 s idle timeout (src/server/connection.rs, `Connection::on_signal`)."""
-    server = start_server(driver, "--max-message-bytes", "65536", "--spill-handoff-bytes-per-core", "262144")
+    server = start_server(driver, "--message-bytes-max", "65536", "--spill-handoff-bytes-per-core", "262144")
     streams = [Stream(f"ring-{i}", 8000, 16000, [("103", f"r{i}"), ("audio", 300)]) for i in range(4)]
     started = time.monotonic()
     asyncio.run(run_streams(server.url, streams, timeout=30))
@@ -580,7 +580,7 @@ def test_store_outage_then_recovery(driver, start_server, moto, fault_proxy):
         "5000",
         # Small fixed regions (receive buffers, hand-off rings are mapped at start and become
         # resident as they are first used): what remains to grow is what must not.
-        "--max-message-bytes",
+        "--message-bytes-max",
         "65536",
         "--spill-handoff-bytes-per-core",
         str(MIB),
@@ -770,11 +770,11 @@ def test_disk_full_slows_senders_and_drops_nothing(driver, start_server, moto, f
         driver,
         "--store",
         f"s3://{bucket}/p",
-        "--max-message-bytes",
+        "--message-bytes-max",
         "65536",
         "--spill-segment-bytes",
         str(MIB),
-        "--spill-max-bytes",
+        "--spill-bytes-max",
         str(spill_max),
         "--spill-handoff-bytes-per-core",
         str(handoff),

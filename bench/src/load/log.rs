@@ -15,7 +15,7 @@
 //!
 //! The server should have a store that takes no uploads cheaply (run.sh: an S3 endpoint on a
 //! closed port), so that the uploader neither competes for the CPU nor frees log space, and a
-//! `spill_max_bytes` above what the run writes: `spill_full_at_end` says if the budget was hit.
+//! `spill_bytes_max` above what the run writes: `spill_full_at_end` says if the budget was hit.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -233,7 +233,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         delta.syncs / seconds,
         mean_sync_ms.unwrap_or(0.0),
         if full_at_end {
-            "; WARNING: the log hit spill_max_bytes"
+            "; WARNING: the log hit spill_bytes_max"
         } else {
             ""
         },
