@@ -39,10 +39,13 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// How log lines are written (`log_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines, coloured only on a terminal.
     Text,
+    /// One JSON object per line with a Cloud Logging `severity`.
     Json,
 }
 
@@ -59,7 +62,9 @@ pub struct Config {
     pub workers: usize,
     /// Whether workers are pinned to CPUs of the affinity mask (`crate::cpus`).
     pub pin: crate::cpus::PinChoice,
+    /// The io driver of the workers: io_uring, epoll, or the first that works.
     pub driver: DriverChoice,
+    /// Text or JSON log lines (filtered by `RUST_LOG`).
     pub log_format: LogFormat,
     /// Per-user settings file (docs/downstream.md §5); none = every user gets the defaults.
     pub settings: Option<PathBuf>,
@@ -153,7 +158,11 @@ pub struct Config {
     pub audio_accumulator_bytes_per_core: usize,
     /// Longest audio-bytes webhook delay honoured, in seconds (bounds an accumulator).
     pub webhook_audio_delay_s_max: u32,
+    /// Transcript items a session's ring holds for egress; full → the oldest is dropped
+    /// (counted).
     pub transcript_ring_capacity: usize,
+    /// Audio items (app audio, audio-bytes webhook) a session's ring holds; full → the oldest
+    /// is dropped (counted).
     pub audio_bytes_ring_capacity: usize,
     /// Speaker-sample requests one session may have in its core's delay queue; beyond, its
     /// oldest is dropped (counted).

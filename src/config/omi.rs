@@ -61,7 +61,9 @@ impl std::fmt::Display for Origin {
 /// Where the settings that Omi's names can give came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Origins {
+    /// Where `store` came from (pusher's option, `BUCKET_PRIVATE_CLOUD_SYNC`, or unset).
     pub store: Origin,
+    /// Where `metrics_token` came from (pusher's option, `METRICS_SECRET`, or unset).
     pub metrics_token: Origin,
 }
 

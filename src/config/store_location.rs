@@ -18,16 +18,25 @@ pub const DEFAULT_LOCAL_DIR: &str = "cloud";
 pub enum StoreLocation {
     /// A local directory (absolute, or relative to the working directory for the default).
     Local(PathBuf),
+    /// `s3://bucket/prefix`: S3 or an S3-compatible server.
     S3 {
+        /// The bucket's name.
         bucket: String,
+        /// Put before every object key (may be empty).
         prefix: Path,
     },
+    /// `gs://bucket/prefix`: Google Cloud Storage.
     Gcs {
+        /// The bucket's name.
         bucket: String,
+        /// Put before every object key (may be empty).
         prefix: Path,
     },
+    /// `az://container/prefix`: Azure Blob Storage.
     Azure {
+        /// The container's name.
         container: String,
+        /// Put before every object key (may be empty).
         prefix: Path,
     },
 }
