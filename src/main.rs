@@ -119,8 +119,16 @@ fn main() -> ExitCode {
             println!("{}", pusher::app::plan(&config).budget);
             return ExitCode::SUCCESS;
         }
-        Mode::SpillInspect => return spill_inspect(&config),
+        Mode::SpillInspect => {
+            if let Err(message) = require_spill_log(&config, "inspect") {
+                return fatal(config.log_format, &message, 2);
+            }
+            return spill_inspect(&config);
+        }
         Mode::SpillDrain => {
+            if let Err(message) = require_spill_log(&config, "drain") {
+                return fatal(config.log_format, &message, 2);
+            }
             init_logging(config.log_format);
             return match pusher::audio_log::drain::drain_orphaned(&config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +216,20 @@ fn fatal(format: LogFormat, message: &str, code: u8) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// `spill inspect` and `spill drain` work on an existing log: a data directory without one is a
+/// mistyped path or the wrong volume (exit 2), not an empty log to report or drain.
+fn require_spill_log(config: &Config, what: &str) -> Result<(), String> {
+    let dir = pusher::spill::scan::spill_dir(&config.data_dir);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(format!(
+        "spill {what}: no spill log at {} (the data directory is {}; set it with --data-dir or          PUSHER_DATA_DIR): nothing to {what}",
+        dir.display(),
+        config.data_dir.display()
+    ))
 }
 
 fn spill_inspect(config: &Config) -> ExitCode {

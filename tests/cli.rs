@@ -230,3 +230,34 @@ fn both_names_of_one_option_are_refused() {
         stderr(&output)
     );
 }
+
+#[test]
+fn spill_commands_refuse_a_data_dir_without_a_log_and_create_nothing() {
+    let scratch = Scratch::new("no-log");
+    let data_dir = scratch.0.join("typo");
+    let data_dir_arg = data_dir.to_str().expect("a UTF-8 path");
+    for command in ["inspect", "drain"] {
+        let output = run(&["spill", command, "--data-dir", data_dir_arg], &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            stderr(&output)
+        );
+        let line = one_line(&output);
+        assert!(
+            line.contains(&format!("no spill log at {data_dir_arg}/spill")),
+            "{command}: {line}"
+        );
+        assert!(
+            !data_dir.exists(),
+            "{command} created {}",
+            data_dir.display()
+        );
+    }
+    // An existing log (even an empty one) is inspected as before.
+    std::fs::create_dir_all(data_dir.join("spill")).expect("create the log directory");
+    let output = run(&["spill", "inspect", "--data-dir", data_dir_arg], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("segments: 0"));
+}
