@@ -84,6 +84,8 @@ pub struct UploadMetrics {
     pub duration: Histogram,
     pub notifications: [Counter; NOTIFICATION_RESULTS.len()],
     pub partial: Counter,
+    /// Batches set aside because their audio could not be read (`uploader::READ_ATTEMPTS_MAX`).
+    pub unreadable: Gauge,
 }
 
 impl UploadMetrics {
@@ -152,6 +154,13 @@ impl UploadMetrics {
              .partial key",
             partial.clone(),
         );
+        let unreadable = Gauge::default();
+        registry.register(
+            "upload_unreadable_batches",
+            "batches whose audio could not be read from the spill log, set aside (they hold no \
+             upload slot, stay in the log and are tried again every upload_backoff_ms_max)",
+            unreadable.clone(),
+        );
         let notifications = Family::<ResultLabel, Counter>::default();
         registry.register(
             "upload_chunk_notifications",
@@ -177,6 +186,7 @@ impl UploadMetrics {
                     .clone()
             }),
             partial,
+            unreadable,
         }
     }
 

@@ -20,14 +20,20 @@
 //! - blocking threads: [`BLOCKING_THREADS`] (audio reads and encryption, local-store writes, DNS
 //!   lookups): that work is CPU- or disk-bound, so more threads than cores only add stacks and
 //!   per-thread allocator caches (measured: RSS grew with the number of blocking threads);
-//! - chunk notifications ([`super::notifier`]): [`NOTIFICATION_QUEUE_CAPACITY`] waiting (beyond: dropped, counted) and
-//!   `upload_concurrency` in flight, `chunk_notification_attempts_max` attempts of
-//!   `chunk_notification_timeout_ms` each.
+//! - chunk notifications ([`super::notifier`]):
+//!   [`NOTIFICATION_QUEUE_CAPACITY`](super::notifier::NOTIFICATION_QUEUE_CAPACITY) waiting
+//!   (beyond: dropped, counted) and `upload_concurrency` in flight, `chunk_notification_attempts_max` attempts of
+//!   `chunk_notification_timeout_ms` each;
+//! - an unreadable batch: after [`READ_ATTEMPTS_MAX`] failed reads in a row the job is set aside
+//!   (`pusher_upload_unreadable_batches`, one ERROR line) and gives its slot back, so damage in
+//!   the log or a failing disk cannot hold every slot; it stays in the log and is tried again
+//!   every `upload_backoff_ms_max` (a set-aside list of at most one entry per indexed batch).
 //!
 //! Store health: the `pusher_upload_store_healthy` gauge is 1 until a put fails or times out, 0
 //! until one succeeds again; each change (not each attempt) is logged once.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +59,9 @@ use crate::config::Config;
 pub const QUEUE_CAPACITY_MAX: usize = 1 << 20;
 /// Threads of the uploader's blocking pool.
 pub const BLOCKING_THREADS: usize = 4;
+/// Reads of a batch's audio that fail in a row before the job is set aside (it then holds no
+/// upload slot, and is tried again every `upload_backoff_ms_max`).
+pub const READ_ATTEMPTS_MAX: u32 = 3;
 /// After the loop stops, how long the runtime waits for blocking work (a read in progress).
 const RUNTIME_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const CONTENT_TYPE: &str = "application/octet-stream";
@@ -138,6 +147,8 @@ pub fn start(
         backoff,
         attempt_timeout: Duration::from_millis(config.upload_timeout_ms),
         notifier,
+        unreadable: Mutex::new(Vec::new()),
+        unreadable_retry: Duration::from_millis(config.upload_backoff_ms_max),
     });
     let thread = std::thread::Builder::new()
         .name("pusher-upload".into())
@@ -166,9 +177,23 @@ struct Context {
     backoff: Backoff,
     attempt_timeout: Duration,
     notifier: Option<Arc<Notifier>>,
+    /// Jobs whose audio could not be read [`READ_ATTEMPTS_MAX`] times in a row, set aside so
+    /// that they hold no upload slot; retried every `unreadable_retry`. At most one entry per
+    /// batch of the log (bounded by `spill_batches_max`, like the queue).
+    unreadable: Mutex<Vec<Unreadable>>,
+    unreadable_retry: Duration,
 }
 
-/// The dispatcher: one permit, then one job, then a task; until stopped.
+/// A job set aside because its audio could not be read.
+struct Unreadable {
+    job: UploadJob,
+    /// Times it was set aside (its first one is logged at ERROR, later ones at DEBUG).
+    rounds: u32,
+}
+
+/// The dispatcher: one permit, then one job, then a task; until stopped. Every
+/// `unreadable_retry` the set-aside jobs become due again and go first (each with a permit, like
+/// any job).
 async fn run(
     context: Arc<Context>,
     concurrency: usize,
@@ -180,22 +205,35 @@ async fn run(
         tokio::spawn(notifier::send_all(notifier.clone(), concurrency, receiver));
     }
     let permits = Arc::new(Semaphore::new(concurrency));
+    let mut retry = tokio::time::interval(context.unreadable_retry);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set-aside jobs due for another try; at most one per set-aside job.
+    let mut due: VecDeque<Unreadable> = VecDeque::new();
     let grace = loop {
         let permit = tokio::select! {
             biased;
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
+        if let Some(Unreadable { job, rounds }) = due.pop_front() {
+            context.metrics.retries.inc();
+            tokio::spawn(upload(context.clone(), job, permit, rounds));
+            continue;
+        }
         let job = tokio::select! {
             biased;
             grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
+            _ = retry.tick() => {
+                due.extend(std::mem::take(&mut *context.unreadable.lock().expect("unreadable lock")));
+                continue;
+            }
             job = jobs.recv() => match job {
                 Some(job) => job,
                 None => break Duration::ZERO,
             },
         };
         context.metrics.queued.dec();
-        tokio::spawn(upload(context.clone(), job, permit));
+        tokio::spawn(upload(context.clone(), job, permit, 0));
     };
     let all = u32::try_from(concurrency).expect("upload_concurrency is at most 256");
     if tokio::time::timeout(grace, permits.acquire_many(all))
@@ -245,18 +283,30 @@ impl std::fmt::Display for Failure {
 }
 
 /// Uploads one job until the store confirms it; holds `permit` until then.
-async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePermit) {
+/// `rounds`: times the job was set aside before (0 for a job from the queue).
+async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePermit, rounds: u32) {
     let metrics = &context.metrics;
     metrics.in_flight.inc();
     let key = job.object_key();
     let path = Path::parse(&key).expect("object keys are valid paths (object_key module doc)");
     let mut body: Option<Body> = None;
     let mut attempt: u32 = 0;
+    let mut reads_failed: u32 = 0;
     loop {
         match attempt_upload(&context, &job, &path, &mut body).await {
             Ok(()) => break,
             Err(failure) => {
                 metrics.attempt_failed(failure.reason());
+                reads_failed = match failure {
+                    Failure::Read(_) => reads_failed + 1,
+                    _ => 0,
+                };
+                if reads_failed >= READ_ATTEMPTS_MAX {
+                    set_aside(&context, job, rounds, &key, &failure);
+                    metrics.in_flight.dec();
+                    drop(permit);
+                    return;
+                }
                 match &failure {
                     Failure::NoSecret => tracing::error!(%key, "bug: {failure}; retrying"),
                     // Store failures are reported by the health transitions, not per attempt.
@@ -299,6 +349,10 @@ async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePer
         return;
     }
     metrics.succeeded.inc();
+    if rounds > 0 {
+        metrics.unreadable.dec();
+        tracing::info!(%key, "a batch set aside as unreadable was read and stored");
+    }
     if job.partial {
         metrics.partial.inc();
         tracing::warn!(
@@ -323,6 +377,32 @@ async fn upload(context: Arc<Context>, job: UploadJob, permit: OwnedSemaphorePer
         };
         notifier.queue(notification);
     }
+}
+
+/// Sets aside a job whose audio could not be read: it gives its upload slot back (a damaged or
+/// unreadable batch must not stop the others) and stays in the log, tried again every
+/// `unreadable_retry`; nothing is dropped.
+fn set_aside(context: &Context, job: UploadJob, rounds: u32, key: &str, failure: &Failure) {
+    if rounds == 0 {
+        context.metrics.unreadable.inc();
+        tracing::error!(
+            %key,
+            "cannot read the batch's audio from the spill log ({READ_ATTEMPTS_MAX} attempts): \
+             {failure}; it stays in the log and is tried again every {} ms without holding an \
+             upload slot (`pusher spill inspect` shows the log)",
+            context.unreadable_retry.as_millis()
+        );
+    } else {
+        tracing::debug!(%key, rounds, "batch still unreadable: {failure}");
+    }
+    context
+        .unreadable
+        .lock()
+        .expect("unreadable lock")
+        .push(Unreadable {
+            job,
+            rounds: rounds + 1,
+        });
 }
 
 async fn attempt_upload(
@@ -592,10 +672,12 @@ mod tests {
         }
     }
 
-    /// Audio made from the batch id; the first reads can fail.
+    /// Audio made from the batch id; the first reads can fail, and so can every read of the
+    /// batches listed in `unreadable`.
     #[derive(Default)]
     struct FakeSource {
         read_failures: AtomicUsize,
+        unreadable: Mutex<Vec<u64>>,
         uploaded: Mutex<Vec<BatchKey>>,
     }
 
@@ -609,6 +691,9 @@ mod tests {
         fn read_audio(&self, job: &UploadJob, out: &mut Vec<u8>) -> std::io::Result<()> {
             if take_one(&self.read_failures) {
                 return Err(std::io::Error::other("injected read failure"));
+            }
+            if self.unreadable.lock().unwrap().contains(&job.key.batch) {
+                return Err(std::io::Error::other("injected damage"));
             }
             out.extend_from_slice(&audio_of(job.key));
             Ok(())
@@ -815,6 +900,35 @@ mod tests {
         assert_eq!(m.attempts_failed[0].get(), 3, "read failures");
         assert_eq!(m.attempts_failed[3].get(), 2, "timeouts");
         assert_eq!(m.retries.get(), 5);
+        running.handle.shutdown(Duration::from_secs(1));
+    }
+
+    /// An unreadable batch (damage found after it was written, a failing disk) must not hold an
+    /// upload slot: with one slot, the batches behind it are stored meanwhile; it stays set aside
+    /// (counted), is tried again, and is stored once it can be read. Nothing is dropped.
+    #[test]
+    fn an_unreadable_batch_gives_its_slot_back_and_is_stored_once_readable() {
+        let source = FakeSource {
+            unreadable: Mutex::new(vec![0]),
+            ..FakeSource::default()
+        };
+        let running = start_fake(&test_config(1), FakeStore::default(), source, 16);
+        let jobs: Vec<UploadJob> = (0..5)
+            .map(|n| job(n, DataProtectionLevel::Standard))
+            .collect();
+        for job in &jobs {
+            running.handle.submit(job.clone()).unwrap();
+        }
+        wait_until("the 4 readable batches", || {
+            running.source.uploaded_count() == 4
+        });
+        assert_uploaded_once(&running, &jobs[1..]);
+        assert_eq!(running.metrics.unreadable.get(), 1);
+        assert!(running.metrics.attempts_failed[0].get() >= u64::from(READ_ATTEMPTS_MAX));
+        running.source.unreadable.lock().unwrap().clear();
+        wait_until("the healed batch", || running.source.uploaded_count() == 5);
+        assert_uploaded_once(&running, &jobs);
+        assert_eq!(running.metrics.unreadable.get(), 0);
         running.handle.shutdown(Duration::from_secs(1));
     }
 
