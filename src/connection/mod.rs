@@ -25,7 +25,7 @@
 //!   hand-off or disk budget: `stalled`) never counts against the peer: the idle and close
 //!   deadlines do not run while stalled.
 //!
-//! Invariants: every phase change goes through [`Connection::enter`], which asserts that the
+//! Invariants: every phase change goes through `Connection::enter`, which asserts that the
 //! transition is one of the diagram's; once `Done`, nothing changes any more.
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::upload::UploadMetrics;
 
 /// The drain's flags, shared by the main thread and the workers.
 ///
-/// Invariant: `began_at_ms` is written once (from [`DrainState::NOT_BEGUN`]); `closing` only
+/// Invariant: `began_at_ms` is written once (from `DrainState::NOT_BEGUN`); `closing` only
 /// goes from false to true.
 pub struct DrainState {
     epoch: Instant,
