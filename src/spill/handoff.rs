@@ -41,6 +41,8 @@ pub fn bytes_per_message_max(message_bytes_max: usize) -> usize {
     2 * (message_bytes_max + 4 * RECORD_HEADER_BYTES + BATCH_OPEN_PAYLOAD_BYTES_MAX + 32)
 }
 
+/// One core's SPSC byte ring of spill records to the writer, in one resident mapping; records are
+/// 8-byte aligned and never wrap (a pad marker fills the end instead).
 pub struct Handoff {
     region: MappedRegion,
     /// Bytes produced (monotonic); written by the core only.
@@ -74,6 +76,7 @@ impl Handoff {
         }
     }
 
+    /// The ring's size in bytes.
     pub fn capacity_bytes(&self) -> usize {
         self.region.len()
     }
