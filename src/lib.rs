@@ -3,6 +3,8 @@
 //! See ARCHITECTURE.md for the bird's-eye view and the code map. Without the default `server`
 //! feature only the sans-I/O core is built (for the fuzz targets).
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
@@ -10,6 +12,7 @@ pub mod audio_log;
 #[cfg(feature = "server")]
 pub mod budget;
 #[cfg(feature = "server")]
+#[allow(missing_docs)] // documented with the option rename (issue 13 item 4)
 pub mod config;
 pub mod connection;
 #[cfg(feature = "server")]
