@@ -54,6 +54,7 @@ lint: lint-tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	python3 tools/structure.py --check
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
 
 # `cargo test` includes the simulation's 10,000 seeds (sim::run::tests::seeds, docs/0011); some
 # unit tests run the venv's tools (moto_server for S3, python3 with cryptography).

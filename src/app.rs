@@ -40,11 +40,18 @@ fn fd_reserve(config: &Config, workers: usize) -> u64 {
 /// What a config resolves to on this machine: workers and their CPUs, session slots and the
 /// memory budget.
 pub struct Plan {
+    /// Worker threads (one per core; from the CPU plan).
     pub workers: usize,
+    /// How many workers and where each is pinned.
     pub cpus: CpuPlan,
+    /// The CPU facts the plan was made from.
     pub machine: Machine,
+    /// Session slots per worker: `max_sessions_per_core`, capped by the open-files hard limit less
+    /// the descriptors kept for other uses.
     pub sessions_per_core: usize,
+    /// The open-files hard limit (RLIMIT_NOFILE), which the soft limit is raised to.
     pub open_files_limit: u64,
+    /// The worst-case memory of this plan.
     pub budget: Budget,
 }
 
@@ -115,11 +122,15 @@ fn abort_on_panic() {
 /// machine and its environment at run time (exit 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fatal {
+    /// Usage, options, the settings file, the store URL, a missing secret…: exit 2.
     Config(String),
+    /// The data directory held or not writable, the address taken, a thread that cannot start…:
+    /// exit 1.
     Runtime(String),
 }
 
 impl Fatal {
+    /// The one-line message printed on stderr.
     pub fn message(&self) -> &str {
         match self {
             Fatal::Config(message) | Fatal::Runtime(message) => message,

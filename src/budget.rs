@@ -65,23 +65,33 @@ pub fn batch_bytes_max(max_message_bytes: usize) -> u64 {
     u64::from(BATCH_AUDIO_SECONDS) * audio_bytes_per_second_max() + max_message_bytes as u64
 }
 
+/// One structure of the budget: how many there are at most, and the bytes of each.
 #[derive(Debug, Clone)]
 pub struct BudgetLine {
+    /// What the structure is, as `pusher budget` prints it.
     pub name: &'static str,
+    /// How many, over all workers (or process-wide).
     pub count: u64,
+    /// Bytes of one.
     pub item_bytes: u64,
 }
 
 impl BudgetLine {
+    /// `count × item_bytes`.
     pub fn bytes(&self) -> u64 {
         self.count * self.item_bytes
     }
 }
 
+/// The worst-case memory of a configuration, line by line (`pusher_memory_budget_bytes` is its
+/// total).
 #[derive(Debug, Clone)]
 pub struct Budget {
+    /// Worker threads the budget is for.
     pub workers: u64,
+    /// Session slots per worker the budget is for.
     pub sessions_per_core: u64,
+    /// Every structure whose count and size the config fixes.
     pub lines: Vec<BudgetLine>,
 }
 
@@ -218,6 +228,7 @@ impl Budget {
         }
     }
 
+    /// The sum of every line's bytes.
     pub fn total_bytes(&self) -> u64 {
         self.lines.iter().map(BudgetLine::bytes).sum()
     }

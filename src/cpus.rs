@@ -79,6 +79,7 @@ fn affinity_mask() -> Vec<usize> {
 /// How many workers, and where each is pinned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuPlan {
+    /// Worker threads to run (at least 1).
     pub workers: usize,
     /// The CPU of each worker, or None: the workers are not pinned.
     pub pins: Option<Vec<usize>>,

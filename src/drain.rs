@@ -21,9 +21,15 @@ pub enum Phase {
     Serving,
     /// Readiness 503, new sessions turned away; open sessions may end on their own until the
     /// grace period is over.
-    Draining { since_ms: u64 },
+    Draining {
+        /// When the drain began, on the caller's millisecond clock.
+        since_ms: u64,
+    },
     /// Grace over: open sessions were told to close (1001); waiting for them.
-    Closing { since_ms: u64 },
+    Closing {
+        /// When the sessions were told to close, on the caller's millisecond clock.
+        since_ms: u64,
+    },
     /// The process may exit.
     Done,
 }
@@ -34,7 +40,10 @@ pub enum Action {
     /// Nothing now.
     Wait,
     /// Mark the drain begun (readiness 503, new sessions turned away) from `since_ms`.
-    Begin { since_ms: u64 },
+    Begin {
+        /// When the drain began, on the caller's millisecond clock.
+        since_ms: u64,
+    },
     /// The grace period is over: close every open session with 1001.
     CloseSessions,
     /// Every session is gone (or the close wait is over): flush and exit normally.

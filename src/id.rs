@@ -11,9 +11,13 @@ pub const ID_BYTES_MAX: usize = 128;
 /// Why a candidate id was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdError {
+    /// No bytes.
     Empty,
+    /// More than [`ID_BYTES_MAX`] bytes.
     TooLong,
+    /// A byte outside `[A-Za-z0-9._:@-]`.
     BadCharacter,
+    /// Exactly `.` or `..` (a path component).
     DotPath,
 }
 
@@ -65,6 +69,7 @@ impl Id {
         })
     }
 
+    /// The id as text (ASCII, 1–128 bytes).
     pub fn as_str(&self) -> &str {
         // Every byte was checked to be ASCII in `parse`.
         std::str::from_utf8(&self.bytes[..self.len as usize]).expect("id bytes are ASCII")

@@ -3,6 +3,8 @@
 //! See ARCHITECTURE.md for the bird's-eye view and the code map. Without the default `server`
 //! feature only the sans-I/O core is built (for the fuzz targets).
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]

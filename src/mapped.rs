@@ -68,10 +68,12 @@ impl MappedRegion {
         }
     }
 
+    /// The region's size in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// True for a region of 0 bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -87,10 +87,13 @@ pub fn purge_delay_ms() -> i64 {
 /// process runs another global allocator, as unit tests do).
 #[derive(Debug, Clone, Copy)]
 pub struct HeapInUse {
+    /// Bytes allocated and not yet freed.
     pub current_bytes: u64,
+    /// The most bytes allocated at once since the process started.
     pub peak_bytes: u64,
 }
 
+/// Reads the counting allocator's two figures (relaxed loads).
 pub fn heap_in_use() -> HeapInUse {
     HeapInUse {
         current_bytes: HEAP_IN_USE_BYTES.load(Ordering::Relaxed),
@@ -120,10 +123,13 @@ fn page_bytes() -> u64 {
 /// Heap memory committed by the allocator now and at its peak, in bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct HeapCommit {
+    /// Bytes mimalloc has committed now.
     pub current_bytes: u64,
+    /// The most bytes mimalloc has had committed.
     pub peak_bytes: u64,
 }
 
+/// Asks mimalloc (`mi_process_info`) for its committed bytes.
 pub fn heap_commit() -> HeapCommit {
     let mut elapsed_ms = 0;
     let mut user_ms = 0;

@@ -28,7 +28,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// What is left in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Left {
+    /// Batches still in the index (open, closed or uploading).
     pub batches: usize,
+    /// Their audio bytes.
     pub audio_bytes: u64,
 }
 

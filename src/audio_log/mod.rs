@@ -25,6 +25,7 @@ use crate::upload::{BatchSource, UploadJob, UploaderHandle};
 pub struct SpillLog {
     /// One hand-off ring per worker, in worker order.
     pub rings: Vec<Arc<Handoff>>,
+    /// The state the writer, the cores and the uploader share.
     pub shared: Arc<SpillShared>,
     /// The writer thread (cores unpark it when they push to an idle ring).
     pub writer: std::thread::Thread,
@@ -180,6 +181,7 @@ fn run_id() -> u64 {
 /// The uploader's view of the log: batch audio read back from the segments, confirmations
 /// written to the log.
 pub struct SpillSource {
+    /// The log's shared state (index, disk, segment directory).
     pub shared: Arc<SpillShared>,
 }
 

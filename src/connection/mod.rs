@@ -25,7 +25,7 @@
 //!   hand-off or disk budget: `stalled`) never counts against the peer: the idle and close
 //!   deadlines do not run while stalled.
 //!
-//! Invariants: every phase change goes through [`Connection::enter`], which asserts that the
+//! Invariants: every phase change goes through `Connection::enter`, which asserts that the
 //! transition is one of the diagram's; once `Done`, nothing changes any more.
 
 #[cfg(test)]
@@ -85,7 +85,10 @@ pub struct PeerGone;
 pub enum Note {
     /// `ms` more of a stall (pusher not reading because of its own backpressure): reported at
     /// every tick while it lasts and when it ends.
-    Stalled { ms: u64 },
+    Stalled {
+        /// Milliseconds of the stall not reported before.
+        ms: u64,
+    },
     /// The session's audio was not durable within the close timeout: dropped without a Close.
     AckTimedOut,
 }
@@ -93,6 +96,7 @@ pub enum Note {
 /// The connection's timeouts, from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// The WebSocket decoder's limits (`max_message_bytes`).
     pub decoder: DecoderLimits,
     /// No message and no ping for this long → pusher goes away (1001).
     pub idle_timeout_ms: u64,
@@ -106,14 +110,18 @@ pub struct Limits {
 /// Where the connection is in its close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Reading and handling messages; no Close sent or received yet.
     Open,
     /// The session has ended (its last batch is closed) and pusher waits, not reading, until
     /// every audio record the session wrote is durable: then it sends its Close (`code`; `None`
     /// = empty), the acknowledgement. Past `deadline` the connection is dropped without a Close
     /// (the audio stays queued in the log; the client retries).
     Acking {
+        /// When the wait for durability gives up (`close_timeout_ms` after it began).
         deadline: Millis,
+        /// The Close's code; `None`: an empty Close (the peer's had none).
         code: Option<u16>,
+        /// The Close's reason (empty when echoing the peer's Close).
         reason: &'static str,
         /// The Close answers the peer's: nothing more to read after it.
         peer_closed: bool,
@@ -123,15 +131,19 @@ pub enum Phase {
     /// pusher sent its Close (going away) and goes on handling messages until the peer's
     /// Close, or `deadline`.
     Leaving {
+        /// When pusher stops waiting for the peer's Close (`close_timeout_ms` after its own).
         deadline: Millis,
     },
     /// pusher sent its Close (the acknowledgement) and waits for the peer's until `deadline`,
     /// ignoring messages. After a framing violation (`undecodable`) the input is dropped
     /// undecoded and the socket half-closed, so the Close is not lost to a reset.
     Closing {
+        /// When pusher stops waiting for the peer's Close.
         deadline: Millis,
+        /// A framing violation: the input is dropped undecoded.
         undecodable: bool,
     },
+    /// The connection is over: the shell closes the socket and frees the slot.
     Done,
 }
 
@@ -168,10 +180,12 @@ impl Connection {
         }
     }
 
+    /// Where the connection is in its close handshake.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
+    /// True once the connection is over ([`Phase::Done`]).
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
     }

@@ -16,7 +16,9 @@ use crate::session::Millis;
 /// Who queued an entry: a session slot on this core, as (slot key, slot generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
+    /// The owning session's slot key.
     pub key: usize,
+    /// The slot's generation when the entry was queued.
     pub generation: u32,
 }
 
@@ -33,6 +35,8 @@ pub const fn entry_bytes<T>() -> usize {
     std::mem::size_of::<Entry<T>>()
 }
 
+/// A fixed-capacity FIFO of values due at a time, each with an [`Owner`]; full, it drops its
+/// oldest.
 pub struct DelayQueue<T> {
     entries: VecDeque<Entry<T>>,
     capacity: usize,
@@ -40,6 +44,7 @@ pub struct DelayQueue<T> {
 }
 
 impl<T: Copy> DelayQueue<T> {
+    /// An empty queue of `capacity` entries (above 0), allocated once here.
     pub fn new(capacity: usize) -> DelayQueue<T> {
         assert!(capacity > 0, "a delay queue needs room for one entry");
         DelayQueue {
@@ -54,6 +59,7 @@ impl<T: Copy> DelayQueue<T> {
         self.live
     }
 
+    /// True when no live entry is queued.
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }

@@ -33,6 +33,9 @@ pub struct CoreShares {
 }
 
 impl CoreShares {
+    /// Each of `workers` cores' share of the configured totals: `egress_in_flight_max` and
+    /// `processor_in_flight_max` rounded up (at least 1), `egress_in_flight_bytes_max` rounded down
+    /// (at least 1 byte); settings fetches are bounded by the core's handshake slots.
     pub fn of(config: &crate::config::Config, workers: usize) -> CoreShares {
         let share = |total: usize| total.div_ceil(workers).max(1);
         CoreShares {
@@ -61,15 +64,20 @@ pub const JOB_BYTES: usize = std::mem::size_of::<Job>() + std::mem::size_of::<Wo
 /// reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
+    /// The session's slot key on its core (reused after the session ends).
     pub key: usize,
+    /// The slot's generation when the job was made: tells a later session in the same slot apart.
     pub generation: u32,
 }
 
 /// What egress needs to know about a session, shared by all its jobs; created on its first job.
 #[derive(Debug)]
 pub struct SessionContext {
+    /// The session's user.
     pub uid: Id,
+    /// The session's sample rate in Hz (`sample_rate` of audio requests, docs/downstream.md §1).
     pub sample_rate_hz: u32,
+    /// The user's settings snapshot taken at the upgrade: the targets of the session's items.
     pub settings: Arc<UserSettings>,
     /// Cancelled when the session ends: its process calls in flight are dropped. (Deliveries
     /// in flight finish within their timeouts; items still queued are discarded.)
@@ -85,26 +93,47 @@ pub enum AudioTarget {
     Webhook,
 }
 
+/// What a job asks egress to do.
 pub enum Work {
     /// One transcript item, to every transcript target of the session.
     Transcript {
+        /// The 102's `memory_id`, else the session's current conversation, else none (sent to
+        /// global hooks only, docs/downstream.md §1).
         conversation: Option<Id>,
+        /// The 102's `segments` array, as JSON text byte for byte.
         segments: String,
     },
     /// One audio item.
-    Audio { target: AudioTarget, pcm: Vec<u8> },
+    Audio {
+        /// The consumer the item is for.
+        target: AudioTarget,
+        /// The accumulated PCM16 LE audio: the request body.
+        pcm: Vec<u8>,
+    },
     /// A process-conversation call; its completion carries the 201.
-    Process { conversation: Id, payload: String },
+    Process {
+        /// The 104's `conversation_id`.
+        conversation: Id,
+        /// The 104's whole JSON object (the body, docs/downstream.md §3).
+        payload: String,
+    },
     /// A due speaker-sample request (its session may be gone).
-    SpeakerSample { body: Vec<u8> },
+    SpeakerSample {
+        /// The JSON body, built when the 105 arrived (docs/downstream.md §4).
+        body: Vec<u8>,
+    },
     /// A user's settings from the `http` source; answered through `reply`, not a completion.
     Settings {
+        /// The user whose settings to fetch (`GET {settings_url}/{uid}`).
         uid: Id,
+        /// Where the settings, or the reason they could not be fetched, go.
         reply: futures_channel::oneshot::Sender<Result<Arc<UserSettings>, String>>,
     },
 }
 
+/// One unit of work for the egress thread, owning all its data.
 pub struct Job {
+    /// The session (slot and generation) the job belongs to; its completion goes back to it.
     pub ticket: Ticket,
     /// The session's context; `None` for jobs that outlive their session.
     pub session: Option<Arc<SessionContext>>,
@@ -121,15 +150,21 @@ pub enum Done {
     Delivered(Stream),
     /// A process call ended; `reply` is its 201 payload (`None`: cancelled).
     Processed {
+        /// The 104's `conversation_id`.
         conversation: Id,
+        /// The 201 to send (docs/protocol.md §4); `None`: cancelled with its session.
         reply: Option<Vec<u8>>,
     },
+    /// A speaker-sample request ended (sent, dropped or failed): its bytes are released.
     SpeakerSample,
 }
 
+/// A finished job, as reported back to its core.
 #[derive(Debug)]
 pub struct Completion {
+    /// The job's ticket: the completion reaches only that session.
     pub ticket: Ticket,
+    /// What ended.
     pub done: Done,
     /// The job's byte count, released now.
     pub bytes: usize,
@@ -194,6 +229,7 @@ impl Link {
     }
 }
 
+/// The future of [`Link::completion_ready`]: ready once the completion queue is not empty.
 pub struct CompletionReady<'a> {
     link: &'a Link,
 }

@@ -19,6 +19,7 @@ pub enum AttemptResult {
     Delivered,
     /// Any other status, or the connection failed.
     Failed,
+    /// No complete answer within the target's timeout.
     TimedOut,
     /// Dropped because its session ended.
     Cancelled,
@@ -69,23 +70,39 @@ struct TargetMetrics {
     in_flight: Gauge,
 }
 
+/// Egress's metric handles (registered once at start; clones share the values).
 #[derive(Clone)]
 pub struct EgressMetrics {
     targets: Vec<TargetMetrics>,
+    /// `pusher_process_calls_created_total`: process-conversation calls started.
     pub process_created: Counter,
     process_done: [Counter; PROCESS_RESULTS.len()],
+    /// `pusher_process_calls_cancelled_total`: calls dropped because their session ended.
     pub process_cancelled: Counter,
+    /// `pusher_process_calls_in_flight`: calls started and not yet answered or cancelled.
     pub process_in_flight: Gauge,
+    /// `pusher_process_busy_total`: 104s answered at once with a `busy` 201 (the session's or the
+    /// core's bound reached).
     pub process_busy: Counter,
+    /// `pusher_process_duplicates_total`: 104s not sent because their conversation was in flight.
     pub process_duplicates: Counter,
     /// 201s whose session had ended (or forgotten the call) when they came back.
     pub process_replies_dropped: Counter,
+    /// `pusher_egress_items_discarded_at_session_end_total`: transcript and audio items still in
+    /// their rings when their session ended.
     pub items_discarded_at_end: Counter,
+    /// `pusher_speaker_samples_queued_total`: speaker-sample requests put in a delay queue.
     pub speaker_samples_queued: Counter,
+    /// `pusher_speaker_samples_dropped_total`: speaker-sample requests dropped (a full queue, a
+    /// session over its bound, no `speaker_sample_url`), docs/downstream.md §4.
     pub speaker_samples_dropped: Counter,
+    /// `pusher_speaker_sample_queue_len`: requests waiting for their due time, all cores.
     pub speaker_sample_queue_len: Gauge,
+    /// `pusher_audio_accumulator_bytes`: bytes reserved by open sessions' audio accumulators.
     pub accumulator_bytes: Gauge,
+    /// `pusher_settings_cache_hits_total`: `http` settings lookups answered from the cache.
     pub settings_cache_hits: Counter,
+    /// `pusher_settings_cache_misses_total`: `http` settings lookups that fetched.
     pub settings_cache_misses: Counter,
 }
 
@@ -232,6 +249,7 @@ impl EgressMetrics {
         self.targets[target.index()].dropped.inc();
     }
 
+    /// Counts a finished call in `pusher_process_calls_done_total{result}` by its outcome's label.
     pub fn process_done(&self, outcome: &ProcessOutcome) {
         let index = PROCESS_RESULTS
             .iter()
@@ -254,6 +272,7 @@ pub struct Attempt<'m> {
 }
 
 impl Attempt<'_> {
+    /// Ends the attempt: counts it by `result` and, unless cancelled, observes its duration.
     pub fn finish(mut self, result: AttemptResult) {
         self.record(result);
     }

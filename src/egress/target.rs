@@ -32,6 +32,7 @@ pub enum TargetKind {
     Settings,
 }
 
+/// Every [`TargetKind`], in the order their metrics are indexed ([`TargetKind::index`]).
 pub const TARGET_KINDS: [TargetKind; 9] = [
     TargetKind::AppTranscript,
     TargetKind::TranscriptWebhook,
@@ -45,6 +46,7 @@ pub const TARGET_KINDS: [TargetKind; 9] = [
 ];
 
 impl TargetKind {
+    /// The `target` label value of the `pusher_egress_*` metrics.
     pub fn label(self) -> &'static str {
         match self {
             TargetKind::AppTranscript => "app_transcript",
@@ -59,6 +61,7 @@ impl TargetKind {
         }
     }
 
+    /// The kind's position in [`TARGET_KINDS`].
     pub fn index(self) -> usize {
         TARGET_KINDS
             .iter()

@@ -10,24 +10,34 @@ use super::request::Request;
 use crate::id::Id;
 use crate::session::{SAMPLE_RATE_HZ_MAX, SAMPLE_RATE_HZ_MIN};
 
+/// The path of the session upgrade (docs/protocol.md §1).
 pub const LISTEN_PATH: &str = "/v1/trigger/listen";
+/// The echo WebSocket's path, served only with `test_echo_route` (Autobahn).
 pub const ECHO_PATH: &str = "/test/echo";
+/// The path that begins the drain (`POST`, loopback peers only; docs/protocol.md §5).
 pub const DRAIN_PATH: &str = "/__internal/drain";
 
 /// Sample rate when the query has none (docs/protocol.md §1).
 pub const SAMPLE_RATE_HZ_DEFAULT: u32 = 8_000;
 
+/// What a request's path names (docs/protocol.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
+    /// `/v1/trigger/listen`: a session upgrade.
     Listen,
+    /// `/test/echo`: an echo WebSocket (only with `test_echo_route`).
     Echo,
+    /// `/health`: liveness.
     Health,
     /// `/ready` (the Omi chart's readiness probe) and `/readyz` (kept for existing users).
     Ready,
     /// `POST /__internal/drain`: the chart's preStop hook.
     Drain,
+    /// `/metrics`: Prometheus text, guarded by `metrics_token` when set.
     Metrics,
+    /// `/debug/memory`: memory figures as JSON, guarded like `/metrics`.
     DebugMemory,
+    /// Any other path: 404.
     NotFound,
 }
 
@@ -48,7 +58,9 @@ pub fn route(path: &str, echo_enabled: bool) -> Route {
 /// A refusal: status code and a one-line plain-text reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
+    /// The HTTP status to answer with.
     pub status: u16,
+    /// The one-line plain-text body.
     pub reason: &'static str,
 }
 
@@ -59,7 +71,10 @@ const fn refuse(status: u16, reason: &'static str) -> Refusal {
 /// What a listen upgrade asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenParams {
+    /// The `uid`, percent-decoded and validated.
     pub uid: Id,
+    /// The `sample_rate` in Hz, within `SAMPLE_RATE_HZ_MIN ..= SAMPLE_RATE_HZ_MAX`, default
+    /// [`SAMPLE_RATE_HZ_DEFAULT`].
     pub sample_rate_hz: u32,
 }
 

@@ -9,15 +9,21 @@ pub const HEADERS_MAX: usize = 48;
 /// The parts of a request head pusher looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'b> {
+    /// The method, as sent (`GET`, `HEAD`, `POST`, …).
     pub method: &'b str,
+    /// The request target before any `?`, not percent-decoded.
     pub path: &'b str,
+    /// What follows the first `?` of the target, if it has one.
     pub query: Option<&'b str>,
     /// `Upgrade: websocket` present.
     pub upgrade_websocket: bool,
     /// `Connection` lists `upgrade`.
     pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Key`, trimmed.
     pub websocket_key: Option<&'b [u8]>,
+    /// `Sec-WebSocket-Version`, trimmed.
     pub websocket_version: Option<&'b [u8]>,
+    /// `Authorization`, trimmed.
     pub authorization: Option<&'b [u8]>,
     /// `Accept` (content negotiation of `/metrics`).
     pub accept: Option<&'b [u8]>,
@@ -26,13 +32,17 @@ pub struct Request<'b> {
     pub forwarded: bool,
 }
 
+/// The outcome of [`parse`] on the bytes received so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed<'b> {
     /// The head is not complete yet; read more.
     Partial,
     /// The head ends at `head_bytes`.
     Complete {
+        /// The parsed head.
         request: Request<'b>,
+        /// Bytes of the head, its final blank line included; what follows is the body or the
+        /// session.
         head_bytes: usize,
     },
 }
@@ -47,6 +57,7 @@ pub enum HeadError {
 }
 
 impl HeadError {
+    /// The status to answer with: 431 or 400.
     pub fn status(self) -> u16 {
         match self {
             HeadError::TooLarge => 431,

@@ -17,15 +17,23 @@ use prometheus_client::registry::Registry;
 /// Kinds of inbound message, in the order of [`FrameKind::label`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
+    /// A 100 heartbeat.
     Heartbeat,
+    /// A 101 audio frame.
     Audio,
+    /// A 102 transcript frame.
     Transcript,
+    /// A 103 conversation-id frame.
     Conversation,
+    /// A 104 process-conversation frame.
     ProcessConversation,
+    /// A 105 speaker-sample request.
     SpeakerSample,
+    /// Any other header: ignored, but counted.
     Unknown,
 }
 
+/// Every [`FrameKind`], in the order their counters are registered and indexed.
 pub const FRAME_KINDS: [FrameKind; 7] = [
     FrameKind::Heartbeat,
     FrameKind::Audio,
@@ -37,6 +45,8 @@ pub const FRAME_KINDS: [FrameKind; 7] = [
 ];
 
 impl FrameKind {
+    /// The `kind` label value of `pusher_frames_received_total` and
+    /// `pusher_frame_received_bytes_total`.
     pub fn label(self) -> &'static str {
         match self {
             FrameKind::Heartbeat => "heartbeat",
@@ -53,11 +63,15 @@ impl FrameKind {
 /// Droppable streams (docs/protocol.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
+    /// Transcript items (from 102s).
     Transcript,
+    /// App-audio and webhook-audio items (one ring shared by both).
     AudioBytes,
+    /// Speaker-sample requests (from 105s).
     SpeakerSample,
 }
 
+/// Every [`Stream`], in the order their counters and gauges are indexed.
 pub const STREAMS: [Stream; 3] = [
     Stream::Transcript,
     Stream::AudioBytes,
@@ -65,6 +79,7 @@ pub const STREAMS: [Stream; 3] = [
 ];
 
 impl Stream {
+    /// The `stream` label value of the per-stream metrics.
     pub fn label(self) -> &'static str {
         match self {
             Stream::Transcript => "transcript",
@@ -117,11 +132,19 @@ struct CoreLabel {
 /// Why an upgrade or request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// A malformed head or query, or bad WebSocket headers (400, 405, 426, 431).
     BadRequest,
+    /// A missing or wrong bearer token (401).
     Unauthorized,
+    /// No capacity: registered as a label value, but sessions are now turned away after the
+    /// upgrade instead ([`TurnAway::Full`]), so it stays 0.
     Capacity,
+    /// Draining: registered as a label value, but sessions are now turned away after the upgrade
+    /// instead ([`TurnAway::Draining`]), so it stays 0.
     Draining,
+    /// The user's settings could not be loaded (503, `docs/downstream.md §5`).
     Settings,
+    /// No complete answer within `handshake_timeout_ms` of the accept: closed without one.
     HandshakeTimeout,
 }
 
@@ -171,20 +194,35 @@ impl TurnAway {
 /// Gauges one worker owns.
 #[derive(Clone)]
 pub struct CoreGauges {
+    /// `pusher_sessions_open{core}`: sessions open on this core.
     pub sessions_open: Gauge,
+    /// `pusher_sessions_capacity{core}`: this core's session slots.
     pub sessions_capacity: Gauge,
+    /// `pusher_recv_buffers_in_use{core}`: receive buffers lent out from this core's pool.
     pub recv_buffers_in_use: Gauge,
+    /// `pusher_recv_buffers_capacity{core}`: receive buffers in this core's pool.
     pub recv_buffers_capacity: Gauge,
+    /// `pusher_recv_buffers_parked{core}`: receive buffers held by incomplete messages (sampled
+    /// every 10 ms).
     pub recv_buffers_parked: Gauge,
+    /// `pusher_payload_arena_used_bytes{core}`: payload arena bytes in use.
     pub arena_used_bytes: Gauge,
+    /// `pusher_payload_arena_capacity_bytes{core}`: the payload arena's size in bytes.
     pub arena_capacity_bytes: Gauge,
+    /// `pusher_outbound_pending_bytes{core}`: outbound bytes the kernel has not taken yet.
     pub outbound_pending_bytes: Gauge,
+    /// `pusher_handshakes_in_flight{core}`: connections between accept and upgrade (sampled every
+    /// 10 ms).
     pub handshakes_in_flight: Gauge,
+    /// `pusher_handshakes_capacity{core}`: handshake slots (`handshake_buffers_per_core`).
     pub handshakes_capacity: Gauge,
 }
 
+/// The core metrics: the registry (which egress, spill and upload register into at start) and
+/// the resolved handles the workers touch.
 pub struct Metrics {
     registry: Registry,
+    /// `pusher_sessions_opened_total`: WebSocket sessions upgraded.
     pub sessions_opened: Counter,
     refused: Vec<(Refusal, Counter)>,
     turned_away: Vec<(TurnAway, Counter)>,
@@ -194,14 +232,27 @@ pub struct Metrics {
     frame_bytes: Vec<Counter>,
     ring_drops: Vec<Counter>,
     ring_high_water: Vec<Gauge>,
+    /// `pusher_payload_arena_evicted_blocks_total`: live payload blocks evicted from a full arena.
     pub ring_arena_evictions: Counter,
+    /// `pusher_results_sent_total`: 201 frames sent.
     pub results_sent: Counter,
+    /// `pusher_peers_dropped_slow_total`: connections dropped because their unsent bytes passed the
+    /// per-session or per-core bound (docs/protocol.md §4).
     pub peers_dropped_slow: Counter,
+    /// `pusher_audio_accumulators_refused_total`: sessions denied an app/webhook audio accumulator
+    /// by the per-core accumulator budget (docs/protocol.md §3).
     pub accumulators_refused: Counter,
+    /// `pusher_http_requests_total`: plain HTTP requests answered (not upgrades).
     pub http_requests: Counter,
+    /// `pusher_handshakes_evicted_total`: connections closed before their head was complete to free
+    /// a handshake slot (docs/protocol.md §1).
     pub handshakes_evicted: Counter,
+    /// `pusher_recv_buffers_evicted_total`: receive buffers taken back from incomplete messages
+    /// (their connections closed 1008, docs/protocol.md §2).
     pub recv_buffers_evicted: Counter,
+    /// `pusher_accept_errors_total`: failed `accept(2)` calls (e.g. EMFILE).
     pub accept_errors: Counter,
+    /// `pusher_draining`: 1 once a drain began (docs/protocol.md §5).
     pub draining: Gauge,
     /// Omi's name for `draining` (its dashboards and rollout gate read it).
     pub drain_in_progress: Gauge,
@@ -209,6 +260,7 @@ pub struct Metrics {
     pub ready: Gauge,
     /// Sessions open over all cores, Omi's `pusher_active_ws_connections`.
     pub active_ws_connections: Gauge,
+    /// `pusher_memory_budget_bytes`: the worst-case memory computed from the config at start.
     pub budget_bytes: Gauge,
     /// The process's resident set size (set when scraped), to read against `budget_bytes`.
     pub resident_bytes: Gauge,
@@ -216,6 +268,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Registers every core metric (and `pusher_driver_info{driver}`) with per-core gauges for
+    /// `workers` cores, and resolves every label set's handle.
     pub fn new(driver: &str, workers: usize) -> Metrics {
         let mut registry = Registry::with_prefix("pusher");
         registry.register(
@@ -231,7 +285,7 @@ impl Metrics {
         let refused_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "sessions_refused",
-            "upgrades refused, by reason (400/401/503/handshake timeout)",
+            "upgrades refused before the 101, by reason (bad request, query or token, header too large, handshake timeout; capacity and draining stay 0: those sessions are turned away after the upgrade, pusher_sessions_turned_away_total)",
             refused_family.clone(),
         );
         let refused = REFUSALS
@@ -443,6 +497,7 @@ impl Metrics {
         &mut self.registry
     }
 
+    /// `pusher_sessions_refused_total{reason}` for `reason`.
     pub fn refused(&self, reason: Refusal) -> &Counter {
         &self
             .refused
@@ -452,6 +507,7 @@ impl Metrics {
             .1
     }
 
+    /// `pusher_sessions_turned_away_total{reason}` for `reason`.
     pub fn turned_away(&self, reason: TurnAway) -> &Counter {
         &self
             .turned_away
@@ -468,6 +524,8 @@ impl Metrics {
         self.ready.set(0);
     }
 
+    /// `pusher_sessions_closed_total{code}` for a close code; a code not in [`CLOSE_CODES`] counts
+    /// under `code="other"`.
     pub fn closed(&self, code: u16) -> &Counter {
         self.closed
             .iter()
@@ -475,6 +533,7 @@ impl Metrics {
             .map_or(&self.closed_other, |(_, counter)| counter)
     }
 
+    /// Counts one inbound message of `kind` and its `bytes` (the 4-byte header included).
     pub fn frame(&self, kind: FrameKind, bytes: usize) {
         let index = FRAME_KINDS
             .iter()
@@ -484,6 +543,7 @@ impl Metrics {
         self.frame_bytes[index].inc_by(bytes as u64);
     }
 
+    /// Adds `items` to `pusher_ring_dropped_items_total{stream}`.
     pub fn ring_dropped(&self, stream: Stream, items: u64) {
         self.ring_drops[stream_index(stream)].inc_by(items);
     }
@@ -496,6 +556,7 @@ impl Metrics {
         }
     }
 
+    /// The gauges of worker `core` (`0..workers`; panics beyond).
     pub fn core(&self, core: usize) -> &CoreGauges {
         &self.cores[core]
     }
@@ -524,12 +585,14 @@ impl Metrics {
     }
 }
 
+/// Registers a counter under `name` (exposed as `pusher_{name}_total`) and returns its handle.
 pub fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
     let counter = Counter::default();
     registry.register(name, help, counter.clone());
     counter
 }
 
+/// Registers a gauge under `name` (exposed as `pusher_{name}`) and returns its handle.
 pub fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
     let gauge = Gauge::default();
     registry.register(name, help, gauge.clone());

@@ -20,6 +20,7 @@
 pub struct Handle(u64);
 
 impl Handle {
+    /// The block's sequence number (handles compare by it: older is smaller).
     pub fn sequence(self) -> u64 {
         self.0
     }
@@ -134,12 +135,14 @@ impl PayloadArena {
         Some(&self.bytes[offset..offset + block.len])
     }
 
+    /// The block's bytes, writable; `None` once it was freed or evicted.
     pub fn get_mut(&mut self, handle: Handle) -> Option<&mut [u8]> {
         let block = self.live_block(handle)?;
         let offset = self.offset(block);
         Some(&mut self.bytes[offset..offset + block.len])
     }
 
+    /// True while the block is neither freed nor evicted.
     pub fn is_live(&self, handle: Handle) -> bool {
         self.live_block(handle).is_some()
     }
@@ -162,6 +165,7 @@ impl PayloadArena {
         true
     }
 
+    /// The arena's payload space in bytes (`payload_arena_bytes_per_core`).
     pub fn capacity_bytes(&self) -> usize {
         self.bytes.len()
     }
@@ -172,6 +176,7 @@ impl PayloadArena {
         (self.tail_position - self.front_position()) as usize
     }
 
+    /// The most [`PayloadArena::used_bytes`] has been.
     pub fn used_bytes_high_water(&self) -> usize {
         self.used_bytes_high_water
     }
@@ -181,10 +186,12 @@ impl PayloadArena {
         self.live_bytes
     }
 
+    /// Blocks allocated and neither freed nor evicted.
     pub fn live_blocks(&self) -> usize {
         self.live_blocks
     }
 
+    /// The most blocks the arena can hold at once.
     pub fn blocks_max(&self) -> usize {
         self.blocks.len()
     }
@@ -194,6 +201,7 @@ impl PayloadArena {
         self.evicted_blocks
     }
 
+    /// Bytes of the live blocks evicted to make room.
     pub fn evicted_bytes(&self) -> u64 {
         self.evicted_bytes
     }

@@ -10,9 +10,12 @@ use super::arena::{Handle, PayloadArena};
 
 /// An item a ring can carry: small, `Copy`, and owning one arena block.
 pub trait RingItem: Copy {
+    /// The arena block that holds the item's bytes.
     fn handle(&self) -> Handle;
 }
 
+/// A fixed-capacity FIFO of items whose bytes live in a [`PayloadArena`]; full, it drops its
+/// oldest item (counted). Never grows.
 pub struct DropOldestRing<T> {
     queue: ArrayQueue<T>,
     dropped_full: u64,
@@ -67,14 +70,17 @@ impl<T: RingItem> DropOldestRing<T> {
         discarded
     }
 
+    /// Items queued, including any whose block was evicted (skipped by [`DropOldestRing::pop`]).
     pub fn len(&self) -> usize {
         self.queue.len()
     }
 
+    /// True when no item is queued.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
+    /// The most items the ring holds.
     pub fn capacity(&self) -> usize {
         self.queue.capacity()
     }

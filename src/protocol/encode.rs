@@ -20,7 +20,10 @@ pub enum ResultOutcome<'a> {
     /// `{"conversation_id", "success": true, ...}`. `merged_fields` is the text of a JSON object
     /// (the processor's answer) whose fields are copied in, in order, except `conversation_id` and
     /// `success`: those two always keep pusher's values.
-    Success { merged_fields: Option<&'a str> },
+    Success {
+        /// The processor's JSON object to merge in; `None`: nothing more than the two fields.
+        merged_fields: Option<&'a str>,
+    },
     /// `{"conversation_id", "error": reason}`, the reason escaped as a JSON string.
     Error(&'a str),
 }

@@ -53,23 +53,35 @@ pub enum Inbound<'a> {
     /// 100. Bytes after the header are ignored, as the Python service did.
     Heartbeat,
     /// 101. `pcm` is passed through as sent: it may be empty or of odd length.
-    Audio { timestamp: f64, pcm: &'a [u8] },
+    Audio {
+        /// Epoch seconds of the first sample: finite, in `0 ..= AUDIO_TIMESTAMP_SECONDS_MAX`.
+        timestamp: f64,
+        /// PCM16 LE mono at the session's sample rate.
+        pcm: &'a [u8],
+    },
     /// 102. `segments` is the raw JSON array text; `memory_id` is `None` when null, absent or `""`.
     Transcript {
+        /// The `segments` array, as JSON text.
         segments: &'a str,
+        /// The conversation the 102 names, if any.
         memory_id: Option<Id>,
     },
     /// 103.
     Conversation(Id),
     /// 104. `payload` is the whole JSON object text, every field kept.
     ProcessConversation {
+        /// The conversation to process.
         conversation_id: Id,
+        /// The whole JSON object, as sent (without surrounding whitespace).
         payload: &'a str,
     },
     /// 105 with all three fields non-empty. `segment_ids` is the raw JSON array text.
     SpeakerSample {
+        /// The person whose speaker sample is wanted.
         person_id: Id,
+        /// The conversation the segments belong to.
         conversation_id: Id,
+        /// The `segment_ids` array, as JSON text.
         segment_ids: &'a str,
     },
     /// 105 with a field missing, null or empty: ignored (docs/protocol.md §2).

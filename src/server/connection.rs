@@ -84,6 +84,7 @@ async fn serve(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
 
 /// A completed upgrade: the session's slot.
 pub struct Upgraded {
+    /// The session's slot key on this core.
     pub key: usize,
     /// The test-only echo route (no pusher session).
     pub echo: bool,

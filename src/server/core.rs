@@ -30,8 +30,11 @@ pub const REPLY_BYTES_MAX: usize = 1024;
 
 /// This core's end of the spill log.
 pub struct SpillCore {
+    /// This core's hand-off ring to the writer.
     pub ring: Arc<Handoff>,
+    /// The log's shared state (disk budget flag, failure flag, index).
     pub shared: Arc<SpillShared>,
+    /// The writer thread, unparked when the ring was idle and gets records.
     pub writer: std::thread::Thread,
     /// Hand-off bytes a session that writes audio needs free before it is fed a message.
     pub bytes_per_message: usize,
@@ -50,6 +53,7 @@ impl SpillCore {
         }
     }
 
+    /// A batch id for a new batch, unique within the run.
     pub fn next_batch(&self) -> u64 {
         let batch = self.next_batch.get();
         self.next_batch.set(batch + 1);
@@ -57,8 +61,12 @@ impl SpillCore {
     }
 }
 
+/// One worker's state: its pools, slots, arena, budgets and egress counts. Touched only from its
+/// own thread; sized at construction.
 pub struct Core {
+    /// What every worker shares.
     pub shared: Arc<Shared>,
+    /// This core's receive buffers (`recv_buffers_per_core`), lent while a connection has bytes.
     pub recv_pool: Rc<BufferPool>,
     /// Receive buffers held by incomplete messages, which others may take back.
     pub parked: ParkedBuffers,
@@ -67,14 +75,19 @@ pub struct Core {
     pub head_scratch: RefCell<Box<[u8]>>,
     /// Connections between accept and upgrade.
     pub handshakes: Rc<HandshakeSlots>,
+    /// This core's session slots and their deadlines.
     pub slots: Slots,
+    /// The bytes of this core's droppable items.
     pub arena: RefCell<PayloadArena>,
+    /// The bound on this core's unsent bytes (`outbound_pending_bytes_per_core`).
     pub outbound: OutboundBudget,
     /// Accumulator bytes not yet promised to a session.
     pub accumulator_bytes_free: Cell<usize>,
     /// The sans-I/O connection's limits (decoder, idle and close timeouts), from the config.
     pub connection_limits: ConnectionLimits,
+    /// This core's end of the spill log.
     pub spill: SpillCore,
+    /// This core's share of egress.
     pub egress: CoreEgress,
     /// Replies (201 frames) produced by one session step; capacity fixed at start.
     pub replies: RefCell<Vec<u8>>,
@@ -84,6 +97,7 @@ pub struct Core {
 }
 
 impl Core {
+    /// The state of worker `index`, every structure allocated now.
     pub fn new(index: usize, shared: Arc<Shared>) -> Core {
         let config = &shared.config;
         let gauges = shared.metrics.core(index).clone();
@@ -144,6 +158,7 @@ impl Core {
         Millis(self.epoch.elapsed().as_millis() as u64)
     }
 
+    /// Counts a session opened on this core (the shared count, the gauges, the counter).
     pub fn session_opened(&self) {
         self.shared.sessions_open.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.active_ws_connections.inc();

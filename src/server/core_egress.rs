@@ -22,7 +22,9 @@ use crate::payload::Handle;
 /// A session stream that found no room, to be started when room frees up.
 #[derive(Debug, Clone, Copy)]
 pub struct Waiting {
+    /// The session.
     pub ticket: Ticket,
+    /// Which of its ordered streams (an index into `ORDERED_STREAMS`).
     pub stream: usize,
 }
 
@@ -53,6 +55,7 @@ impl Quota {
         room
     }
 
+    /// Counts one fewer in flight.
     pub fn release(&self) {
         debug_assert!(self.used.get() > 0);
         self.used.set(self.used.get() - 1);
@@ -61,15 +64,19 @@ impl Quota {
 
 /// This core's egress counts, queues and delay queue.
 pub struct CoreEgress {
+    /// This core's link to the egress thread.
     pub link: Arc<Link>,
     deliveries: Quota,
     /// Payload bytes of the deliveries in flight (may pass `bytes_max` by one item).
     bytes: Cell<usize>,
     bytes_max: usize,
+    /// Process calls in flight against this core's share of `processor_in_flight_max`.
     pub processes: Quota,
     settings_fetches: Quota,
+    /// Session streams waiting for delivery room, oldest first.
     pub waiting: RefCell<VecDeque<Waiting>>,
     waiting_max: usize,
+    /// Speaker-sample requests waiting to be due (`speaker_sample_queue_per_core` entries).
     pub speaker_samples: RefCell<DelayQueue<Handle>>,
 }
 
@@ -80,6 +87,7 @@ pub fn new_link(config: &crate::config::Config, workers: usize) -> Arc<Link> {
 }
 
 impl CoreEgress {
+    /// The egress state of worker `index` with `sessions` slots, sized for its shares.
     pub fn new(index: usize, shared: &Shared, sessions: usize) -> CoreEgress {
         let config = &shared.config;
         let shares = CoreShares::of(config, shared.budget.workers as usize);
@@ -96,6 +104,7 @@ impl CoreEgress {
         }
     }
 
+    /// True when a delivery may start: under both the count and the byte share.
     pub fn has_delivery_room(&self) -> bool {
         self.deliveries.has_room() && self.bytes.get() < self.bytes_max
     }
@@ -106,6 +115,7 @@ impl CoreEgress {
         self.bytes.set(self.bytes.get() + bytes);
     }
 
+    /// Counts a delivery of `bytes` as finished.
     pub fn finish_delivery(&self, bytes: usize) {
         self.deliveries.release();
         self.bytes.set(self.bytes.get() - bytes);
@@ -121,6 +131,7 @@ impl CoreEgress {
         self.settings_fetches.try_take()
     }
 
+    /// Counts a settings fetch as finished.
     pub fn settings_fetched(&self) {
         self.settings_fetches.release();
     }

@@ -3,13 +3,17 @@
 
 use crate::config::DriverChoice;
 
+/// The io driver the workers run (`pusher_driver_info{driver}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
+    /// monoio on io_uring.
     IoUring,
+    /// monoio on epoll (the fallback).
     Epoll,
 }
 
 impl Driver {
+    /// The driver's name in logs and metrics: `io_uring` or `epoll`.
     pub fn label(self) -> &'static str {
         match self {
             Driver::IoUring => "io_uring",

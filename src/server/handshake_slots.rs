@@ -71,6 +71,7 @@ pub struct HandshakeSlots {
 }
 
 impl HandshakeSlots {
+    /// `capacity` slots (`handshake_buffers_per_core`, above 0), all free.
     pub fn new(capacity: usize) -> Rc<HandshakeSlots> {
         assert!(capacity > 0);
         Rc::new(HandshakeSlots {
@@ -88,6 +89,7 @@ impl HandshakeSlots {
         self.entries.borrow().len()
     }
 
+    /// True while a slot is free.
     pub fn has_room(&self) -> bool {
         self.len() < self.capacity
     }
@@ -221,6 +223,7 @@ impl Drop for Ticket {
     }
 }
 
+/// The future of [`HandshakeSlots::room`].
 pub struct Room<'a> {
     slots: &'a HandshakeSlots,
 }
@@ -237,6 +240,7 @@ impl Future for Room<'_> {
     }
 }
 
+/// The future of [`Ticket::evicted`].
 pub struct Evicted<'a> {
     ticket: &'a Ticket,
 }

@@ -18,6 +18,7 @@ pub struct OutboundBudget {
 }
 
 impl OutboundBudget {
+    /// A budget of `max` bytes (`outbound_pending_bytes_per_core`), shown in `gauge`.
     pub fn new(max: usize, gauge: Gauge) -> OutboundBudget {
         OutboundBudget {
             used: Cell::new(0),
@@ -46,7 +47,9 @@ impl OutboundBudget {
 /// Why a write could not be queued: the peer is not reading or is gone.
 #[derive(Debug)]
 pub enum SendError {
+    /// Queuing the bytes would pass the session's or the core's bound: drop the peer.
     Overflow,
+    /// The socket failed.
     Io(io::Error),
 }
 
@@ -57,6 +60,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Nothing queued; at most `session_bytes_max` (`outbound_pending_bytes_max`) may be.
     pub fn new(session_bytes_max: usize) -> Outbound {
         Outbound {
             pending: Vec::new(),
@@ -64,6 +68,7 @@ impl Outbound {
         }
     }
 
+    /// True when every byte was handed to the kernel.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

@@ -120,6 +120,7 @@ pub fn open_session(core: &Core, params: ListenParams, settings: Arc<UserSetting
 
 /// Replies produced by one step, as a range of the core's reply buffer.
 pub struct Replies {
+    /// Where the 201 frames are in `Core::replies`.
     pub range: Range<usize>,
 }
 

@@ -24,6 +24,7 @@ struct Parked {
     since: Millis,
 }
 
+/// This core's connections that hold a receive buffer for an incomplete message, and since when.
 pub struct ParkedBuffers {
     entries: RefCell<Vec<Parked>>,
 }
@@ -78,6 +79,7 @@ impl ParkedBuffers {
         Some(taken)
     }
 
+    /// Connections parked.
     pub fn len(&self) -> usize {
         self.entries.borrow().len()
     }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::mapped::MappedRegion;
 
+/// A fixed set of equal byte buffers in one lazily mapped region, lent one at a time.
 pub struct BufferPool {
     region: MappedRegion,
     buffer_bytes: usize,
@@ -54,10 +55,12 @@ impl BufferPool {
         })
     }
 
+    /// Buffers not lent now.
     pub fn available(&self) -> usize {
         self.free.borrow().len()
     }
 
+    /// Buffers in the pool.
     pub fn capacity(&self) -> usize {
         self.capacity
     }

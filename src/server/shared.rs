@@ -18,7 +18,7 @@ use crate::upload::UploadMetrics;
 
 /// The drain's flags, shared by the main thread and the workers.
 ///
-/// Invariant: `began_at_ms` is written once (from [`DrainState::NOT_BEGUN`]); `closing` only
+/// Invariant: `began_at_ms` is written once (from `DrainState::NOT_BEGUN`); `closing` only
 /// goes from false to true.
 pub struct DrainState {
     epoch: Instant,
@@ -31,6 +31,7 @@ pub struct DrainState {
 impl DrainState {
     const NOT_BEGUN: u64 = u64::MAX;
 
+    /// Serving: the drain has not begun; the drain's clock starts now.
     pub fn new() -> DrainState {
         DrainState {
             epoch: Instant::now(),
@@ -83,11 +84,17 @@ impl Default for DrainState {
 
 /// State every worker shares (read-mostly; atomics for the few flags and counts).
 pub struct Shared {
+    /// The validated configuration.
     pub config: Config,
+    /// The core metrics.
     pub metrics: Metrics,
+    /// Where users' settings come from.
     pub settings: SettingsSource,
+    /// The io driver the workers run.
     pub driver: Driver,
+    /// Session slots per worker (the open-files limit may have lowered `max_sessions_per_core`).
     pub sessions_per_core: usize,
+    /// The worst-case memory computed at start.
     pub budget: Budget,
     /// The drain as the workers see it (begun by a signal or `POST /__internal/drain`).
     pub drain: DrainState,
@@ -99,10 +106,12 @@ pub struct Shared {
     pub uploads: UploadMetrics,
     /// One link per worker to the egress thread.
     pub egress_links: Vec<Arc<Link>>,
+    /// Egress's metrics, which the workers count into too.
     pub egress_metrics: EgressMetrics,
 }
 
 impl Shared {
+    /// True once the drain began.
     pub fn is_draining(&self) -> bool {
         self.drain.began_at_ms().is_some()
     }
@@ -128,6 +137,7 @@ impl Shared {
         !self.is_draining() && !self.is_full()
     }
 
+    /// True when as many sessions are open as all workers have slots.
     pub fn is_full(&self) -> bool {
         self.sessions_open.load(Ordering::Relaxed)
             >= self.sessions_per_core * self.metrics_workers()

@@ -39,6 +39,7 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// A slot for `session` (`None` on the echo route) and its streams, not yet inserted.
     pub fn new(session: Option<Session>, streams: Streams) -> Slot {
         Slot {
             session,
@@ -67,6 +68,8 @@ impl Slot {
 /// (deadline ms, slot key, slot generation), earliest first.
 type Deadline = Reverse<(u64, usize, u32)>;
 
+/// This core's session slab (`sessions_per_core` slots, never reallocated) and the heap of its
+/// armed deadlines.
 pub struct Slots {
     slab: RefCell<Slab<Slot>>,
     deadlines: RefCell<BinaryHeap<Deadline>>,
@@ -75,6 +78,7 @@ pub struct Slots {
 }
 
 impl Slots {
+    /// `capacity` free slots, allocated now.
     pub fn new(capacity: usize) -> Slots {
         Slots {
             slab: RefCell::new(Slab::with_capacity(capacity)),
@@ -84,10 +88,12 @@ impl Slots {
         }
     }
 
+    /// Slots taken.
     pub fn len(&self) -> usize {
         self.slab.borrow().len()
     }
 
+    /// True when every slot is taken.
     pub fn is_full(&self) -> bool {
         self.len() >= self.capacity
     }
@@ -108,6 +114,7 @@ impl Slots {
         Some(key)
     }
 
+    /// Frees slot `key` and returns what it held (panics if it is free).
     pub fn remove(&self, key: usize) -> Slot {
         self.slab.borrow_mut().remove(key)
     }
@@ -218,6 +225,7 @@ impl Slots {
     }
 }
 
+/// The future of [`Slots::signalled`].
 pub struct Signalled<'a> {
     slots: &'a Slots,
     key: usize,

@@ -22,6 +22,7 @@ pub const ORDERED_STREAMS: [Stream; 2] = [Stream::Transcript, Stream::AudioBytes
 
 /// First byte of an audio item: which consumer it is for.
 pub const AUDIO_FOR_APPS: u8 = 0;
+/// First byte of an audio item for the user's audio webhook.
 pub const AUDIO_FOR_WEBHOOK: u8 = 1;
 
 /// The 201 payloads waiting for one session: one inline, more (up to
@@ -30,11 +31,14 @@ pub type Replies = smallvec::SmallVec<[Vec<u8>; 1]>;
 
 /// A session's egress state (lives in its slot).
 pub struct SessionEgress {
+    /// The user's settings snapshot (`None` on the echo route).
     pub settings: Option<Arc<UserSettings>>,
     /// Shared with its jobs; made on the session's first job. Its token cancels the session's
     /// process calls when the session ends.
     context: Option<Arc<SessionContext>>,
+    /// Per ordered stream: a job of it is in flight (the next item waits).
     pub busy: [bool; ORDERED_STREAMS.len()],
+    /// Per ordered stream: queued in the core's waiting list for delivery room.
     pub waiting: [bool; ORDERED_STREAMS.len()],
     /// 201 payloads answered by egress, waiting for the connection to send them (at most one
     /// per process call in flight; usually one, held inline: no allocation on the worker).
@@ -42,6 +46,7 @@ pub struct SessionEgress {
 }
 
 impl SessionEgress {
+    /// Nothing in flight or waiting; no context yet.
     pub fn new(settings: Option<Arc<UserSettings>>) -> SessionEgress {
         SessionEgress {
             settings,
@@ -76,6 +81,7 @@ impl SessionEgress {
 /// A droppable item: a handle to its arena block.
 #[derive(Debug, Clone, Copy)]
 pub struct Item {
+    /// The arena block holding the item's bytes.
     pub handle: Handle,
 }
 
@@ -89,10 +95,15 @@ impl RingItem for Item {
 /// spill log state and its egress state. Rings are boxed: a ring's queue is cache-padded
 /// (hundreds of bytes), and most sessions have none, so a slot holds only pointers.
 pub struct Streams {
+    /// Transcript items (`transcript_ring_capacity`), when the session has a transcript consumer.
     pub transcript: Option<Box<DropOldestRing<Item>>>,
+    /// App and webhook audio items (`audio_bytes_ring_capacity`), when either consumer exists.
     pub audio_bytes: Option<Box<DropOldestRing<Item>>>,
+    /// Bytes of the core's accumulator budget this session's accumulators hold.
     pub accumulator_bytes: usize,
+    /// Its place in the spill log.
     pub spill: SpillState,
+    /// Its egress state.
     pub egress: SessionEgress,
 }
 
@@ -101,6 +112,7 @@ pub struct Streams {
 pub struct SpillState {
     /// The session writes private-cloud audio (its settings enable it).
     pub writes: bool,
+    /// The user's data protection level, written in each batch-open record.
     pub level: DataProtectionLevel,
     /// Id of the open (or last) batch.
     pub batch: u64,
@@ -109,6 +121,7 @@ pub struct SpillState {
 }
 
 impl Streams {
+    /// No rings, no accumulators, no spill writes: the streams of the echo route.
     pub fn none() -> Streams {
         Streams {
             transcript: None,

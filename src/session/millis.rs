@@ -6,6 +6,7 @@
 pub struct Millis(pub u64);
 
 impl Millis {
+    /// `ms` milliseconds later, saturating at `u64::MAX`.
     pub fn saturating_add_ms(self, ms: u64) -> Millis {
         Millis(self.0.saturating_add(ms))
     }

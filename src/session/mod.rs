@@ -76,6 +76,7 @@ pub trait Outputs {
     );
     /// Appends PCM to the open batch.
     fn audio_append(&mut self, pcm: &[u8]);
+    /// Closes the open batch for `reason`.
     fn audio_batch_close(&mut self, reason: BatchCloseReason);
     /// One transcript item; `conversation` is the 102's memory_id or else the current one.
     fn transcript(&mut self, conversation: Option<&Id>, segments_json: &str);
@@ -86,15 +87,19 @@ pub trait Outputs {
     /// Starts a process-conversation call; its end must be reported with
     /// [`Session::on_process_done`].
     fn process_conversation(&mut self, conversation: &Id, payload_json: &str);
+    /// One complete 105: `segment_ids_json` is its `segment_ids` array as JSON text
+    /// (docs/downstream.md §4).
     fn speaker_sample(&mut self, person_id: &Id, conversation: &Id, segment_ids_json: &str);
     /// Sends a 201 error at once.
     fn result_error(&mut self, conversation: &Id, error: &str);
+    /// A message with an unknown header was received (counted, otherwise ignored).
     fn unknown_header(&mut self, header: u32);
 }
 
 /// What a session does for its user, fixed when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionConfig {
+    /// The user's `private_cloud_sync_enabled`: audio goes into batches in the spill log.
     pub private_cloud_enabled: bool,
     /// Some transcript consumer exists (an app, the user's webhook, or a global hook).
     pub transcripts_wanted: bool,
@@ -103,8 +108,12 @@ pub struct SessionConfig {
     /// The developer audio webhook's delay; `None` when not configured; `Some(0)` sends every
     /// frame.
     pub webhook_audio_seconds: Option<u32>,
+    /// Most 104s in flight at once (1 ..= [`PROCESS_IN_FLIGHT_LIMIT`]); beyond it a 104 is answered
+    /// `busy`.
     pub process_in_flight_max: usize,
+    /// Seconds of audio (`R*2` bytes each) at which a batch closes as full; above 0.
     pub batch_audio_seconds: u32,
+    /// Age in milliseconds, from its opening, at which a batch closes.
     pub batch_age_ms_max: u64,
     /// The largest inbound message; it sizes the accumulators.
     pub message_bytes_max: usize,
@@ -147,14 +156,21 @@ impl SessionConfig {
 pub struct SessionCounters {
     /// PCM bytes received in 101s.
     pub audio_bytes: u64,
+    /// 100s received.
     pub heartbeat_frames: u32,
+    /// 101s received (empty ones included).
     pub audio_frames: u32,
+    /// 102s received.
     pub transcript_frames: u32,
+    /// 103s received.
     pub conversation_frames: u32,
+    /// 104s received (duplicates and `busy` ones included).
     pub process_conversation_frames: u32,
+    /// Complete 105s received.
     pub speaker_sample_frames: u32,
     /// 105s ignored for an empty field.
     pub ignored_speaker_sample_frames: u32,
+    /// Messages with an unknown header.
     pub unknown_frames: u32,
     /// 104s not sent again because the same conversation was in flight.
     pub process_duplicates: u32,
@@ -180,6 +196,9 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session of `uid` at `sample_rate_hz` (asserted within [`SAMPLE_RATE_HZ_MIN`] ..=
+    /// [`SAMPLE_RATE_HZ_MAX`]) with no conversation; allocates its accumulators here, sized
+    /// threshold + one message.
     pub fn new(uid: Id, sample_rate_hz: u32, config: SessionConfig) -> Session {
         assert!(
             (SAMPLE_RATE_HZ_MIN..=SAMPLE_RATE_HZ_MAX).contains(&sample_rate_hz),
@@ -216,10 +235,12 @@ impl Session {
         }
     }
 
+    /// The session's user.
     pub fn uid(&self) -> &Id {
         &self.uid
     }
 
+    /// The session's sample rate in Hz.
     pub fn sample_rate_hz(&self) -> u32 {
         self.sample_rate_hz
     }
@@ -229,6 +250,7 @@ impl Session {
         self.conversation.as_ref()
     }
 
+    /// The session's frame counters so far.
     pub fn counters(&self) -> &SessionCounters {
         &self.counters
     }
@@ -238,6 +260,7 @@ impl Session {
         self.in_flight.len()
     }
 
+    /// True once [`Session::end`] was called.
     pub fn is_ended(&self) -> bool {
         self.ended
     }

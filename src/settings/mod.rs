@@ -21,9 +21,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DataProtectionLevel {
+    /// `standard`: stored as sent, a `.bin` object.
     Standard,
+    /// `enhanced`: encrypted by pusher with the user's key, an `.enc` object (the default).
     #[default]
     Enhanced,
+    /// `e2ee`: stored as sent, a `.bin` object (pusher does not encrypt it).
     E2ee,
 }
 
@@ -31,23 +34,33 @@ pub enum DataProtectionLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
+    /// `transcript_processed`: the app gets transcript items.
     TranscriptProcessed,
+    /// `audio_bytes`: the app gets app-audio items (about 4 s of audio each, docs/protocol.md §3).
     AudioBytes,
+    /// Any other trigger name: accepted and ignored.
     #[serde(other)]
     Other,
 }
 
+/// One enabled app of the user (docs/downstream.md §1).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct App {
+    /// The app's id (the `app_id` of a relayed message).
     pub id: String,
+    /// Where the app's items are POSTed (`?uid=` or `?sample_rate=&uid=` appended).
     pub webhook_url: String,
+    /// What the app subscribes to; empty by default.
     #[serde(default)]
     pub triggers: Vec<Trigger>,
 }
 
+/// The user's developer audio webhook (docs/protocol.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AudioBytesWebhook {
+    /// Where webhook-audio items are POSTed.
     pub url: String,
+    /// Seconds of audio per item (0: every 101); capped at `webhook_audio_delay_s_max` and 60.
     #[serde(default)]
     pub delay_seconds: u32,
 }
@@ -56,14 +69,19 @@ pub struct AudioBytesWebhook {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserSettings {
+    /// Whether the user's audio is logged and uploaded (docs/downstream.md §2); default true.
     #[serde(default = "default_true")]
     pub private_cloud_sync_enabled: bool,
+    /// How that audio is stored; default `enhanced`.
     #[serde(default)]
     pub data_protection_level: DataProtectionLevel,
+    /// The user's transcript webhook: gets every transcript item.
     #[serde(default)]
     pub realtime_transcript_webhook: Option<String>,
+    /// The user's audio webhook, if set.
     #[serde(default)]
     pub audio_bytes_webhook: Option<AudioBytesWebhook>,
+    /// The user's enabled apps, at most [`APPS_MAX`].
     #[serde(default)]
     pub apps: Vec<App>,
 }
@@ -139,12 +157,15 @@ impl SettingsFile {
         }
     }
 
+    /// Reads and resolves the settings file at `path`; the error names the file.
     pub fn load(path: &Path) -> Result<SettingsFile, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read settings file {}: {e}", path.display()))?;
         SettingsFile::parse(&text).map_err(|e| format!("settings file {}: {e}", path.display()))
     }
 
+    /// Parses a settings file's text and resolves every user (`[default]` merged under each user's
+    /// table, key by key); an unknown top-level key, field or value, or too many apps, is an error.
     pub fn parse(text: &str) -> Result<SettingsFile, String> {
         let mut root: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
         let default_table = match root.remove("default") {

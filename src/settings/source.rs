@@ -14,7 +14,9 @@ use crate::id::Id;
 
 /// The configured settings source.
 pub enum SettingsSource {
+    /// The `file` source (or the defaults for everyone), resolved at start.
     File(SettingsFile),
+    /// The `http` source (`settings_url`), fetched through egress and cached.
     Http(Arc<HttpSettings>),
 }
 
@@ -37,6 +39,7 @@ impl SettingsSource {
         }
     }
 
+    /// The `http` source's cache, when that is the source.
     pub fn http(&self) -> Option<&Arc<HttpSettings>> {
         match self {
             SettingsSource::File(_) => None,
@@ -74,6 +77,9 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
+    /// A source fetching `{base}/{uid}` (a trailing `/` of `base` dropped) whose answers are used
+    /// for `ttl`; the cache holds at most `bytes_max` bytes and, since every entry weighs at least
+    /// `bytes_max / entries_max`, at most `entries_max` users.
     pub fn new(base: &str, ttl: Duration, entries_max: usize, bytes_max: u64) -> HttpSettings {
         let weight_min = (bytes_max / entries_max.max(1) as u64).max(1);
         HttpSettings {
@@ -89,6 +95,7 @@ impl HttpSettings {
         format!("{}/{}", self.base, uid.as_str())
     }
 
+    /// `uid`'s cached settings if they were fetched less than the TTL before `now`.
     pub fn cached(&self, uid: &Id, now: Instant) -> Option<Arc<UserSettings>> {
         let entry = self.cache.get(uid)?;
         (now.saturating_duration_since(entry.fetched) < self.ttl).then_some(entry.settings)
@@ -116,10 +123,12 @@ impl HttpSettings {
         self.cache.weight()
     }
 
+    /// Users cached.
     pub fn len(&self) -> usize {
         self.cache.len()
     }
 
+    /// True when no user is cached.
     pub fn is_empty(&self) -> bool {
         self.cache.is_empty()
     }

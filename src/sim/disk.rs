@@ -22,7 +22,9 @@ use crate::spill::disk::{AppendFile, Disk, ReadFile};
 /// Fault rates, in parts per million of operations.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiskFaults {
+    /// Writes that fail with EIO (after a random part of them reached the page cache).
     pub write_eio_ppm: u32,
+    /// Syncs that fail with EIO (their unsynced bytes are then lost for good: fsyncgate).
     pub sync_eio_ppm: u32,
     /// Bytes all files may hold; past it writes fail with ENOSPC.
     pub capacity_bytes: u64,
@@ -51,9 +53,13 @@ struct State {
 /// Counts of injected faults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Injected {
+    /// Writes failed with EIO.
     pub write_eio: u64,
+    /// Syncs failed with EIO.
     pub sync_eio: u64,
+    /// Writes refused with ENOSPC (past `capacity_bytes`).
     pub enospc: u64,
+    /// Files left with a torn prefix of their unsynced bytes by a crash.
     pub torn: u64,
 }
 
@@ -72,6 +78,7 @@ fn enoent(path: &Path) -> io::Error {
 }
 
 impl SimDisk {
+    /// An empty disk whose faults are drawn from a stream seeded by `seed`.
     pub fn new(seed: u64, faults: DiskFaults) -> SimDisk {
         let state = State {
             faults,
@@ -87,10 +94,12 @@ impl SimDisk {
         self.state.lock().expect("sim disk lock")
     }
 
+    /// Replaces the fault rates and capacity from now on.
     pub fn set_faults(&self, faults: DiskFaults) {
         self.lock().faults = faults;
     }
 
+    /// The faults injected so far.
     pub fn injected(&self) -> Injected {
         self.lock().injected
     }

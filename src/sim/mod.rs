@@ -24,10 +24,12 @@ pub struct SimClock {
 const UNIX_EPOCH_OFFSET_MS: u64 = 1_700_000_000_000;
 
 impl SimClock {
+    /// Moves both clocks `ms` milliseconds forward.
     pub fn advance(&self, ms: u64) {
         self.ms.fetch_add(ms, Ordering::Relaxed);
     }
 
+    /// Milliseconds since the simulation began (the monotonic clock).
     pub fn now_ms(&self) -> u64 {
         self.ms.load(Ordering::Relaxed)
     }

@@ -1,16 +1,19 @@
 //! The simulation's one source of randomness: SplitMix64, so that a seed replays exactly on any
 //! machine and with any version of the `rand` crate.
 
+/// A SplitMix64 generator: one `u64` of state.
 #[derive(Debug, Clone, Default)]
 pub struct SimRng {
     state: u64,
 }
 
 impl SimRng {
+    /// A generator whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> SimRng {
         SimRng { state: seed }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;

@@ -66,15 +66,25 @@ const AUDIO_RECORD_BYTES_MAX: u64 = 96;
 /// What one seed did.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// The seed played.
     pub seed: u64,
+    /// Simulation steps taken.
     pub ticks: u64,
+    /// Machine crashes simulated (unsynced bytes lost).
     pub crashes: u64,
+    /// Starts or writer runs that stopped on an I/O error (then the process restarts).
     pub writer_failures: u64,
+    /// Batches the sessions opened.
     pub batches: u64,
+    /// Batches whose close became durable, so acknowledged to their session.
     pub acknowledged: u64,
+    /// Puts that reached the store, every key.
     pub puts: u64,
+    /// Bits flipped in segment files (damage recovery must contain).
     pub damage: u64,
+    /// Batches recovery found with holes (stored as `.partial`).
     pub partial: u64,
+    /// Disk faults injected: write EIOs, sync EIOs and ENOSPCs.
     pub disk_faults: u64,
 }
 

@@ -9,8 +9,11 @@ use super::rng::SimRng;
 /// Fault rates in parts per million of puts, and the latency range of a put.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreFaults {
+    /// Puts that fail without storing anything.
     pub fail_ppm: u32,
+    /// Puts that store the object but whose reply is lost (seen as a failure).
     pub lost_reply_ppm: u32,
+    /// Longest latency of a put in milliseconds (each drawn from `0 ..= latency_ms_max`).
     pub latency_ms_max: u64,
 }
 
@@ -25,10 +28,12 @@ pub enum PutOutcome {
     LostReply,
 }
 
+/// The simulated object store: objects by key and a count of puts per key.
 #[derive(Debug, Default)]
 pub struct SimStore {
     objects: BTreeMap<String, Vec<u8>>,
     puts: BTreeMap<String, u32>,
+    /// The fault rates and latency of the next puts.
     pub faults: StoreFaults,
 }
 
@@ -52,6 +57,7 @@ impl SimStore {
         *self.puts.entry(key.to_string()).or_default() += 1;
     }
 
+    /// Every object stored, by key.
     pub fn objects(&self) -> &BTreeMap<String, Vec<u8>> {
         &self.objects
     }

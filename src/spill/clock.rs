@@ -4,6 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// The two clocks of the durable path: the system's ([`SystemClock`]) or the simulation's.
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds on a monotonic clock (its origin is arbitrary).
     fn monotonic_ms(&self) -> u64;
@@ -17,6 +18,7 @@ pub struct SystemClock {
 }
 
 impl SystemClock {
+    /// The system clocks, the monotonic one starting at 0 now.
     pub fn new() -> SystemClock {
         SystemClock {
             origin: Instant::now(),

@@ -32,18 +32,23 @@ pub trait AppendFile: Send {
     fn sync_data(&mut self) -> io::Result<()>;
 }
 
+/// The file operations of the spill log: [`RealDisk`], or the simulation's disk.
 pub trait Disk: Send + Sync + 'static {
+    /// Creates `dir` and any missing parents.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the regular files in `dir`.
     fn list_files(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens `path` for reading at offsets.
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>>;
     /// Creates `path`, which must not exist, for appending.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
     /// Makes the directory's entries (files created or removed in it) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes the name `path` (durable once its directory is synced).
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// A second name for `from` (its bytes stay while either name exists).
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// True when `path` names an existing file or directory.
     fn exists(&self, path: &Path) -> bool;
 }
 

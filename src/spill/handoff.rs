@@ -41,6 +41,8 @@ pub fn bytes_per_message_max(message_bytes_max: usize) -> usize {
     2 * (message_bytes_max + 4 * RECORD_HEADER_BYTES + BATCH_OPEN_PAYLOAD_BYTES_MAX + 32)
 }
 
+/// One core's SPSC byte ring of spill records to the writer, in one resident mapping; records are
+/// 8-byte aligned and never wrap (a pad marker fills the end instead).
 pub struct Handoff {
     region: MappedRegion,
     /// Bytes produced (monotonic); written by the core only.
@@ -60,7 +62,9 @@ pub struct Handoff {
 unsafe impl Sync for Handoff {}
 
 impl Handoff {
-    /// A ring of `capacity_bytes` (a multiple of 8, at least twice the largest record).
+    /// A ring of `capacity_bytes` (a multiple of 8, at least two record headers; each push
+    /// asserts its record is at most half the ring; `config` keeps
+    /// `spill_handoff_bytes_per_core` at least three times the largest record).
     pub fn new(capacity_bytes: usize) -> Handoff {
         assert!(
             capacity_bytes.is_multiple_of(ALIGN_BYTES) && capacity_bytes >= 2 * RECORD_HEADER_BYTES
@@ -74,6 +78,7 @@ impl Handoff {
         }
     }
 
+    /// The ring's size in bytes.
     pub fn capacity_bytes(&self) -> usize {
         self.region.len()
     }

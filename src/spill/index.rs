@@ -23,30 +23,42 @@ use super::record::{BatchOpen, Header, Kind, Location, RecordError, decode_batch
 /// A batch's identity: the run that wrote it and the batch id within that run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchKey {
+    /// The run id of the process that wrote the batch.
     pub run: u64,
+    /// The batch id, unique within that run.
     pub batch: u64,
 }
 
+/// Where a batch is on its way from its session to the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchState {
     /// Its session may still append.
     Open,
     /// Closed by the record at `at`; uploadable once `at` is durable.
-    Closed { at: Location },
+    Closed {
+        /// Where the batch-close record is.
+        at: Location,
+    },
     /// Handed to the uploader.
     Uploading,
 }
 
+/// One indexed batch: fixed size, however much audio it holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchEntry {
+    /// The batch's identity.
     pub key: BatchKey,
+    /// What its batch-open record says (uid, conversation, first timestamp, rate, level).
     pub open: BatchOpen,
     /// Segment of the batch-open record: every record of the batch is in this segment or later.
     pub first_segment: u64,
     /// The batch's latest record: the head of its chain.
     pub last: Location,
+    /// PCM bytes in its audio records so far.
     pub audio_bytes: u64,
+    /// Audio records in its chain so far.
     pub audio_records: u32,
+    /// Open, closed or uploading.
     pub state: BatchState,
     /// Wall-clock milliseconds when the batch opened (for the oldest-pending-age metric).
     pub opened_at_unix_ms: u64,
@@ -64,6 +76,7 @@ pub enum IndexError {
     DuplicateOpen,
     /// An audio or close record for a batch that is not open.
     NotOpen,
+    /// A batch-open payload that does not parse.
     Payload(RecordError),
     /// An uploaded record: it names a batch, it is not one of its records.
     NotABatchRecord,
@@ -78,6 +91,8 @@ pub const ENTRY_BYTES: usize = std::mem::size_of::<BatchEntry>()
     + 1
     + std::mem::size_of::<BatchKey>();
 
+/// The batch index: at most `batches_max` batches (open, closed or uploading), keyed by
+/// [`BatchKey`].
 pub struct Index {
     /// Key → slot in `entries`.
     slots: HashMap<BatchKey, u32>,
@@ -94,6 +109,8 @@ pub struct Index {
 }
 
 impl Index {
+    /// An empty index for `batches_max` batches (`1 ..= u32::MAX`), its structures allocated and
+    /// written through once here.
     pub fn new(batches_max: usize) -> Index {
         assert!(batches_max > 0 && batches_max <= u32::MAX as usize);
         let mut index = Index {
@@ -126,18 +143,22 @@ impl Index {
         debug_assert_eq!(self.closed.capacity(), closed_capacity);
     }
 
+    /// Batches indexed (open, closed or uploading).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True when no batch is indexed.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// True when `batches_max` batches are indexed: no batch may open.
     pub fn is_full(&self) -> bool {
         self.entries.len() >= self.batches_max
     }
 
+    /// The entry of `key`, if indexed.
     pub fn get(&self, key: &BatchKey) -> Option<&BatchEntry> {
         let slot = *self.slots.get(key)?;
         Some(&self.entries[slot as usize])
@@ -153,6 +174,7 @@ impl Index {
         Some(self.entries.remove(slot as usize))
     }
 
+    /// Every indexed batch, in slot order (not log order).
     pub fn entries(&self) -> impl Iterator<Item = &BatchEntry> {
         self.entries.iter().map(|(_, entry)| entry)
     }

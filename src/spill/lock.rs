@@ -30,17 +30,24 @@ pub struct DataDirLock {
 pub enum LockError {
     /// Another process holds it; `holder` is what it wrote (pid and start time).
     Held {
+        /// The lock file.
         path: PathBuf,
+        /// The holder's line from the lock file (`holder unknown` when it is empty).
         holder: String,
     },
     /// The data directory could not be created (a read-only or virtual file system, no
     /// permission).
     Create {
+        /// The data directory.
         data_dir: PathBuf,
+        /// Why it could not be created.
         error: io::Error,
     },
+    /// The lock file could not be opened, locked or written.
     Io {
+        /// The lock file.
         path: PathBuf,
+        /// The failure.
         error: io::Error,
     },
 }
@@ -108,6 +115,7 @@ impl DataDirLock {
         Ok(DataDirLock { path, _file: file })
     }
 
+    /// The lock file, `<data_dir>/pusher.lock`.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -31,19 +31,28 @@ use crate::id::Id;
 use crate::session::BatchCloseReason;
 use crate::settings::DataProtectionLevel;
 
+/// The first 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"PUSHSPL1";
+/// Bytes of a segment header: the magic, the sequence (u64 LE) and the run id (u64 LE).
 pub const SEGMENT_HEADER_BYTES: usize = 24;
+/// Bytes of a record header: crc, len, kind, 7 reserved zero bytes, batch, prev.
 pub const RECORD_HEADER_BYTES: usize = 32;
 /// Largest payload a record may carry: a 64 MiB audio frame (the largest configurable message).
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// Largest batch-open payload: two ids of at most 128 bytes, their lengths, timestamp, rate, level.
 pub const BATCH_OPEN_PAYLOAD_BYTES_MAX: usize = 1 + 128 + 1 + 128 + 8 + 4 + 1;
 
+/// A record's kind (its byte at offset 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Opens a batch: its uid, conversation, first timestamp, sample rate and level
+    /// ([`BatchOpen`]).
     BatchOpen = 1,
+    /// PCM16 LE audio of the batch, as one 101 carried it.
     Audio = 2,
+    /// Closes the batch; the payload is one byte, the reason ([`close_reason_byte`]).
     BatchClose = 3,
+    /// The store confirmed a batch; the payload is its run id and batch id ([`encode_uploaded`]).
     Uploaded = 4,
 }
 
@@ -64,17 +73,21 @@ impl Kind {
 pub struct Location(pub u64);
 
 impl Location {
+    /// No location: the first record of a batch has this `prev` (sequences start at 1).
     pub const NONE: Location = Location(0);
 
+    /// The location of byte `offset` of segment `segment` (`1 ..= u32::MAX`, debug-asserted).
     pub fn new(segment: u64, offset: u32) -> Location {
         debug_assert!(segment > 0 && segment < (1 << 32));
         Location((segment << 32) | u64::from(offset))
     }
 
+    /// The segment sequence (high 32 bits).
     pub fn segment(self) -> u64 {
         self.0 >> 32
     }
 
+    /// The byte offset within the segment (low 32 bits).
     pub fn offset(self) -> u32 {
         self.0 as u32
     }
@@ -90,10 +103,15 @@ impl fmt::Display for Location {
 /// A decoded record header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The stored CRC-32C of bytes 4 .. 32 + `len` of the record.
     pub crc: u32,
+    /// Payload bytes after the header (at most [`RECORD_PAYLOAD_BYTES_MAX`]).
     pub len: u32,
+    /// The record's kind.
     pub kind: Kind,
+    /// The batch id, unique within the run that wrote it (0 for an uploaded record).
     pub batch: u64,
+    /// Where the batch's previous record is, or [`Location::NONE`].
     pub prev: Location,
 }
 
@@ -106,7 +124,7 @@ pub enum RecordError {
     BadHeader,
     /// The CRC does not match.
     BadChecksum,
-    /// A batch-open payload that does not parse.
+    /// A batch-open payload that does not parse, or an uploaded payload of the wrong length.
     BadPayload,
 }
 
@@ -162,11 +180,15 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, RecordError> {
 /// What a batch-open record says about its batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchOpen {
+    /// The session's user.
     pub uid: Id,
+    /// The conversation the audio belongs to.
     pub conversation: Id,
     /// The first frame's 101 timestamp (epoch seconds).
     pub timestamp: f64,
+    /// The session's sample rate in Hz.
     pub sample_rate_hz: u32,
+    /// The user's data protection level when the batch opened: decides `.enc` or `.bin`.
     pub level: DataProtectionLevel,
 }
 
@@ -185,6 +207,8 @@ pub fn encode_batch_open(out: &mut [u8], open: &BatchOpen) -> usize {
     at + 13
 }
 
+/// Parses a batch-open payload: two length-prefixed ids, then exactly 13 bytes (timestamp f64 LE,
+/// sample rate u32 LE, level byte).
 pub fn decode_batch_open(payload: &[u8]) -> Result<BatchOpen, RecordError> {
     let mut at = 0;
     let mut ids = [None, None];

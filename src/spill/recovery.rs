@@ -37,7 +37,9 @@ pub const DAMAGED_DIR_NAME: &str = "damaged";
 /// What recovery found in one segment file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
+    /// The segment's sequence, from its file name.
     pub sequence: u64,
+    /// The segment file.
     pub path: PathBuf,
     /// The file's length on disk.
     pub bytes: u64,
@@ -45,6 +47,7 @@ pub struct SegmentInfo {
     pub run_id: u64,
     /// Valid records in the segment (including skipped ones).
     pub records: u64,
+    /// How its valid records end.
     pub tail: Tail,
     /// Bytes that are not valid records and are not a crash's torn last write.
     pub damaged_bytes: u64,
@@ -54,6 +57,7 @@ pub struct SegmentInfo {
 
 /// The spill log as found on disk.
 pub struct Recovered {
+    /// The rebuilt batch index.
     pub index: Index,
     /// Every segment file, in sequence order.
     pub segments: Vec<SegmentInfo>,

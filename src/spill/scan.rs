@@ -81,13 +81,20 @@ pub enum Tail {
     Clean,
     /// The bytes at `offset` are fewer than a segment header, a record header or its payload,
     /// and no valid record follows them.
-    Torn { offset: u64 },
+    Torn {
+        /// Where the bad bytes start, from the start of the file.
+        offset: u64,
+    },
     /// The bytes at `offset` are not a valid segment header or record (bad header, bad CRC),
     /// and no valid record follows them.
-    Corrupt { offset: u64 },
+    Corrupt {
+        /// Where the bad bytes start, from the start of the file.
+        offset: u64,
+    },
 }
 
 impl Tail {
+    /// True for [`Tail::Clean`].
     pub fn is_clean(self) -> bool {
         self == Tail::Clean
     }
@@ -108,7 +115,9 @@ pub struct SegmentScan {
     pub file_bytes: u64,
     /// Damaged stretches with valid records after them (the scan resumed past each).
     pub damaged_regions: u64,
+    /// Bytes in those stretches (not the tail's).
     pub damaged_bytes: u64,
+    /// How the valid records end.
     pub tail: Tail,
 }
 
@@ -117,6 +126,7 @@ pub struct SegmentScan {
 pub struct Damage {
     /// The stretch `[start, end)` of the segment.
     pub start: u64,
+    /// The offset just past the stretch.
     pub end: u64,
     /// The batch id the bytes at `start` name, if a record header's batch field is there: the
     /// likeliest owner of the lost record.

@@ -20,6 +20,7 @@ use super::scan::segment_file_name;
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Creates an empty directory whose name holds `tag`, the process id and a counter.
     pub fn new(tag: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let unique = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -32,6 +33,7 @@ impl TempDir {
         TempDir(path)
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -65,6 +67,7 @@ pub struct LogBuilder {
 }
 
 impl LogBuilder {
+    /// A builder that writes its segment files into `dir`.
     pub fn new(dir: &Path) -> LogBuilder {
         LogBuilder {
             dir: dir.to_path_buf(),
@@ -86,16 +89,19 @@ impl LogBuilder {
         self.segment = Some((sequence, header.to_vec()));
     }
 
+    /// Appends a batch-open record of `batch`; returns where it is.
     pub fn open(&mut self, batch: u64, open: &BatchOpen) -> Location {
         let mut payload = [0u8; BATCH_OPEN_PAYLOAD_BYTES_MAX];
         let len = encode_batch_open(&mut payload, open);
         self.record(Kind::BatchOpen, batch, &payload[..len])
     }
 
+    /// Appends an audio record of `batch` carrying `audio`; returns where it is.
     pub fn audio(&mut self, batch: u64, audio: &[u8]) -> Location {
         self.record(Kind::Audio, batch, audio)
     }
 
+    /// Appends a batch-close record of `batch` (reason byte 1, full); returns where it is.
     pub fn close(&mut self, batch: u64) -> Location {
         self.record(Kind::BatchClose, batch, &[1])
     }

@@ -78,9 +78,14 @@ pub const CONFIRMATION_BYTES: usize =
 /// Limits of the writer, from the config.
 #[derive(Debug, Clone)]
 pub struct WriterLimits {
+    /// Bytes a segment may reach before the next one starts (`spill_segment_bytes`); a single
+    /// record larger than that still goes into a fresh segment.
     pub segment_bytes_max: u64,
+    /// Longest time in milliseconds between an append and its fdatasync (`spill_sync_interval_ms`).
     pub sync_interval_ms: u64,
+    /// Appended bytes that trigger an fdatasync before the interval ends (`spill_sync_bytes`).
     pub sync_bytes: u64,
+    /// The disk budget in bytes (`spill_max_bytes`): at it, [`SpillShared::full`] is raised.
     pub max_bytes: u64,
 }
 
@@ -89,20 +94,28 @@ pub type Confirmed = Box<dyn FnOnce() + Send>;
 
 /// A batch the store confirmed, on its way into the log.
 pub struct Confirmation {
+    /// The confirmed batch.
     pub key: BatchKey,
+    /// Runs once the batch's uploaded record is durable.
     pub done: Confirmed,
 }
 
 /// State shared between the writer, the cores and the uploader.
 pub struct SpillShared {
+    /// The segments' directory, `<data_dir>/spill`.
     pub dir: PathBuf,
+    /// This process's run id (written in every segment header and every batch key).
     pub run_id: u64,
+    /// The file operations (the real disk, or the simulation's).
     pub disk: Arc<dyn Disk>,
+    /// The clocks (the system's, or the simulation's).
     pub clock: Arc<dyn Clock>,
+    /// The batch index, shared by the writer (records in log order) and the uploader's side.
     pub index: Mutex<Index>,
     /// The live segments reached `spill_bytes_max`: cores take no more audio until uploads free
     /// space (backpressure; nothing is dropped).
     pub full: AtomicBool,
+    /// Bytes of the segment files on disk, kept by the writer.
     pub live_bytes: AtomicU64,
     /// An upload was confirmed since the writer last looked for segments to delete.
     uploads_confirmed: AtomicBool,
@@ -112,10 +125,13 @@ pub struct SpillShared {
     failed: AtomicBool,
     /// The writer's thread, to wake it (none in the simulation).
     writer_thread: OnceLock<std::thread::Thread>,
+    /// The `pusher_spill_*` metrics.
     pub metrics: SpillMetrics,
 }
 
 impl SpillShared {
+    /// The state of a log in `dir` for run `run_id`, starting from a recovered `index`; not full,
+    /// not failed, no writer thread yet.
     pub fn new(
         dir: PathBuf,
         run_id: u64,
@@ -140,6 +156,7 @@ impl SpillShared {
         }
     }
 
+    /// True while the disk budget is reached (see [`SpillShared::full`]).
     pub fn is_full(&self) -> bool {
         self.full.load(Ordering::Relaxed)
     }
@@ -169,7 +186,7 @@ impl SpillShared {
         }
     }
 
-    /// (closed or uploading batches, all batches) in the index.
+    /// Batches in the index: open, closed and uploading ones.
     pub fn pending_batches(&self) -> usize {
         self.index.lock().expect("index lock").len()
     }
@@ -202,6 +219,8 @@ struct PendingRing {
     offset: u64,
 }
 
+/// The spill writer: drains the hand-off rings into the active segment, group-commits, and hands
+/// durable closed batches on (see the module doc).
 pub struct Writer {
     shared: Arc<SpillShared>,
     rings: Vec<Arc<Handoff>>,
@@ -860,10 +879,6 @@ impl std::fmt::Display for SegmentError {
             SegmentError::Fatal(what, err) => write!(f, "{what}: {err}"),
         }
     }
-}
-
-pub fn unix_ms() -> u64 {
-    super::clock::wall_unix_ms()
 }
 
 #[cfg(test)]

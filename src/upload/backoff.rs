@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+/// The delays between upload attempts: from `min_ms` doubling to `max_ms`, with equal jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     min_ms: u64,

@@ -7,7 +7,9 @@ use object_store::PutPayload;
 
 /// The body of a batch, made once and reused by every attempt.
 pub struct Body {
+    /// The object's bytes: the batch's PCM, encrypted for `enhanced`.
     pub payload: PutPayload,
+    /// PCM bytes of the batch before encryption (the notification's `bytes`).
     pub audio_bytes: u64,
 }
 
@@ -25,6 +27,7 @@ pub struct BodyBuffers {
 }
 
 impl BodyBuffers {
+    /// `count` buffers of `buffer_bytes` (`upload_buffer_bytes`), faulted in here.
     pub fn new(count: usize, buffer_bytes: usize) -> Arc<BodyBuffers> {
         let free = (0..count)
             .map(|_| {
@@ -66,7 +69,9 @@ impl BodyBuffers {
 
 /// A lent buffer as an object payload; dropping the last reference gives it back.
 pub struct LentBuffer {
+    /// The body bytes.
     pub buffer: Vec<u8>,
+    /// The pool the buffer goes back to.
     pub pool: Arc<BodyBuffers>,
 }
 

@@ -26,8 +26,11 @@ pub const SECRET_BYTES_MIN: usize = 32;
 pub const SECRET_BYTES_MAX: usize = 4096;
 /// HKDF `info` of the backend's scheme.
 const HKDF_INFO: &[u8] = b"user-data-encryption";
+/// Bytes of a user's AES-256 key (HKDF output length).
 pub const KEY_BYTES: usize = 32;
+/// Bytes of the random AES-GCM nonce in a blob.
 pub const NONCE_BYTES: usize = 12;
+/// Bytes of the AES-GCM tag at the end of a blob.
 pub const TAG_BYTES: usize = 16;
 const LENGTH_PREFIX_BYTES: usize = 4;
 /// Bytes a blob adds to its plaintext: length prefix, nonce and tag.
@@ -95,6 +98,7 @@ impl fmt::Debug for EncryptionSecret {
 /// Why a blob could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlaintextTooLarge {
+    /// The plaintext's length, above [`PLAINTEXT_BYTES_MAX`].
     pub bytes: usize,
 }
 

@@ -12,6 +12,7 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
+    /// Healthy until an attempt fails; sets `gauge` (`pusher_upload_store_healthy`) to 1.
     pub fn new(gauge: Gauge) -> StoreHealth {
         gauge.set(1);
         StoreHealth {

@@ -9,12 +9,17 @@ use crate::spill::index::BatchKey;
 /// One closed batch to upload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadJob {
+    /// The batch in the spill log (run and batch id).
     pub key: BatchKey,
+    /// The batch's user.
     pub uid: Id,
+    /// The batch's conversation.
     pub conversation: Id,
     /// The batch's first-frame timestamp, epoch seconds.
     pub timestamp: f64,
+    /// The session's sample rate in Hz.
     pub sample_rate_hz: u32,
+    /// The user's data protection level when the batch opened: `.enc` (encrypted) or `.bin`.
     pub level: DataProtectionLevel,
     /// Audio bytes the batch holds (a hint for the read buffer; the read decides).
     pub audio_bytes: u64,

@@ -21,9 +21,13 @@ struct ResultLabel {
 /// Why an upload attempt failed (the `reason` label of `pusher_upload_attempts_failed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
+    /// Reading the batch back from the spill log failed.
     Read,
+    /// Encrypting the body failed.
     Encrypt,
+    /// The object store refused or failed the put.
     Store,
+    /// The attempt took longer than `upload_timeout_ms`.
     Timeout,
 }
 
@@ -48,6 +52,7 @@ impl FailureReason {
 /// Outcome of a chunk notification (the `result` label of `pusher_upload_chunk_notifications_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotificationResult {
+    /// Answered 2xx.
     Ok,
     /// Every attempt failed, or the answer was a non-retryable error.
     Failed,
@@ -74,15 +79,27 @@ impl NotificationResult {
 /// The uploader's metrics (`pusher_upload_*`); handles are resolved once, label sets are closed.
 #[derive(Clone)]
 pub struct UploadMetrics {
+    /// `pusher_upload_succeeded_total`: batches the object store confirmed.
     pub succeeded: Counter,
+    /// `pusher_upload_attempts_failed_total{reason}`, one per [`FailureReason`] in declaration
+    /// order (count through [`UploadMetrics::attempt_failed`]).
     pub attempts_failed: [Counter; FAILURE_REASONS.len()],
+    /// `pusher_upload_retries_total`: attempts after a failed one.
     pub retries: Counter,
+    /// `pusher_upload_queued`: batches waiting for an upload slot.
     pub queued: Gauge,
+    /// `pusher_upload_in_flight`: batches being uploaded or waiting to retry.
     pub in_flight: Gauge,
+    /// `pusher_upload_bytes_total`: object bytes stored (after encryption).
     pub bytes: Counter,
+    /// `pusher_upload_store_healthy`: 1 while the last attempt succeeded (or none was made).
     pub store_healthy: Gauge,
+    /// `pusher_upload_duration_seconds`: time of successful puts, in seconds (10 ms .. ~82 s).
     pub duration: Histogram,
+    /// `pusher_upload_chunk_notifications_total{result}`, one per [`NotificationResult`] in
+    /// declaration order (count through [`UploadMetrics::notification`]).
     pub notifications: [Counter; NOTIFICATION_RESULTS.len()],
+    /// `pusher_upload_partial_total`: batches with holes stored under their `.partial` key.
     pub partial: Counter,
     /// Batches set aside because their audio could not be read (`uploader::READ_ATTEMPTS_MAX`).
     pub unreadable: Gauge,
@@ -195,6 +212,7 @@ impl UploadMetrics {
         self.succeeded.get()
     }
 
+    /// Counts one failed attempt for `reason`.
     pub fn attempt_failed(&self, reason: FailureReason) {
         let index = FAILURE_REASONS
             .iter()
@@ -203,6 +221,7 @@ impl UploadMetrics {
         self.attempts_failed[index].inc();
     }
 
+    /// Counts one chunk notification ending with `result`.
     pub fn notification(&self, result: NotificationResult) {
         let index = NOTIFICATION_RESULTS
             .iter()

@@ -71,12 +71,17 @@ impl Notifier {
 /// A chunk notification waiting to be sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
+    /// The batch's user.
     pub uid: Id,
+    /// The batch's conversation (`conversation_id`).
     pub conversation: Id,
+    /// The object key, without the store's prefix.
     pub key: String,
+    /// The batch's first-frame timestamp, epoch seconds.
     pub timestamp: f64,
     /// Audio (PCM) bytes of the batch, before encryption.
     pub bytes: u64,
+    /// The session's sample rate in Hz.
     pub sample_rate_hz: u32,
 }
 

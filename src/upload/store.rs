@@ -33,8 +33,11 @@ pub const INNER_RETRIES_MAX: usize = 3;
 /// The cloud builders [`open`] starts from: normally [`CloudBuilders::from_env`]; tests pass
 /// builders configured by hand instead of changing the process environment.
 pub struct CloudBuilders {
+    /// For `s3://` URLs.
     pub s3: AmazonS3Builder,
+    /// For `gs://` URLs.
     pub gcs: GoogleCloudStorageBuilder,
+    /// For `az://` URLs.
     pub azure: MicrosoftAzureBuilder,
 }
 
@@ -62,13 +65,17 @@ impl CloudBuilders {
 /// local filesystem store refuses puts that carry them).
 #[derive(Clone)]
 pub struct Store {
+    /// The store, with the URL's prefix before every key.
     pub objects: Arc<dyn ObjectStore>,
+    /// False for `file://` stores: puts carry no content type.
     pub keeps_attributes: bool,
 }
 
 /// What [`open_configured`] opened, for the start-up log.
 pub struct Opened {
+    /// The opened store.
     pub store: Store,
+    /// The parsed `--store` URL it was opened from.
     pub location: StoreLocation,
     /// Where its credentials come from (never a secret).
     pub credentials: &'static str,

@@ -15,15 +15,15 @@
 //!   refuses [`UploaderHandle::submit`] and the caller keeps the job;
 //! - uploads at once: `upload_concurrency` (a semaphore; a job takes a permit before it leaves the
 //!   queue, so a slow store backs up into the queue, not into memory). Memory: each upload holds
-//!   one body buffer of [`BodyBuffers`] (allocated and faulted in at start, `upload_buffer_bytes`
+//!   one body buffer of `BodyBuffers` (allocated and faulted in at start, `upload_buffer_bytes`
 //!   each), which the batch's audio is read into and encrypted in place;
 //! - blocking threads: [`BLOCKING_THREADS`] (audio reads and encryption, local-store writes, DNS
 //!   lookups): that work is CPU- or disk-bound, so more threads than cores only add stacks and
 //!   per-thread allocator caches (measured: RSS grew with the number of blocking threads);
 //! - chunk notifications ([`super::notifier`]):
 //!   [`NOTIFICATION_QUEUE_CAPACITY`](super::notifier::NOTIFICATION_QUEUE_CAPACITY) waiting
-//!   (beyond: dropped, counted) and `upload_concurrency` in flight, `chunk_notification_attempts_max` attempts of
-//!   `chunk_notification_timeout_ms` each;
+//!   (beyond: dropped, counted) and `upload_concurrency` in flight,
+//!   `chunk_notification_attempts_max` attempts of `chunk_notification_timeout_ms` each;
 //! - an unreadable batch: after [`READ_ATTEMPTS_MAX`] failed reads in a row the job is set aside
 //!   (`pusher_upload_unreadable_batches`, one ERROR line) and gives its slot back, so damage in
 //!   the log or a failing disk cannot hold every slot; it stays in the log and is tried again

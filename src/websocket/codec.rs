@@ -59,7 +59,9 @@ pub struct DecoderLimits {
 /// The type of a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
+    /// A text message (opcode 1), valid UTF-8.
     Text,
+    /// A binary message (opcode 2): every pusher frame.
     Binary,
 }
 
@@ -69,18 +71,24 @@ pub enum Event {
     /// A complete (possibly reassembled) data message; payload is `buf[range]`, unmasked.
     /// Text messages have already been checked to be valid UTF-8.
     Message {
+        /// Text or binary.
         kind: MessageKind,
+        /// Where the whole payload is in the buffer.
         payload: Range<usize>,
     },
     /// A Ping; `payload` (unmasked, <= 125 bytes) is to be echoed in a Pong.
     Ping {
+        /// Where the Ping's payload is in the buffer.
         payload: Range<usize>,
     },
+    /// A Pong (ignored: pusher sends no Pings).
     Pong,
     /// code None = empty close payload. Code validated with is_valid_on_wire, reason validated UTF-8.
     /// The peer sends nothing after a Close (RFC 6455 §5.5.1), so the caller stops decoding.
     Close {
+        /// The peer's close code; `None` when its Close had no payload.
         code: Option<u16>,
+        /// Where the close reason (UTF-8, possibly empty) is in the buffer.
         reason: Range<usize>,
     },
 }
@@ -88,6 +96,7 @@ pub enum Event {
 /// A protocol violation: the connection must be closed with `code` (1002, 1007 or 1009).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation {
+    /// The close code: 1002 (protocol error), 1007 (invalid payload) or 1009 (too big).
     pub code: u16,
     /// Short ASCII text, fit for the reason of a Close frame.
     pub reason: &'static str,
@@ -151,6 +160,7 @@ struct FrameHeader {
 }
 
 impl Decoder {
+    /// A decoder at the start of a stream, with no message in progress.
     pub fn new(limits: DecoderLimits) -> Decoder {
         Decoder {
             max_message_bytes: limits.max_message_bytes,

@@ -32,11 +32,17 @@ pub const MASK_KEY_BYTES: usize = 4;
 /// A frame's opcode (§5.2). Reserved opcodes (3-7, 11-15) have no variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opcode {
+    /// 0x0: a further fragment of a data message.
     Continuation,
+    /// 0x1: the first frame of a text message.
     Text,
+    /// 0x2: the first frame of a binary message.
     Binary,
+    /// 0x8: a Close (§5.5.1).
     Close,
+    /// 0x9: a Ping, answered with a Pong (§5.5.2).
     Ping,
+    /// 0xA: a Pong (§5.5.3).
     Pong,
 }
 
