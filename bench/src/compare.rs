@@ -461,6 +461,8 @@ fn headline(scenario: &str) -> &'static [(&'static str, &'static str)] {
             ("sessions", "sessions"),
             ("stopped by", "stopped_by"),
             ("CPU % of cores", "at_capacity.cpu_pct_of_cores"),
+            ("RSS KiB", "at_capacity.rss_kib"),
+            ("disk MB/s", "at_capacity.disk_write_mb_per_s"),
             ("transcript p99 ms", "at_capacity.transcript_latency_ms.p99"),
         ],
         "storm" => &[

@@ -16,6 +16,7 @@ pub const AUDIO: u32 = 101;
 pub const TRANSCRIPT: u32 = 102;
 pub const CONVERSATION_ID: u32 = 103;
 pub const PROCESS_CONVERSATION: u32 = 104;
+pub const SPEAKER_SAMPLE: u32 = 105;
 /// The server's answer to a 104 (docs/protocol.md §4).
 pub const PROCESS_RESULT: u32 = 201;
 

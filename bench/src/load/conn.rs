@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,6 +158,15 @@ pub struct Pings {
 }
 
 impl Pings {
+    /// The counts added since `before` (an earlier reading of the same connection).
+    pub fn since(self, before: Pings) -> Pings {
+        Pings {
+            answered: self.answered - before.answered,
+            sent: self.sent - before.sent,
+            pongs: self.pongs - before.pongs,
+        }
+    }
+
     pub fn add(&mut self, other: Pings) {
         self.answered += other.answered;
         self.sent += other.sent;
@@ -169,6 +179,30 @@ impl Pings {
             "client_pings_sent": self.sent,
             "client_pongs_received": self.pongs,
         })
+    }
+}
+
+/// [`Pings`] of many sessions, counted as they go.
+#[derive(Debug, Default)]
+pub struct SharedPings {
+    answered: AtomicU64,
+    sent: AtomicU64,
+    pongs: AtomicU64,
+}
+
+impl SharedPings {
+    pub fn add(&self, pings: Pings) {
+        self.answered.fetch_add(pings.answered, Ordering::Relaxed);
+        self.sent.fetch_add(pings.sent, Ordering::Relaxed);
+        self.pongs.fetch_add(pings.pongs, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Pings {
+        Pings {
+            answered: self.answered.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            pongs: self.pongs.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -433,7 +467,6 @@ pub async fn read_frames(
     until: Instant,
     mut on_message: impl FnMut(&[u8], Instant),
 ) -> (Pings, Result<(), String>) {
-    use std::sync::atomic::Ordering;
     let mut keepalive = Keepalive::new(Instant::now());
     let mut buf = Vec::new();
     let mut answered = 0;
@@ -535,6 +568,31 @@ mod tests {
         assert_eq!(keepalive.poll(t0 + s(121)), Due::Nothing);
         assert_eq!(keepalive.poll(t0 + s(122)), Due::TimedOut);
         assert_eq!(keepalive.pings_sent, 2);
+    }
+
+    #[test]
+    fn ping_counts_add_up_over_sessions() {
+        let shared = SharedPings::default();
+        let before = Pings {
+            answered: 2,
+            sent: 1,
+            pongs: 1,
+        };
+        let after = Pings {
+            answered: 5,
+            sent: 3,
+            pongs: 2,
+        };
+        shared.add(after.since(before));
+        shared.add(after.since(before));
+        assert_eq!(
+            shared.get(),
+            Pings {
+                answered: 6,
+                sent: 4,
+                pongs: 2
+            }
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 
 use super::clients::{Answer, Clients, check_fits, share, target_args};
-use super::conn::Conn;
+use super::conn::{Conn, SharedPings};
 use super::{
     Failures, Session, Target, open_sessions, print_result, raise_open_files_limit, round,
 };
@@ -92,8 +92,7 @@ pub struct ClientArgs {
 struct HoldStats {
     heartbeats: AtomicU64,
     /// Server pings answered with a pong, and keepalive pings sent.
-    pongs: AtomicU64,
-    pings: AtomicU64,
+    pings: SharedPings,
     /// Sessions that ended (server close, reset or write error) while being held.
     lost: AtomicUsize,
 }
@@ -472,8 +471,9 @@ pub async fn run_client(args: ClientArgs) -> Result<(), String> {
         report.lost = stats.lost.load(Ordering::Relaxed);
         report.open = opened_total - report.lost.min(opened_total);
         report.heartbeats = stats.heartbeats.load(Ordering::Relaxed);
-        report.pongs = stats.pongs.load(Ordering::Relaxed);
-        report.pings = stats.pings.load(Ordering::Relaxed);
+        let pings = stats.pings.get();
+        report.pongs = pings.answered;
+        report.pings = pings.sent;
         let line = report.to_line() + "\n";
         let answered = async {
             answers.write_all(line.as_bytes()).await?;
@@ -497,15 +497,9 @@ async fn hold(session: Session, every: Duration, heartbeat: Arc<[u8]>, stats: Ar
     let mut conn = Conn::new(session.stream);
     let mut message = false;
     loop {
-        let pings = conn.pings();
+        let before = conn.pings();
         let waited = conn.wait_until(next, &mut |_| message = true).await;
-        let now = conn.pings();
-        stats
-            .pongs
-            .fetch_add(now.answered - pings.answered, Ordering::Relaxed);
-        stats
-            .pings
-            .fetch_add(now.sent - pings.sent, Ordering::Relaxed);
+        stats.pings.add(conn.pings().since(before));
         if waited.is_err() || message {
             break;
         }

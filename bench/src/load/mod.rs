@@ -5,6 +5,7 @@
 //! stderr, so `pusher-bench … >> results.jsonl` collects results.
 
 pub mod answers;
+pub mod capacity;
 pub mod chaos;
 pub mod clients;
 pub mod conn;
