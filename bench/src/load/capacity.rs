@@ -41,6 +41,7 @@ use super::clients::{Answer, Clients, check_fits, share, target_args};
 use super::conn::{Conn, Pings, SharedPings};
 use super::{
     Failures, Target, count_json, open_session, print_result, raise_open_files_limit, round,
+    rss_slope_mb_per_min,
 };
 use crate::downstream::{self, Route, RouteArgs, parse_rate};
 use crate::frames;
@@ -275,6 +276,14 @@ pub struct Args {
     /// Bound: a frame sent more than this late (a session falling behind real time)
     #[arg(long, default_value_t = 2.0, value_name = "S")]
     behind_s: f64,
+    /// Bound: the server's RSS growing faster than this over a window (a queue growing in
+    /// memory: what shows uploads falling behind on a server without pusher's /metrics)
+    #[arg(long, default_value_t = 60.0, value_name = "MB/MIN")]
+    rss_growth_mb_per_min: f64,
+    /// Before each bisection step every session is closed and the server gets this long to
+    /// recover from the step that broke (then the step's sessions are opened afresh)
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    recover_s: u64,
     /// The goal: sustained sessions per core at least this
     #[arg(long, default_value_t = 5000.0)]
     goal_sessions_per_core: f64,
@@ -830,6 +839,8 @@ struct Window {
     worker_cpu_pct: Option<f64>,
     cores: f64,
     rss_kib: u64,
+    /// RSS growth over the window.
+    rss_growth_mb_per_min: f64,
     disk_write_bytes: Option<u64>,
     client_cpu_pct: f64,
     transcript_latency_ms: Value,
@@ -869,6 +880,9 @@ impl Window {
         if self.backpressure_s.is_some_and(|s| s > 0.0) {
             broken.push("backpressure");
         }
+        if self.rss_growth_mb_per_min > args.rss_growth_mb_per_min {
+            broken.push("rss_growing");
+        }
         if self.late_max_ms > args.behind_s * 1000.0 {
             broken.push("behind_real_time");
         }
@@ -877,6 +891,9 @@ impl Window {
         }
         if self.failed > 0 {
             broken.push("sessions_refused");
+        }
+        if self.open < self.sessions as u64 {
+            broken.push("sessions_not_open");
         }
         broken
     }
@@ -891,6 +908,7 @@ impl Window {
             "server_cpu_pct": round(self.server_cpu_pct, 1),
             "worker_threads_cpu_pct": self.worker_cpu_pct.map(|pct| round(pct, 1)),
             "rss_kib": self.rss_kib,
+            "rss_growth_mb_per_min": round(self.rss_growth_mb_per_min, 1),
             "disk_write_mb_per_s": mb_per_s(self.disk_write_bytes.map(|b| b as f64)),
             "spill_appended_mb_per_s": mb_per_s(self.spill_appended_bytes),
             "client_cpu_pct": round(self.client_cpu_pct, 1),
@@ -995,6 +1013,14 @@ impl Ramp<'_> {
         Ok(self.last.clone())
     }
 
+    /// Closes every session still open; the next opened are users `capacity-0` on again (the
+    /// settings file covers the first `--sessions-max`).
+    async fn reset(&mut self) -> Result<(), String> {
+        self.go_to(0).await?;
+        self.next_index = 0;
+        Ok(())
+    }
+
     /// Opens or closes sessions so that `sessions` are asked for in all.
     async fn go_to(&mut self, sessions: usize) -> Result<(), String> {
         let total: usize = self.held.iter().sum();
@@ -1057,13 +1083,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     let steps = ramp(args.start, args.factor, args.sessions_max);
     eprintln!(
         "capacity: {} client processes; ramp {steps:?}; mix {}; bounds: CPU > {} % of {} cores, \
-         transcript p99 > {} ms, upload lag > {} s, backpressure, > {} s behind, a session lost",
+         transcript p99 > {} ms, upload lag > {} s, backpressure, RSS > {} MB/min, > {} s behind, \
+         a session lost or refused",
         args.clients,
         args.mix.to_json(),
         args.cpu_share * 100.0,
         args.cores,
         args.transcript_p99_ms,
         args.upload_lag_s,
+        args.rss_growth_mb_per_min,
         args.behind_s
     );
     let run_start = Instant::now();
@@ -1091,7 +1119,19 @@ pub async fn run(args: Args) -> Result<(), String> {
         let latencies_before = downstream.latencies_ns(Route::Webhook).len();
         let routes_before = routes_now(&downstream);
         let started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.hold_s)).await;
+        // The server's RSS every second of the window, for its slope.
+        let mut rss = Vec::new();
+        let end = started + Duration::from_secs(args.hold_s);
+        loop {
+            if let Ok(kib) = server.rss_kib() {
+                rss.push((Instant::now(), kib));
+            }
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
+        }
         let seconds = started.elapsed().as_secs_f64();
         let cpu_after = server.cpu_s().map_err(|e| e.to_string())?;
         let workers_after = worker_cpu_s(&server);
@@ -1126,6 +1166,8 @@ pub async fn run(args: Args) -> Result<(), String> {
                 .map(|(before, after)| (after - before) / seconds * 100.0),
             cores: args.cores,
             rss_kib: server.rss_kib().map_err(|e| e.to_string())?,
+            rss_growth_mb_per_min: rss_slope_mb_per_min(&rss, started, Instant::now())
+                .unwrap_or(0.0),
             disk_write_bytes: disk_before
                 .zip(disk_after)
                 .map(|(b, a)| a.saturating_sub(b)),
@@ -1145,12 +1187,13 @@ pub async fn run(args: Args) -> Result<(), String> {
         };
         let broken = window.broken(&args);
         eprintln!(
-            "capacity: {sessions} sessions ({} open): server CPU {:.1} % of {} cores, RSS {:.1} MiB, \
+            "capacity: {sessions} sessions ({} open): server CPU {:.1} % of {} cores, RSS {:.1} MiB ({:+.0} MB/min), \
              transcript p99 {} ms, upload lag {} s, late max {:.0} ms, client CPU {:.0} %{}",
             window.open,
             window.cpu_pct_of_cores(),
             args.cores,
             window.rss_kib as f64 / 1024.0,
+            window.rss_growth_mb_per_min,
             window
                 .transcript_p99_ms
                 .map_or("n/a".to_owned(), |v| format!("{v:.2}")),
@@ -1183,6 +1226,14 @@ pub async fn run(args: Args) -> Result<(), String> {
             let Some(next) = bisect(held_best.unwrap_or(0), broke) else {
                 break;
             };
+            // The step that broke may have left the server behind (a backlog, sessions lost):
+            // every bisection step starts from no session and a recovered server.
+            ramp_state.reset().await?;
+            eprintln!(
+                "capacity: every session closed; {} s for the server to recover",
+                args.recover_s
+            );
+            tokio::time::sleep(Duration::from_secs(args.recover_s)).await;
             let (window, broken) = measure(next, &mut ramp_state).await?;
             let held = broken.is_empty();
             windows.push((window, broken.clone()));
@@ -1252,10 +1303,12 @@ pub async fn run(args: Args) -> Result<(), String> {
                 "transcript_p99_ms_max": args.transcript_p99_ms,
                 "upload_lag_s_max": args.upload_lag_s,
                 "behind_s_max": args.behind_s,
+                "rss_growth_mb_per_min_max": args.rss_growth_mb_per_min,
             },
             "ramp": {"start": args.start, "factor": args.factor,
                      "sessions_max": args.sessions_max, "refine": args.refine,
-                     "settle_s": args.settle_s, "hold_s": args.hold_s},
+                     "settle_s": args.settle_s, "hold_s": args.hold_s,
+                     "recover_s": args.recover_s},
             "clients": args.clients,
             "steps": steps_json,
             "sent": {
@@ -1264,6 +1317,8 @@ pub async fn run(args: Args) -> Result<(), String> {
                 "speaker_samples": final_report.speakers,
             },
             "keepalive": final_report.pings.to_json(),
+            "lost_reasons": final_report.lost_reasons,
+            "refused_reasons": final_report.failures,
             "goal_sessions_per_core": args.goal_sessions_per_core,
             "run_s": round(run_s, 1),
             "server_cpu_s": round(server_cpu_s, 1),
@@ -1450,6 +1505,8 @@ mod tests {
         };
         let ok = Window {
             sessions: 1000,
+            open: 1000,
+            rss_growth_mb_per_min: 5.0,
             cores: 2.0,
             server_cpu_pct: 100.0,
             transcript_p99_ms: Some(2.0),
@@ -1465,9 +1522,11 @@ mod tests {
             transcript_p99_ms: Some(12.0),
             upload_lag_s: Some(130.0),
             backpressure_s: Some(3.0),
+            rss_growth_mb_per_min: 61.0,
             late_max_ms: 2500.0,
             lost: 1,
             failed: 2,
+            open: 997,
             ..ok.clone()
         };
         assert_eq!(
@@ -1477,9 +1536,11 @@ mod tests {
                 "transcript_p99",
                 "upload_lag",
                 "backpressure",
+                "rss_growing",
                 "behind_real_time",
                 "sessions_lost",
-                "sessions_refused"
+                "sessions_refused",
+                "sessions_not_open"
             ]
         );
         // Without pusher's /metrics or webhook samples those bounds are not judged.
