@@ -94,6 +94,7 @@
 #   CAPACITY_PRIVATE_CLOUD_SHARE      capacity mix: users with private-cloud sync   [0.25]
 #   CAPACITY_TRANSCRIPT_WEBHOOK_SHARE capacity mix: users with a realtime webhook   [0.10]
 #   CAPACITY_AUDIO_APP_SHARE          capacity mix: users with an audio-bytes app   [0.05]
+#   CAPACITY_UPLOAD_CONCURRENCY  capacity: the server's --upload-concurrency [its default, 8]
 #   PEER_CORES          capacity: cores the peer's workers have (sessions per core, CPU
 #                       bound); a single-process Python service: 1  [1]
 #   SINK_PORT           stream: port of the S3 sink; outage, chaos, latency: port of the downstream
@@ -194,6 +195,7 @@ CAPACITY_SOURCE_IPS=${CAPACITY_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0
 CAPACITY_PRIVATE_CLOUD_SHARE=${CAPACITY_PRIVATE_CLOUD_SHARE:-0.25}
 CAPACITY_TRANSCRIPT_WEBHOOK_SHARE=${CAPACITY_TRANSCRIPT_WEBHOOK_SHARE:-0.10}
 CAPACITY_AUDIO_APP_SHARE=${CAPACITY_AUDIO_APP_SHARE:-0.05}
+CAPACITY_UPLOAD_CONCURRENCY=${CAPACITY_UPLOAD_CONCURRENCY:-}
 PEER_CORES=${PEER_CORES:-1}
 SINK_PORT=${SINK_PORT:-$((PORT + 1))}
 DEAD_PORT=${DEAD_PORT:-$((PORT + 2))}
@@ -623,7 +625,11 @@ for scenario in $SCENARIO; do
             "$BENCH" capacity-settings "${mix[@]}" --sessions-max "$CAPACITY_SESSIONS_MAX" \
                 --downstream "127.0.0.1:$SINK_PORT" >"$work/capacity-settings.toml"
             s3_env "$SINK_PORT"
-            start_server capacity --handshake-buffers-per-core 256 --store s3://bench/capacity \
+            upload=()
+            if [[ -n $CAPACITY_UPLOAD_CONCURRENCY ]]; then
+                upload=(--upload-concurrency "$CAPACITY_UPLOAD_CONCURRENCY")
+            fi
+            start_server capacity --handshake-buffers-per-core 256 --store s3://bench/capacity "${upload[@]}" \
                 --settings "$work/capacity-settings.toml" \
                 --processor-url "http://127.0.0.1:$SINK_PORT/processor" \
                 --speaker-sample-url "http://127.0.0.1:$SINK_PORT/speaker"
@@ -633,7 +639,8 @@ for scenario in $SCENARIO; do
                 --start "$CAPACITY_START" --factor "$CAPACITY_FACTOR" \
                 --sessions-max "$CAPACITY_SESSIONS_MAX" --refine "$CAPACITY_REFINE" \
                 --settle-s "$CAPACITY_SETTLE_S" --hold-s "$CAPACITY_HOLD_S" \
-                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)"
+                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
+                --label "upload_concurrency=${CAPACITY_UPLOAD_CONCURRENCY:-default}"
             ;;
     esac
     stop_server

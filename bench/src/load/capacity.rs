@@ -53,6 +53,9 @@ const UID_PREFIX: &str = "capacity";
 const LATE_BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000];
 /// Time a client has to answer `report` or `close N`.
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
+/// Oldest pending upload age (s) while uploads keep up: pusher closes a batch at 60 s, then
+/// uploads it; the age grows past this only when the uploads fall behind.
+const UPLOAD_LAG_STEADY_S: f64 = 65.0;
 /// How long a closing session waits for the server's end of the stream.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Text of every transcript segment: one second of speech.
@@ -846,6 +849,8 @@ struct Window {
     transcript_latency_ms: Value,
     transcript_p99_ms: Option<f64>,
     upload_lag_s: Option<f64>,
+    /// The same at the start of the window.
+    upload_lag_start_s: Option<f64>,
     backpressure_s: Option<f64>,
     ring_drops: Option<f64>,
     spill_appended_bytes: Option<f64>,
@@ -862,6 +867,17 @@ impl Window {
         self.server_cpu_pct / self.cores
     }
 
+    /// The oldest pending upload is past its steady age and grew by at least half the window:
+    /// the uploads fall behind.
+    fn upload_lag_growing(&self) -> bool {
+        match (self.upload_lag_start_s, self.upload_lag_s) {
+            (Some(start), Some(end)) => {
+                end > UPLOAD_LAG_STEADY_S && end - start >= self.seconds / 2.0
+            }
+            _ => false,
+        }
+    }
+
     /// The bounds this window broke, by name.
     fn broken(&self, args: &Args) -> Vec<&'static str> {
         let mut broken = Vec::new();
@@ -874,7 +890,7 @@ impl Window {
         {
             broken.push("transcript_p99");
         }
-        if self.upload_lag_s.is_some_and(|s| s > args.upload_lag_s) {
+        if self.upload_lag_s.is_some_and(|s| s > args.upload_lag_s) || self.upload_lag_growing() {
             broken.push("upload_lag");
         }
         if self.backpressure_s.is_some_and(|s| s > 0.0) {
@@ -914,6 +930,7 @@ impl Window {
             "client_cpu_pct": round(self.client_cpu_pct, 1),
             "transcript_latency_ms": self.transcript_latency_ms,
             "upload_lag_s": self.upload_lag_s,
+            "upload_lag_start_s": self.upload_lag_start_s,
             "backpressure_session_s": self.backpressure_s,
             "ring_drops": self.ring_drops.map(count_json),
             "late_p99_ms": self.late_p99_ms,
@@ -1152,9 +1169,12 @@ pub async fn run(args: Args) -> Result<(), String> {
                 (metrics_before.as_ref()?, metrics_after.as_ref()?);
             (!after.by_labels(name, &[]).is_empty()).then(|| after.sum(name) - before.sum(name))
         };
-        let upload_lag_s = metrics_after
-            .as_ref()
-            .and_then(|m| m.get("pusher_spill_oldest_pending_batch_age_seconds"));
+        let upload_lag = |metrics: &Option<Scrape>| {
+            metrics
+                .as_ref()
+                .and_then(|m| m.get("pusher_spill_oldest_pending_batch_age_seconds"))
+        };
+        let upload_lag_s = upload_lag(&metrics_after);
         let client_cpu_s = (report.cpu_s - report_before.cpu_s) + (self_after - self_before);
         let window = Window {
             sessions,
@@ -1175,6 +1195,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             transcript_p99_ms: latency["p99"].as_f64(),
             transcript_latency_ms: latency,
             upload_lag_s,
+            upload_lag_start_s: upload_lag(&metrics_before),
             backpressure_s: growth("pusher_spill_backpressure_seconds_total"),
             ring_drops: growth("pusher_ring_dropped_items_total"),
             spill_appended_bytes: growth("pusher_spill_appended_bytes_total"),
@@ -1511,6 +1532,8 @@ mod tests {
             server_cpu_pct: 100.0,
             transcript_p99_ms: Some(2.0),
             upload_lag_s: Some(61.0),
+            upload_lag_start_s: Some(60.0),
+            seconds: 20.0,
             backpressure_s: Some(0.0),
             late_max_ms: 150.0,
             ..Window::default()
@@ -1543,10 +1566,24 @@ mod tests {
                 "sessions_not_open"
             ]
         );
+        // The oldest upload past its steady age and growing with the window: falling behind.
+        let growing = Window {
+            upload_lag_start_s: Some(66.0),
+            upload_lag_s: Some(76.0),
+            ..ok.clone()
+        };
+        assert_eq!(growing.broken(&args), ["upload_lag"]);
+        let steady = Window {
+            upload_lag_start_s: Some(60.0),
+            upload_lag_s: Some(64.0),
+            ..ok.clone()
+        };
+        assert!(steady.broken(&args).is_empty(), "below the steady age");
         // Without pusher's /metrics or webhook samples those bounds are not judged.
         let peer = Window {
             transcript_p99_ms: None,
             upload_lag_s: None,
+            upload_lag_start_s: None,
             backpressure_s: None,
             ..ok
         };
