@@ -56,6 +56,10 @@ const ANSWER_WAIT: Duration = Duration::from_secs(60);
 /// Oldest pending upload age (s) while uploads keep up: pusher closes a batch at 60 s, then
 /// uploads it; the age grows past this only when the uploads fall behind.
 const UPLOAD_LAG_STEADY_S: f64 = 65.0;
+/// Growth of that age over a window (s) that counts as growing: the gauge is in whole seconds,
+/// so one second is its jitter. (A backlog that grows at a quarter of real time, 40 uploads/s
+/// against 53 closed, adds 5 s in a 20 s window.)
+const UPLOAD_LAG_GROWTH_S: f64 = 2.0;
 /// How long a closing session waits for the server's end of the stream.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Text of every transcript segment: one second of speech.
@@ -867,12 +871,12 @@ impl Window {
         self.server_cpu_pct / self.cores
     }
 
-    /// The oldest pending upload is past its steady age and grew by at least half the window:
-    /// the uploads fall behind.
+    /// The oldest pending upload is past its steady age and still growing over the window: the
+    /// uploads fall behind.
     fn upload_lag_growing(&self) -> bool {
         match (self.upload_lag_start_s, self.upload_lag_s) {
             (Some(start), Some(end)) => {
-                end > UPLOAD_LAG_STEADY_S && end - start >= self.seconds / 2.0
+                end > UPLOAD_LAG_STEADY_S && end - start >= UPLOAD_LAG_GROWTH_S
             }
             _ => false,
         }
@@ -1568,11 +1572,20 @@ mod tests {
         );
         // The oldest upload past its steady age and growing with the window: falling behind.
         let growing = Window {
-            upload_lag_start_s: Some(66.0),
-            upload_lag_s: Some(76.0),
+            upload_lag_start_s: Some(62.0),
+            upload_lag_s: Some(68.0),
             ..ok.clone()
         };
         assert_eq!(growing.broken(&args), ["upload_lag"]);
+        let behind_but_steady = Window {
+            upload_lag_start_s: Some(70.0),
+            upload_lag_s: Some(71.0),
+            ..ok.clone()
+        };
+        assert!(
+            behind_but_steady.broken(&args).is_empty(),
+            "a steady backlog"
+        );
         let steady = Window {
             upload_lag_start_s: Some(60.0),
             upload_lag_s: Some(64.0),
