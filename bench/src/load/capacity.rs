@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 
 use super::clients::{Answer, Clients, check_fits, share, target_args};
 use super::conn::{Conn, Pings, SharedPings};
+use super::private_cloud;
 use super::{
     Failures, Target, count_json, open_session, print_result, raise_open_files_limit, round,
     rss_slope_mb_per_min,
@@ -288,9 +289,13 @@ pub struct Args {
     #[arg(long, default_value_t = 60.0, value_name = "MB/MIN")]
     rss_growth_mb_per_min: f64,
     /// Before each bisection step every session is closed and the server gets this long to
-    /// recover from the step that broke (then the step's sessions are opened afresh)
+    /// recover from the step that broke (then the step's sessions are opened afresh); pusher
+    /// also until its uploads have drained (its /metrics), at most --recover-max-s
     #[arg(long, default_value_t = 30, value_name = "S")]
     recover_s: u64,
+    /// The longest wait for pusher's uploads to drain before a bisection step
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    recover_max_s: u64,
     /// The goal: sustained sessions per core at least this
     #[arg(long, default_value_t = 5000.0)]
     goal_sessions_per_core: f64,
@@ -1254,11 +1259,21 @@ pub async fn run(args: Args) -> Result<(), String> {
             // The step that broke may have left the server behind (a backlog, sessions lost):
             // every bisection step starts from no session and a recovered server.
             ramp_state.reset().await?;
-            eprintln!(
-                "capacity: every session closed; {} s for the server to recover",
-                args.recover_s
-            );
+            let recovering = Instant::now();
             tokio::time::sleep(Duration::from_secs(args.recover_s)).await;
+            let drained = if pusher_metrics {
+                let deadline = recovering + Duration::from_secs(args.recover_max_s);
+                match private_cloud::wait_for_drain(addr, deadline).await {
+                    Some(_) => "its uploads drained",
+                    None => "its uploads NOT drained",
+                }
+            } else {
+                "no /metrics to wait on"
+            };
+            eprintln!(
+                "capacity: every session closed; the server recovered for {:.0} s ({drained})",
+                recovering.elapsed().as_secs_f64()
+            );
             let (window, broken) = measure(next, &mut ramp_state).await?;
             let held = broken.is_empty();
             windows.push((window, broken.clone()));
@@ -1333,7 +1348,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             "ramp": {"start": args.start, "factor": args.factor,
                      "sessions_max": args.sessions_max, "refine": args.refine,
                      "settle_s": args.settle_s, "hold_s": args.hold_s,
-                     "recover_s": args.recover_s},
+                     "recover_s": args.recover_s, "recover_max_s": args.recover_max_s},
             "clients": args.clients,
             "steps": steps_json,
             "sent": {
