@@ -1009,6 +1009,23 @@ fn routes_now(downstream: &downstream::Downstream) -> Vec<downstream::RouteStats
     .collect()
 }
 
+/// How many sessions each client closes so that `fewer` are closed in all: equal shares where
+/// the clients hold enough, the rest from those that hold more (a client's holdings are the sum
+/// of its shares of every step, so they differ by a session per step).
+fn close_counts(held: &[usize], fewer: usize) -> Vec<usize> {
+    let clients = held.len();
+    let mut counts: Vec<usize> = (0..clients)
+        .map(|c| share(fewer, clients, c).min(held[c]))
+        .collect();
+    let mut left = fewer.saturating_sub(counts.iter().sum());
+    for (count, &holds) in counts.iter_mut().zip(held) {
+        let more = left.min(holds - *count);
+        *count += more;
+        left -= more;
+    }
+    counts
+}
+
 /// The state of the ramp: the clients, which sessions they hold.
 struct Ramp<'a> {
     args: &'a Args,
@@ -1065,7 +1082,7 @@ impl Ramp<'_> {
             self.ask(|c| commands[c].clone(), wait).await?;
         } else if sessions < total {
             let fewer = total - sessions;
-            let counts: Vec<usize> = (0..clients).map(|c| share(fewer, clients, c)).collect();
+            let counts = close_counts(&self.held, fewer);
             for (held, count) in self.held.iter_mut().zip(&counts) {
                 *held -= count;
             }
@@ -1445,6 +1462,16 @@ mod tests {
         assert_eq!(bisect(9000, 10_000), Some(9500));
         assert_eq!(bisect(9600, 10_000), None, "within 5 %");
         assert_eq!(bisect(0, 8), None);
+    }
+
+    #[test]
+    fn closing_takes_every_session_a_client_holds() {
+        // Steps of 100 and 200 over 3 clients: the first holds one more per step.
+        let held = [34 + 67, 33 + 67, 33 + 66];
+        assert_eq!(close_counts(&held, 300), held, "all of them");
+        assert_eq!(close_counts(&held, 150), [50, 50, 50]);
+        assert_eq!(close_counts(&[10, 0, 5], 12), [8, 0, 4], "the rest from the first");
+        assert_eq!(close_counts(&[1, 1, 1], 5), [1, 1, 1], "no more than held");
     }
 
     #[test]
