@@ -1009,6 +1009,21 @@ fn routes_now(downstream: &downstream::Downstream) -> Vec<downstream::RouteStats
     .collect()
 }
 
+/// Waits until pusher's oldest pending upload is back to its steady age and nothing waits to be
+/// uploaded; `false` at `deadline`.
+async fn wait_for_steady_uploads(addr: SocketAddr, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if let Ok(scrape) = prometheus::scrape(addr).await {
+            let lag = private_cloud::Lag::of(&scrape);
+            if lag.oldest_age_s <= UPLOAD_LAG_STEADY_S && lag.queued == 0.0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    false
+}
+
 /// How many sessions each client closes so that `fewer` are closed in all: equal shares where
 /// the clients hold enough, the rest from those that hold more (a client's holdings are the sum
 /// of its shares of every step, so they differ by a session per step).
@@ -1273,22 +1288,28 @@ pub async fn run(args: Args) -> Result<(), String> {
             let Some(next) = bisect(held_best.unwrap_or(0), broke) else {
                 break;
             };
-            // The step that broke may have left the server behind (a backlog, sessions lost):
-            // every bisection step starts from no session and a recovered server.
-            ramp_state.reset().await?;
+            // The step that broke may have left the server behind (a backlog, sessions lost).
+            // pusher: the sessions are closed down to the step's (the rest keep their spread
+            // batch phases, so their uploads are measured in steady state) and the step waits
+            // until the upload backlog is gone; a server without /metrics starts from no
+            // session after --recover-s.
             let recovering = Instant::now();
-            tokio::time::sleep(Duration::from_secs(args.recover_s)).await;
-            let drained = if pusher_metrics {
+            let recovered = if pusher_metrics {
+                ramp_state.go_to(next).await?;
+                tokio::time::sleep(Duration::from_secs(args.recover_s)).await;
                 let deadline = recovering + Duration::from_secs(args.recover_max_s);
-                match private_cloud::wait_for_drain(addr, deadline).await {
-                    Some(_) => "its uploads drained",
-                    None => "its uploads NOT drained",
+                if wait_for_steady_uploads(addr, deadline).await {
+                    "the upload backlog gone"
+                } else {
+                    "the upload backlog NOT gone"
                 }
             } else {
-                "no /metrics to wait on"
+                ramp_state.reset().await?;
+                tokio::time::sleep(Duration::from_secs(args.recover_s)).await;
+                "every session closed"
             };
             eprintln!(
-                "capacity: every session closed; the server recovered for {:.0} s ({drained})",
+                "capacity: the server recovered for {:.0} s ({recovered})",
                 recovering.elapsed().as_secs_f64()
             );
             let (window, broken) = measure(next, &mut ramp_state).await?;
@@ -1470,7 +1491,11 @@ mod tests {
         let held = [34 + 67, 33 + 67, 33 + 66];
         assert_eq!(close_counts(&held, 300), held, "all of them");
         assert_eq!(close_counts(&held, 150), [50, 50, 50]);
-        assert_eq!(close_counts(&[10, 0, 5], 12), [8, 0, 4], "the rest from the first");
+        assert_eq!(
+            close_counts(&[10, 0, 5], 12),
+            [8, 0, 4],
+            "the rest from the first"
+        );
         assert_eq!(close_counts(&[1, 1, 1], 5), [1, 1, 1], "no more than held");
     }
 
