@@ -10,7 +10,7 @@
 # peak_under_budget, all_104_answered_or_cancelled, no_loss, reconnected, cleaned_up; stream: rss_flat, lag_bounded,
 # no_loss; outage: rss_flat, no_loss, recovered; latency: p99_ms < 10, process_p99_ms < 10; idle: kib_per_session <= 2 (the largest of its steps); ingest: gb_per_server_cpu_s >= 2;
 # log: log_to_disk_ratio >= 0.8; storm: refused == 0, all_open_s <= STORM_CONNECT_TIMEOUT_S,
-# health_probe_max_ms < 1000, closed_after_upgrade == 0). A goal that cannot be judged (null, e.g. no memory budget
+# health_probe_max_ms < 1000, closed_after_upgrade == 0; capacity: sessions_per_core >= 5000). A goal that cannot be judged (null, e.g. no memory budget
 # exposed) does not fail. Without BENCH_ASSERT the goals are only reported.
 #
 # Environment (defaults in brackets):
@@ -83,6 +83,20 @@
 #   STORM_CONNECT_TIMEOUT_S  storm: time allowed for every 101 (the all-open goal) [10]
 #   STORM_HOLD_S        storm: seconds the sessions stay open after the last attempt [5]
 #   STORM_SOURCE_IPS    storm: client source IPs, comma-separated    [127.0.0.2 .. 127.0.0.5]
+#   CAPACITY_START      capacity: sessions of the ramp's first step (not in the default set) [100]
+#   CAPACITY_FACTOR     capacity: each step this many times the last  [2]
+#   CAPACITY_SESSIONS_MAX  capacity: the ramp's last step (the server's slots: 8,940 per core here) [16000]
+#   CAPACITY_REFINE     capacity: bisection steps after a bound broke [3]
+#   CAPACITY_SETTLE_S   capacity: seconds from a step's sessions open to its window [10]
+#   CAPACITY_HOLD_S     capacity: seconds of each step's measured window [20]
+#   CAPACITY_CLIENTS    capacity: client processes holding the sessions [3]
+#   CAPACITY_SOURCE_IPS capacity: client source IPs, comma-separated  [127.0.0.2 .. 127.0.0.5]
+#   CAPACITY_PRIVATE_CLOUD_SHARE      capacity mix: users with private-cloud sync   [0.25]
+#   CAPACITY_TRANSCRIPT_WEBHOOK_SHARE capacity mix: users with a realtime webhook   [0.10]
+#   CAPACITY_AUDIO_APP_SHARE          capacity mix: users with an audio-bytes app   [0.05]
+#   CAPACITY_UPLOAD_CONCURRENCY  capacity: the server's --upload-concurrency [its default, 8]
+#   PEER_CORES          capacity: cores the peer's workers have (sessions per core, CPU
+#                       bound); a single-process Python service: 1  [1]
 #   SINK_PORT           stream: port of the S3 sink; outage, chaos, latency: port of the downstream
 #                       simulator the load tool runs                 [PORT + 1]
 #   DEAD_PORT           log: closed port the S3 endpoint points at   [PORT + 2]
@@ -170,6 +184,19 @@ STORM_CLIENTS=${STORM_CLIENTS:-4}
 STORM_CONNECT_TIMEOUT_S=${STORM_CONNECT_TIMEOUT_S:-10}
 STORM_HOLD_S=${STORM_HOLD_S:-5}
 STORM_SOURCE_IPS=${STORM_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
+CAPACITY_START=${CAPACITY_START:-100}
+CAPACITY_FACTOR=${CAPACITY_FACTOR:-2}
+CAPACITY_SESSIONS_MAX=${CAPACITY_SESSIONS_MAX:-16000}
+CAPACITY_REFINE=${CAPACITY_REFINE:-3}
+CAPACITY_SETTLE_S=${CAPACITY_SETTLE_S:-10}
+CAPACITY_HOLD_S=${CAPACITY_HOLD_S:-20}
+CAPACITY_CLIENTS=${CAPACITY_CLIENTS:-3}
+CAPACITY_SOURCE_IPS=${CAPACITY_SOURCE_IPS:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
+CAPACITY_PRIVATE_CLOUD_SHARE=${CAPACITY_PRIVATE_CLOUD_SHARE:-0.25}
+CAPACITY_TRANSCRIPT_WEBHOOK_SHARE=${CAPACITY_TRANSCRIPT_WEBHOOK_SHARE:-0.10}
+CAPACITY_AUDIO_APP_SHARE=${CAPACITY_AUDIO_APP_SHARE:-0.05}
+CAPACITY_UPLOAD_CONCURRENCY=${CAPACITY_UPLOAD_CONCURRENCY:-}
+PEER_CORES=${PEER_CORES:-1}
 SINK_PORT=${SINK_PORT:-$((PORT + 1))}
 DEAD_PORT=${DEAD_PORT:-$((PORT + 2))}
 BENCH_DIR=${BENCH_DIR:-${TMPDIR:-/tmp}}
@@ -192,8 +219,8 @@ fi
 
 for scenario in $SCENARIO; do
     case $scenario in
-        idle | ingest | log | stream | outage | chaos | latency | storm | abuse) ;;
-        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream outage chaos latency storm abuse)" >&2; exit 2 ;;
+        idle | ingest | log | stream | outage | chaos | latency | storm | capacity | abuse) ;;
+        *) echo "run.sh: unknown scenario '$scenario' (known: idle ingest log stream outage chaos latency storm capacity abuse)" >&2; exit 2 ;;
     esac
 done
 
@@ -394,10 +421,11 @@ bench_peer() {
         stop_sink
         start_sink
     fi
-    # The peer's own --series file beside pusher's.
+    # The peer's own --series file beside pusher's; capacity: the peer's cores.
     local args=() previous=
     for arg in "$@"; do
         [[ $previous == --series ]] && arg=${arg%.json}-$PEER_NAME.json
+        [[ $previous == --cores ]] && arg=$PEER_CORES
         args+=("$arg")
         previous=$arg
     done
@@ -584,6 +612,35 @@ for scenario in $SCENARIO; do
                 --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
                 --label "somaxconn=$(cat /proc/sys/net/core/somaxconn)" \
                 --label "tcp_max_syn_backlog=$(cat /proc/sys/net/ipv4/tcp_max_syn_backlog)"
+            ;;
+        capacity)
+            # The load tool runs the simulator on $SINK_PORT: the realtime transcript webhooks
+            # and audio apps of the mix (a settings file), the processor, the speaker-sample
+            # service and the S3 endpoint. Handshake buffers at 256 per core leave session slots
+            # within the open-files limit (8,940 per core here with the processor's calls reserved).
+            sink_port_free
+            mix=(--private-cloud-share "$CAPACITY_PRIVATE_CLOUD_SHARE"
+                --transcript-webhook-share "$CAPACITY_TRANSCRIPT_WEBHOOK_SHARE"
+                --audio-app-share "$CAPACITY_AUDIO_APP_SHARE")
+            "$BENCH" capacity-settings "${mix[@]}" --sessions-max "$CAPACITY_SESSIONS_MAX" \
+                --downstream "127.0.0.1:$SINK_PORT" >"$work/capacity-settings.toml"
+            s3_env "$SINK_PORT"
+            upload=()
+            if [[ -n $CAPACITY_UPLOAD_CONCURRENCY ]]; then
+                upload=(--upload-concurrency "$CAPACITY_UPLOAD_CONCURRENCY")
+            fi
+            start_server capacity --handshake-buffers-per-core 256 --store s3://bench/capacity "${upload[@]}" \
+                --settings "$work/capacity-settings.toml" \
+                --processor-url "http://127.0.0.1:$SINK_PORT/processor" \
+                --speaker-sample-url "http://127.0.0.1:$SINK_PORT/speaker"
+            grep -m 1 'session slots capped' "$server_log" >&2 || true
+            bench capacity --downstream-listen "127.0.0.1:$SINK_PORT" "${mix[@]}" \
+                --cores "$WORKERS" --clients "$CAPACITY_CLIENTS" --source-ips "$CAPACITY_SOURCE_IPS" \
+                --start "$CAPACITY_START" --factor "$CAPACITY_FACTOR" \
+                --sessions-max "$CAPACITY_SESSIONS_MAX" --refine "$CAPACITY_REFINE" \
+                --settle-s "$CAPACITY_SETTLE_S" --hold-s "$CAPACITY_HOLD_S" \
+                --label "loadavg_1m_before=$(cut -d ' ' -f 1 /proc/loadavg)" \
+                --label "upload_concurrency=${CAPACITY_UPLOAD_CONCURRENCY:-default}"
             ;;
     esac
     stop_server

@@ -16,7 +16,8 @@ const ARRAY_CHARS_MAX: usize = 60;
 
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// Also write one plot of RSS over time with one line per file (the memory budget dashed)
+    /// Also write one plot of the files side by side: RSS over time, or the scenario's own
+    /// figure (bench/README.md, "Peer mode")
     #[arg(long, value_name = "OUT.svg")]
     svg: Option<PathBuf>,
     /// Result files of one scenario
@@ -256,32 +257,153 @@ fn compare_table(runs: &[Run]) -> Result<String, String> {
     ))
 }
 
-/// One plot of RSS over time, a line per run that sampled it (titled as its column), the first
-/// budget known dashed; `None` when no run has RSS readings.
+/// One plot of the runs side by side, titled by their columns: RSS over time (as growth, with
+/// the slope goal) when a run sampled it; otherwise the scenario's own figure: `idle` RSS growth
+/// over the sessions of each step (the 2 KiB per session goal dashed), `capacity` the server's
+/// CPU over the sessions of each step of the ramp (its CPU bound dashed), `latency` the
+/// percentiles (the 10 ms goal dashed), `ingest` GB per server CPU-second (the goal dashed).
+/// `None` when there is nothing to draw.
 fn compare_plot(runs: &[Run]) -> Option<String> {
     let titles = column_titles(runs);
+    let scenario = runs[0].scenario();
     let readings: Vec<(&String, Vec<(f64, f64)>)> = titles
         .iter()
         .zip(runs)
         .map(|(title, run)| (title, run.rss_mib()))
         .filter(|(_, points)| !points.is_empty())
         .collect();
-    if readings.is_empty() {
-        return None;
+    if !readings.is_empty() {
+        let goal = runs
+            .iter()
+            .zip(&titles)
+            .find(|(_, title)| *title == readings[0].0)
+            .and_then(|(run, _)| report::slope_goal(&run.file["figures"]));
+        let series: Vec<svg::Series> = readings
+            .into_iter()
+            .map(|(name, points)| svg::Series { name, points })
+            .collect();
+        let budget_mib = runs
+            .iter()
+            .find_map(Run::budget_bytes)
+            .map(|bytes| bytes / 1024.0 / 1024.0);
+        return Some(svg::rss_plot(
+            &format!("{scenario}: server RSS over time"),
+            &series,
+            goal,
+            budget_mib,
+        ));
     }
-    let series: Vec<svg::Series> = readings
-        .into_iter()
-        .map(|(name, points)| svg::Series { name, points })
-        .collect();
-    let budget_mib = runs
-        .iter()
-        .find_map(Run::budget_bytes)
-        .map(|bytes| bytes / 1024.0 / 1024.0);
-    Some(svg::rss_plot(
-        &format!("{}: server RSS over time", runs[0].scenario()),
-        &series,
-        budget_mib,
-    ))
+    let steps = |run: &Run, x: &str, y: &dyn Fn(&Value) -> Option<f64>| -> Vec<(f64, f64)> {
+        run.file["figures"]["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|step| Some((step[x].as_f64()?, y(step)?)))
+            .collect()
+    };
+    let per_run = |points: &dyn Fn(&Run) -> Vec<(f64, f64)>| -> Vec<svg::Series> {
+        titles
+            .iter()
+            .zip(runs)
+            .map(|(name, run)| svg::Series {
+                name,
+                points: points(run),
+            })
+            .filter(|series| !series.points.is_empty())
+            .collect()
+    };
+    let figure = |run: &Run, path: &str| at(&run.file["figures"], path).as_f64();
+    match scenario {
+        "idle" => {
+            let series = per_run(&|run| {
+                let before = figure(run, "rss_before_kib").unwrap_or(0.0);
+                steps(run, "sessions", &|step| {
+                    Some((step["rss_after_kib"].as_f64()? - before) / 1024.0)
+                })
+            });
+            let sessions_max = series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .fold(0.0, f64::max);
+            (!series.is_empty()).then(|| {
+                svg::line_plot(&svg::LinePlot {
+                    title: "idle: server RSS growth by sessions open".to_owned(),
+                    x_label: "sessions open",
+                    y_label: "RSS − before any session (MiB)",
+                    fits: Vec::new(),
+                    guides: vec![svg::Guide {
+                        name: "goal: 2 KiB per session".to_owned(),
+                        from: (0.0, 0.0),
+                        to: (sessions_max, sessions_max * 2.0 / 1024.0),
+                    }],
+                    notes: Vec::new(),
+                    series,
+                })
+            })
+        }
+        "capacity" => {
+            let series =
+                per_run(&|run| steps(run, "sessions", &|step| step["cpu_pct_of_cores"].as_f64()));
+            let bound = runs
+                .iter()
+                .find_map(|run| figure(run, "bounds.cpu_pct_of_cores_max"))
+                .unwrap_or(70.0);
+            (!series.is_empty()).then(|| {
+                svg::line_plot(&svg::LinePlot {
+                    title: "capacity: server CPU by real-time sessions".to_owned(),
+                    x_label: "real-time sessions",
+                    y_label: "server CPU (% of its workers' cores)",
+                    fits: Vec::new(),
+                    guides: vec![svg::Guide {
+                        name: format!("bound: {bound} % of the workers' cores"),
+                        from: (0.0, bound),
+                        to: (f64::MAX, bound),
+                    }],
+                    notes: Vec::new(),
+                    series,
+                })
+            })
+        }
+        "latency" => {
+            let categories = [
+                ("102 p50", "latency_ms.p50"),
+                ("102 p99", "latency_ms.p99"),
+                ("102 p99.9", "latency_ms.p999"),
+                ("104 p50", "process_latency_ms.p50"),
+                ("104 p99", "process_latency_ms.p99"),
+            ];
+            let groups: Vec<(&str, Vec<Option<f64>>)> = titles
+                .iter()
+                .zip(runs)
+                .map(|(name, run)| {
+                    let values = categories.iter().map(|(_, path)| figure(run, path));
+                    (name.as_str(), values.collect())
+                })
+                .collect();
+            Some(svg::bar_plot(
+                "latency: transcript to hook, 104 to 201",
+                "ms",
+                &categories.map(|(name, _)| name),
+                &groups,
+                Some(("goal: p99 < 10 ms", 10.0)),
+            ))
+        }
+        "ingest" => {
+            let groups: Vec<(&str, Vec<Option<f64>>)> = titles
+                .iter()
+                .zip(runs)
+                .map(|(name, run)| (name.as_str(), vec![figure(run, "gb_per_server_cpu_s")]))
+                .collect();
+            Some(svg::bar_plot(
+                "ingest: audio per server CPU-second",
+                "GB per server CPU-second",
+                &["ingest"],
+                &groups,
+                Some(("goal: >= 2 GB per CPU-second", 2.0)),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// `pusher-bench compare`: the table on stdout, the plot to `--svg`.
@@ -296,10 +418,10 @@ pub fn compare(args: &CompareArgs) -> Result<(), String> {
         match compare_plot(&runs) {
             Some(svg) => {
                 std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
-                eprintln!("compare: RSS plot {}", path.display());
+                eprintln!("compare: plot {}", path.display());
             }
             None => eprintln!(
-                "compare: no file has RSS readings (series.rss); {} not written",
+                "compare: nothing to plot for these files; {} not written",
                 path.display()
             ),
         }
@@ -333,6 +455,15 @@ fn headline(scenario: &str) -> &'static [(&'static str, &'static str)] {
         "latency" => &[
             ("p99 ms", "latency_ms.p99"),
             ("104 p99 ms", "process_latency_ms.p99"),
+        ],
+        "capacity" => &[
+            ("sessions/core", "sessions_per_core"),
+            ("sessions", "sessions"),
+            ("stopped by", "stopped_by"),
+            ("CPU % of cores", "at_capacity.cpu_pct_of_cores"),
+            ("RSS KiB", "at_capacity.rss_kib"),
+            ("disk MB/s", "at_capacity.disk_write_mb_per_s"),
+            ("transcript p99 ms", "at_capacity.transcript_latency_ms.p99"),
         ],
         "storm" => &[
             ("upgraded", "upgraded"),
@@ -546,7 +677,7 @@ mod tests {
     }
 
     #[test]
-    fn the_comparison_plot_has_one_line_per_file_and_the_budget() {
+    fn the_comparison_plot_has_one_line_per_file_the_goal_and_the_budget_named() {
         let svg = compare_plot(&chaos_pair()).unwrap();
         assert_eq!(svg.matches("<polyline").count(), 2);
         let polyline_points: Vec<usize> = svg
@@ -561,19 +692,80 @@ mod tests {
             .collect();
         assert_eq!(polyline_points, [2, 3]);
         assert!(svg.contains(">pusher</text>") && svg.contains(">python</text>"));
-        assert!(svg.contains(r#"class="budget""#));
-        assert!(svg.contains(">budget 1024 MiB</text>"));
+        assert!(svg.contains("memory budget 1024 MiB (off this scale)"));
         assert!(svg.contains(">chaos: server RSS over time</text>"));
 
-        // Without any budget no dashed line; a file without readings has no line.
+        // Without any budget none is named; a file without readings has no line.
         let mut runs = chaos_pair();
         runs.remove(0);
         runs.push(run("chaos-3", "chaos", json!({}), json!({}), None));
         let svg = compare_plot(&runs).unwrap();
         assert_eq!(svg.matches("<polyline").count(), 1);
-        assert!(!svg.contains("stroke-dasharray"));
-        let no_readings = [run("latency-1", "latency", json!({}), json!({}), None)];
+        assert!(!svg.contains("memory budget"));
+        let no_readings = [run("storm-1", "storm", json!({}), json!({}), None)];
         assert!(compare_plot(&no_readings).is_none());
+    }
+
+    #[test]
+    fn a_pair_without_rss_readings_gets_its_scenarios_own_plot() {
+        let idle = |name: &str, target: &str, per: f64| {
+            run(
+                name,
+                "idle",
+                json!({"target": target}),
+                json!({"rss_before_kib": 100_000, "steps": [
+                    {"sessions": 1000, "rss_after_kib": 100_000.0 + 1000.0 * per},
+                    {"sessions": 5000, "rss_after_kib": 100_000.0 + 5000.0 * per}]}),
+                None,
+            )
+        };
+        let svg = compare_plot(&[
+            idle("idle-1", "pusher", 1.4),
+            idle("idle-2", "python", 52.0),
+        ])
+        .unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("goal: 2 KiB per session"));
+        let latency = |name: &str, target: &str, p99: f64| {
+            run(
+                name,
+                "latency",
+                json!({"target": target}),
+                json!({"latency_ms": {"p50": 0.2, "p99": p99, "p999": 2.0},
+                       "process_latency_ms": {"p50": 1.0, "p99": 2.0}}),
+                None,
+            )
+        };
+        let svg = compare_plot(&[
+            latency("latency-1", "pusher", 0.5),
+            latency("latency-2", "python", 12.0),
+        ])
+        .unwrap();
+        assert_eq!(svg.matches("<rect ").count(), 1 + 10);
+        assert!(svg.contains("goal: p99 &lt; 10 ms"));
+        let ingest = run(
+            "ingest-1",
+            "ingest",
+            json!({"target": "pusher"}),
+            json!({"gb_per_server_cpu_s": 8.2}),
+            None,
+        );
+        assert!(compare_plot(&[ingest]).unwrap().contains(">8.2</text>"));
+        let capacity = run(
+            "capacity-1",
+            "capacity",
+            json!({"target": "pusher"}),
+            json!({"bounds": {"cpu_pct_of_cores_max": 70.0},
+                   "steps": [{"sessions": 500, "cpu_pct_of_cores": 4.0},
+                             {"sessions": 1000, "cpu_pct_of_cores": 8.5}]}),
+            None,
+        );
+        let svg = compare_plot(&[capacity]).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert!(
+            svg.contains("bound: 70 % of the workers&#39; cores")
+                || svg.contains("bound: 70 % of the workers' cores")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const AUDIO: u32 = 101;
 pub const TRANSCRIPT: u32 = 102;
 pub const CONVERSATION_ID: u32 = 103;
 pub const PROCESS_CONVERSATION: u32 = 104;
+pub const SPEAKER_SAMPLE: u32 = 105;
 /// The server's answer to a 104 (docs/protocol.md §4).
 pub const PROCESS_RESULT: u32 = 201;
 
@@ -28,9 +29,12 @@ const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 const FIN_BIT: u8 = 0x80;
 const MASK_BIT: u8 = 0x80;
+pub const OPCODE_CONTINUATION: u8 = 0x0;
+pub const OPCODE_TEXT: u8 = 0x1;
 pub const OPCODE_BINARY: u8 = 0x2;
 pub const OPCODE_CLOSE: u8 = 0x8;
 pub const OPCODE_PING: u8 = 0x9;
+pub const OPCODE_PONG: u8 = 0xA;
 const OPCODE_MASK: u8 = 0x0f;
 /// Largest payload length that fits the 7-bit length field.
 const LEN7_MAX: usize = 125;
@@ -98,6 +102,13 @@ pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A masked Ping frame carrying `payload` (at most 125 bytes).
+pub fn ping_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame_bytes(payload.len()));
+    encode_client_frame(Opcode::Ping, payload, MASK_KEY, &mut out);
+    out
+}
+
 /// Bytes on the wire of a client frame with a payload of `payload_bytes`.
 pub fn frame_bytes(payload_bytes: usize) -> usize {
     let extended = match payload_bytes {
@@ -153,37 +164,44 @@ pub fn parse_server_frame(buf: &[u8], payload_max: usize) -> Result<Option<Serve
     }))
 }
 
+/// Decodes client frames `wire` with the server's own decoder (tests): every event with its
+/// payload bytes (a Close: its reason).
+#[cfg(test)]
+pub fn decode_client_frames(wire: &[u8]) -> Vec<(pusher::websocket::Event, Vec<u8>)> {
+    use pusher::websocket::{Decoder, DecoderLimits, Event};
+    let limits = DecoderLimits {
+        max_message_bytes: 1 << 20,
+    };
+    let mut decoder = Decoder::new(limits);
+    let mut buf = vec![0u8; Decoder::buffer_bytes_required(limits).max(wire.len())];
+    buf[..wire.len()].copy_from_slice(wire);
+    let mut events = Vec::new();
+    while let Some(event) = decoder.decode(&mut buf, wire.len()).expect("valid frames") {
+        let bytes = match &event {
+            Event::Message { payload, .. } | Event::Ping { payload } => {
+                buf[payload.clone()].to_vec()
+            }
+            Event::Close { reason, .. } => buf[reason.clone()].to_vec(),
+            Event::Pong => Vec::new(),
+        };
+        events.push((event, bytes));
+    }
+    assert_eq!(
+        decoder.compact(&mut buf, wire.len()),
+        0,
+        "no bytes left over"
+    );
+    events
+}
+
 #[cfg(test)]
 mod tests {
-    use pusher::websocket::{Decoder, DecoderLimits, Event, MessageKind};
+    use pusher::websocket::{Event, MessageKind};
 
     use super::*;
 
-    /// Decodes `wire` with the server's decoder; returns every event with its payload bytes.
     fn decode_all(wire: &[u8]) -> Vec<(Event, Vec<u8>)> {
-        let limits = DecoderLimits {
-            max_message_bytes: 1 << 20,
-        };
-        let mut decoder = Decoder::new(limits);
-        let mut buf = vec![0u8; Decoder::buffer_bytes_required(limits).max(wire.len())];
-        buf[..wire.len()].copy_from_slice(wire);
-        let mut events = Vec::new();
-        while let Some(event) = decoder.decode(&mut buf, wire.len()).expect("valid frames") {
-            let bytes = match &event {
-                Event::Message { payload, .. } | Event::Ping { payload } => {
-                    buf[payload.clone()].to_vec()
-                }
-                Event::Close { reason, .. } => buf[reason.clone()].to_vec(),
-                Event::Pong => Vec::new(),
-            };
-            events.push((event, bytes));
-        }
-        assert_eq!(
-            decoder.compact(&mut buf, wire.len()),
-            0,
-            "no bytes left over"
-        );
-        events
+        decode_client_frames(wire)
     }
 
     fn assert_binary(event: &(Event, Vec<u8>), expected: &[u8]) {
@@ -235,6 +253,15 @@ mod tests {
         assert_binary(&events[0], &message(CONVERSATION_ID, b"conv-1"));
         assert_binary(&events[1], &audio_message(2.0, 300));
         assert_binary(&events[2], &[100, 0, 0, 0]);
+    }
+
+    #[test]
+    fn ping_frame_is_a_masked_ping() {
+        let ping = ping_frame(&[0, 0, 0, 7]);
+        assert_eq!(ping[0], 0x80 | OPCODE_PING, "FIN and opcode Ping");
+        let events = decode_all(&ping);
+        assert!(matches!(events[0].0, Event::Ping { .. }));
+        assert_eq!(events[0].1, [0, 0, 0, 7]);
     }
 
     #[test]

@@ -55,6 +55,14 @@ enum Scenario {
     /// One client process of `storm` (started by it; commands on stdin, counts on stdout).
     #[command(hide = true)]
     StormClient(load::storm::ClientArgs),
+    /// Real-time sessions as the listen service streams them, with a mix of features, ramped
+    /// until a bound breaks: sustained sessions per core, with CPU, RSS, disk and egress.
+    Capacity(load::capacity::Args),
+    /// One client process of `capacity` (started by it; commands on stdin, counts on stdout).
+    #[command(hide = true)]
+    CapacityClient(load::capacity::ClientArgs),
+    /// Print the per-user settings file (TOML) that gives the server `capacity`'s mix.
+    CapacitySettings(load::capacity::SettingsArgs),
     /// Serve as the services pusher calls (processor, webhooks, hooks, speaker samples, a slow
     /// S3 endpoint), with a delay and failure share per route, counting what each receives.
     #[command(alias = "s3-sink")]
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
         Scenario::Check(args) => Some(check(args)),
         Scenario::Compare(args) => Some(compare::compare(args)),
         Scenario::Summary(args) => Some(compare::summary(args)),
+        Scenario::CapacitySettings(args) => Some(load::capacity::write_settings(args)),
         _ => None,
     };
     if let Some(outcome) = offline {
@@ -154,8 +163,13 @@ fn main() -> ExitCode {
             Scenario::Latency(args) => load::latency::run(args).await,
             Scenario::Storm(args) => load::storm::run(args).await,
             Scenario::StormClient(args) => load::storm::run_client(args).await,
+            Scenario::Capacity(args) => load::capacity::run(args).await,
+            Scenario::CapacityClient(args) => load::capacity::run_client(args).await,
             Scenario::Downstream(args) => downstream::run(args).await,
-            Scenario::Check(_) | Scenario::Compare(_) | Scenario::Summary(_) => {
+            Scenario::Check(_)
+            | Scenario::Compare(_)
+            | Scenario::Summary(_)
+            | Scenario::CapacitySettings(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -165,6 +165,13 @@ pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
                 "sessions",
             ),
         ],
+        "capacity" => vec![Goal::compare(
+            "sessions_per_core",
+            &at("sessions_per_core"),
+            ">=",
+            at("goal_sessions_per_core").as_f64().unwrap_or(5000.0),
+            "sessions",
+        )],
         "log" => vec![Goal::judged(
             "log_to_disk_ratio",
             &at("log_to_disk_ratio"),
@@ -220,6 +227,17 @@ pub fn goals(scenario: &str, fields: &Map<String, Value>) -> Vec<Goal> {
         }
         _ => Vec::new(),
     }
+}
+
+/// The RSS slope goal of a run for its plot, from its figures: the slope from `warmup_s` to
+/// `seconds` (the end of the load) below `goals.rss_slope_mb_per_min_max`; `None` for a
+/// scenario without one.
+pub fn slope_goal(figures: &Value) -> Option<crate::svg::SlopeGoal> {
+    Some(crate::svg::SlopeGoal {
+        from_s: figures["warmup_s"].as_f64().unwrap_or(0.0),
+        to_s: figures["seconds"].as_f64(),
+        limit_mb_per_min: figures["goals"]["rss_slope_mb_per_min_max"].as_f64()?,
+    })
 }
 
 /// The value at a dotted `path` of `fields`.
@@ -619,6 +637,33 @@ mod tests {
                       "no_refusal": refused == 0, "all_open": all_open,
                       "none_closed": closed == 0, "health_ok": health_ok},
         })
+    }
+
+    #[test]
+    fn a_capacity_result_file_judges_sessions_per_core_against_its_goal() {
+        let file = |per_core: Value, goal: Option<f64>| {
+            let mut fields = json!({"sessions_per_core": per_core, "sessions": 9000,
+                                    "stopped_by": "cpu"});
+            if let Some(goal) = goal {
+                fields["goal_sessions_per_core"] = json!(goal);
+            }
+            result_file("capacity", json!({}), object(fields), None)
+        };
+        let met = file(json!(9000.0), Some(5000.0));
+        validate(&met).unwrap();
+        assert_eq!(
+            met["goals"]["sessions_per_core"],
+            json!({"value": 9000.0, "op": ">=", "limit": 5000.0, "unit": "sessions", "met": true})
+        );
+        assert_eq!(
+            goal_outcomes(&file(json!(4999.0), None)).unwrap(),
+            [("sessions_per_core".to_owned(), Some(false))],
+            "5,000 per core by default"
+        );
+        assert_eq!(
+            goal_outcomes(&file(json!(800.0), Some(500.0))).unwrap(),
+            [("sessions_per_core".to_owned(), Some(true))]
+        );
     }
 
     #[test]

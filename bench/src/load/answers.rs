@@ -3,16 +3,15 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
+use super::conn::{Pings, SharedWriter, read_frames};
 use crate::frames;
-
-/// Largest server frame accepted (a 201 is a few hundred bytes).
-const SERVER_FRAME_BYTES_MAX: usize = 1 << 20;
 
 /// What a 201 says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,53 +88,39 @@ pub fn classify(message: &[u8], uid: &str) -> Result<(Option<u64>, Kind), String
     Ok((n, kind))
 }
 
-/// Reads server frames until the end of the stream (or `until`): the ids answered, each with the
-/// time its first answer was read off the socket; the answers; and the read error if any.
+/// Reads server frames until the end of the stream (or `until`), answering pings and sending
+/// keepalive pings through `writer` until `closing` ([`read_frames`]): the ids answered, each
+/// with the time its first answer was read off the socket; the answers; the read error if any;
+/// and the pings.
 pub async fn read_201s(
-    mut reader: OwnedReadHalf,
+    reader: OwnedReadHalf,
+    writer: SharedWriter,
+    closing: Arc<AtomicBool>,
     uid: &str,
     until: Instant,
-) -> (HashMap<u64, Instant>, Answers, Option<String>) {
+) -> (HashMap<u64, Instant>, Answers, Option<String>, Pings) {
     let mut answered = HashMap::new();
     let mut answers = Answers::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut read_at = Instant::now();
-    loop {
-        let mut consumed = 0;
-        loop {
-            let frame = match frames::parse_server_frame(&buf[consumed..], SERVER_FRAME_BYTES_MAX) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return (answered, answers, Some(e)),
-            };
-            let payload = &buf[consumed..][frame.payload.clone()];
-            if frame.opcode == frames::OPCODE_BINARY {
-                match classify(payload, uid) {
-                    Ok((Some(n), kind)) => match answered.entry(n) {
-                        Entry::Vacant(slot) => {
-                            slot.insert(read_at);
-                            answers.count(kind);
-                        }
-                        Entry::Occupied(_) => answers.repeated += 1,
-                    },
-                    Ok((None, _)) => answers.unknown += 1,
-                    Err(_) => answers.malformed += 1,
-                }
-            }
-            consumed += frame.wire_bytes;
-        }
-        buf.drain(..consumed);
-        buf.reserve(8192);
-        match tokio::time::timeout_at(until.into(), reader.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return (answered, answers, None),
-            Ok(Ok(_)) => read_at = Instant::now(),
-            Ok(Err(e)) => return (answered, answers, Some(format!("read: {e}"))),
-            Err(_) => {
-                let error = "no end of stream from the server after the Close".to_owned();
-                return (answered, answers, Some(error));
-            }
-        }
-    }
+    let (pings, outcome) =
+        read_frames(
+            reader,
+            writer,
+            closing,
+            until,
+            |payload, read_at| match classify(payload, uid) {
+                Ok((Some(n), kind)) => match answered.entry(n) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(read_at);
+                        answers.count(kind);
+                    }
+                    Entry::Occupied(_) => answers.repeated += 1,
+                },
+                Ok((None, _)) => answers.unknown += 1,
+                Err(_) => answers.malformed += 1,
+            },
+        )
+        .await;
+    (answered, answers, outcome.err(), pings)
 }
 
 /// A fake server's side of a 104 test: what it writes and how it waits for the client's Close.

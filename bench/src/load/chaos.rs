@@ -43,15 +43,17 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::task::JoinSet;
 
 use super::answers::{Answers, read_201s};
+use super::conn::{self, Pings, SharedWriter};
 use super::private_cloud::{
     Lag, Reconciliation, reconcile, stored_objects, wait_for_drain, wait_for_sink,
 };
@@ -215,8 +217,11 @@ impl Ending {
         }
     }
 
-    /// Ends the client's side of the connection (the load's end is always a Close).
-    async fn end(self, writer: &mut OwnedWriteHalf) -> Result<(), String> {
+    /// Ends the client's side of the connection (the load's end is always a Close); from then on
+    /// the reader sends nothing (`closing`).
+    async fn end(self, writer: &SharedWriter, closing: &AtomicBool) -> Result<(), String> {
+        closing.store(true, Ordering::Relaxed);
+        let mut writer = writer.lock().await;
         match self {
             Ending::Close => writer
                 .write_all(&frames::close_frame())
@@ -281,6 +286,26 @@ impl Lifetime {
             next_tick(self.first, self.interval, Instant::now())
         };
         Schedule::new(first, self.interval, end)
+    }
+
+    /// Connection `n` (ending at `end`) split: its read half, its writer and `closing` flag for
+    /// the reader, and its sending side.
+    fn split(
+        &self,
+        stream: TcpStream,
+        n: usize,
+        end: Instant,
+    ) -> (OwnedReadHalf, SharedWriter, Arc<AtomicBool>, Sending) {
+        let (reader, writer) = stream.into_split();
+        let writer = conn::shared(writer);
+        let closing = Arc::new(AtomicBool::new(false));
+        let sending = Sending {
+            writer: Arc::clone(&writer),
+            closing: Arc::clone(&closing),
+            schedule: self.schedule(n, end),
+            ending: self.ending(end),
+        };
+        (reader, writer, closing, sending)
     }
 
     /// How the connection that ends at `end` is ended: the last one with a Close, the others
@@ -364,6 +389,8 @@ struct ProcessOutcome {
     cycles: Cycles,
     /// Why the session stopped early or did not end cleanly.
     error: Option<String>,
+    /// Pings answered and sent, over all its connections.
+    pings: Pings,
 }
 
 /// One 104 session: on each connection sends its 104s on schedule while reading 201s, then ends
@@ -375,11 +402,12 @@ async fn process_client(session: Session, life: Lifetime) -> ProcessOutcome {
     let mut stream = session.stream;
     for (n, &end) in life.ends.iter().enumerate() {
         let from = outcome.sent;
-        let (reader, writer) = stream.into_split();
-        let ((sent, late_max, write_error), (answered, mut answers, read_error)) = tokio::join!(
-            send_104s(writer, &uid, from, life.schedule(n, end), life.ending(end)),
-            read_201s(reader, &uid, end + CLOSE_WAIT)
+        let (reader, writer, closing, sending) = life.split(stream, n, end);
+        let ((sent, late_max, write_error), (answered, mut answers, read_error, pings)) = tokio::join!(
+            send_104s(sending, &uid, from),
+            read_201s(reader, writer, closing, &uid, end + CLOSE_WAIT)
         );
+        outcome.pings.add(pings);
         let ids = from..from + sent;
         let known = answered.keys().filter(|&id| ids.contains(id)).count() as u64;
         answers.unknown += answered.len() as u64 - known;
@@ -402,14 +430,8 @@ async fn process_client(session: Session, life: Lifetime) -> ProcessOutcome {
 
 /// Sends a 104 per tick (conversation `<uid>-<n>`, n counting from `first_id`), then at the
 /// schedule's deadline ends the connection: see [`send_per_tick`].
-async fn send_104s(
-    writer: OwnedWriteHalf,
-    uid: &str,
-    first_id: u64,
-    schedule: Schedule,
-    ending: Ending,
-) -> (u64, Duration, Option<String>) {
-    send_per_tick(writer, schedule, ending, "104", |sent, wire| {
+async fn send_104s(sending: Sending, uid: &str, first_id: u64) -> (u64, Duration, Option<String>) {
+    send_per_tick(sending, "104", |sent, wire| {
         let payload =
             json!({"conversation_id": format!("{uid}-{}", first_id + sent), "language": "en"});
         let message = frames::message(frames::PROCESS_CONVERSATION, payload.to_string().as_bytes());
@@ -422,18 +444,23 @@ async fn send_104s(
 /// then at its deadline ends the connection: the count sent, the largest lateness and the
 /// first write error (named after `what`) if any.
 async fn send_per_tick(
-    mut writer: OwnedWriteHalf,
-    mut schedule: Schedule,
-    ending: Ending,
+    sending: Sending,
     what: &str,
     mut frame: impl FnMut(u64, &mut Vec<u8>),
 ) -> (u64, Duration, Option<String>) {
+    let Sending {
+        writer,
+        closing,
+        mut schedule,
+        ending,
+    } = sending;
     let mut sent = 0;
     let mut wire = Vec::new();
     while schedule.tick().await {
         wire.clear();
         frame(sent, &mut wire);
-        if let Err(e) = writer.write_all(&wire).await {
+        let written = writer.lock().await.write_all(&wire).await;
+        if let Err(e) = written {
             return (
                 sent,
                 schedule.late_max(),
@@ -446,8 +473,17 @@ async fn send_per_tick(
     (
         sent,
         schedule.late_max(),
-        ending.end(&mut writer).await.err(),
+        ending.end(&writer, &closing).await.err(),
     )
+}
+
+/// One connection's sending side: its writer (shared with the reader, which answers pings),
+/// the flag that tells the reader our side has ended, the schedule and how it ends.
+struct Sending {
+    writer: SharedWriter,
+    closing: Arc<AtomicBool>,
+    schedule: Schedule,
+    ending: Ending,
 }
 
 /// What one audio session sent, over all its connections.
@@ -460,6 +496,8 @@ struct AudioOutcome {
     cycles: Cycles,
     /// Why the session stopped early or did not end cleanly.
     error: Option<String>,
+    /// Pings answered and sent, over all its connections.
+    pings: Pings,
 }
 
 /// One audio session: on each connection sends a 101 of `frame_bytes` per tick, then ends the
@@ -472,11 +510,14 @@ async fn audio_client(session: Session, life: Lifetime, frame_bytes: usize) -> A
     };
     let mut stream = session.stream;
     for (n, &end) in life.ends.iter().enumerate() {
-        let (reader, writer) = stream.into_split();
-        let ((frames, late_max, write_error), read_error) = tokio::join!(
-            send_audio(writer, frame_bytes, life.schedule(n, end), life.ending(end)),
-            read_to_end(reader, end + CLOSE_WAIT)
+        let (reader, writer, closing, sending) = life.split(stream, n, end);
+        // The server sends audio sessions nothing but pings and its Close.
+        let ((frames, late_max, write_error), (pings, read_outcome)) = tokio::join!(
+            send_audio(sending, frame_bytes),
+            conn::read_frames(reader, writer, closing, end + CLOSE_WAIT, |_, _| {})
         );
+        outcome.pings.add(pings);
+        let read_error = read_outcome.err();
         outcome.frames += frames;
         outcome.pcm_bytes += frames * frame_bytes as u64;
         outcome.late_max = outcome.late_max.max(late_max);
@@ -495,13 +536,8 @@ async fn audio_client(session: Session, life: Lifetime, frame_bytes: usize) -> A
 
 /// Sends a 101 of `frame_bytes` per tick (the current time as its timestamp), then at the
 /// schedule's deadline ends the connection: see [`send_per_tick`].
-async fn send_audio(
-    writer: OwnedWriteHalf,
-    frame_bytes: usize,
-    schedule: Schedule,
-    ending: Ending,
-) -> (u64, Duration, Option<String>) {
-    send_per_tick(writer, schedule, ending, "101", |_, wire| {
+async fn send_audio(sending: Sending, frame_bytes: usize) -> (u64, Duration, Option<String>) {
+    send_per_tick(sending, "101", |_, wire| {
         let timestamp_s = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -509,19 +545,6 @@ async fn send_audio(
         frames::push_binary_frame(&frames::audio_message(timestamp_s, frame_bytes), wire);
     })
     .await
-}
-
-/// Reads (and discards) what the server sends until it ends the stream, at the latest `until`.
-async fn read_to_end(mut reader: OwnedReadHalf, until: Instant) -> Option<String> {
-    let mut sink = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at(until.into(), reader.read(&mut sink)).await {
-            Ok(Ok(0)) => return None,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Some(format!("read: {e}")),
-            Err(_) => return Some("no end of stream from the server after the end".to_owned()),
-        }
-    }
 }
 
 /// What the goals about the 104s, the audio and the reconnects are judged on.
@@ -697,6 +720,7 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     let (mut process_errors, mut audio_errors) = (Failures::default(), Failures::default());
     let mut cycles = Cycles::default();
+    let mut pings = Pings::default();
     let mut process = ProcessOutcome::default();
     while let Some(joined) = process_clients.join_next().await {
         let outcome = joined.map_err(|e| format!("104 task: {e}"))?;
@@ -705,6 +729,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         process.answers.add(outcome.answers);
         process.late_max = process.late_max.max(outcome.late_max);
         cycles.add(outcome.cycles);
+        pings.add(outcome.pings);
         if let Some(error) = outcome.error {
             process_errors.add(error);
         }
@@ -717,6 +742,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         audio_frames += sent.frames;
         audio_late_max = audio_late_max.max(sent.late_max);
         cycles.add(sent.cycles);
+        pings.add(sent.pings);
         if let Some(error) = sent.error {
             audio_errors.add(error);
         }
@@ -955,6 +981,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             "seconds": args.seconds,
             "cooldown_s": args.cooldown_s,
             "warmup_s": args.warmup_s,
+            "keepalive": pings.to_json(),
             "reconnect": {
                 "interval_s": args.disconnect_interval_s,
                 "ending": args.disconnect.name(),
@@ -1061,6 +1088,7 @@ mod tests {
 
     use super::*;
     use crate::load::answers::fake_server::{answer_frames, read_until_close};
+    use tokio::io::AsyncReadExt;
 
     /// A target at `addr`, as the command line gives it.
     fn target(addr: SocketAddr) -> Arc<Target> {

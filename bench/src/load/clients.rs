@@ -70,6 +70,31 @@ pub fn target_args(target: &Target) -> Vec<String> {
     args
 }
 
+/// A client process's answer line as JSON; every error names the line.
+pub struct Answer<'a> {
+    line: &'a str,
+    pub value: serde_json::Value,
+}
+
+impl<'a> Answer<'a> {
+    pub fn parse(line: &'a str) -> Result<Answer<'a>, String> {
+        let value = serde_json::from_str(line).map_err(|e| format!("answer {line:?}: {e}"))?;
+        Ok(Answer { line, value })
+    }
+
+    /// The count at `key`.
+    pub fn count(&self, key: &str) -> Result<u64, String> {
+        self.value[key]
+            .as_u64()
+            .ok_or_else(|| self.error(&format!("no count \"{key}\"")))
+    }
+
+    /// An error about this answer.
+    pub fn error(&self, what: &str) -> String {
+        format!("answer {:?}: {what}", self.line)
+    }
+}
+
 /// One client process and its command pipes.
 struct Client {
     index: usize,

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 
-use super::clients::{Clients, check_fits, share, target_args};
+use super::clients::{Answer, Clients, check_fits, share, target_args};
+use super::conn::{Conn, SharedPings};
 use super::{
     Failures, Session, Target, open_sessions, print_result, raise_open_files_limit, round,
 };
@@ -90,6 +91,8 @@ pub struct ClientArgs {
 #[derive(Default)]
 struct HoldStats {
     heartbeats: AtomicU64,
+    /// Server pings answered with a pong, and keepalive pings sent.
+    pings: SharedPings,
     /// Sessions that ended (server close, reset or write error) while being held.
     lost: AtomicUsize,
 }
@@ -107,6 +110,9 @@ struct ClientReport {
     lost: usize,
     /// Heartbeats sent so far.
     heartbeats: u64,
+    /// Server pings answered so far, and keepalive pings sent.
+    pongs: u64,
+    pings: u64,
 }
 
 impl ClientReport {
@@ -117,26 +123,23 @@ impl ClientReport {
             "open": self.open,
             "lost": self.lost,
             "heartbeats": self.heartbeats,
+            "pongs": self.pongs,
+            "pings": self.pings,
         })
         .to_string()
     }
 
     fn parse(line: &str) -> Result<ClientReport, String> {
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| format!("answer {line:?}: {e}"))?;
-        let count = |key: &str| {
-            value[key]
-                .as_u64()
-                .ok_or_else(|| format!("answer {line:?}: no count \"{key}\""))
-        };
+        let answer = Answer::parse(line)?;
+        let count = |key: &str| answer.count(key);
         let mut failures = Failures::default();
-        let reasons = value["failures"]
+        let reasons = answer.value["failures"]
             .as_object()
-            .ok_or_else(|| format!("answer {line:?}: \"failures\" is not an object"))?;
+            .ok_or_else(|| answer.error("\"failures\" is not an object"))?;
         for (reason, times) in reasons {
             let times = times
                 .as_u64()
-                .ok_or_else(|| format!("answer {line:?}: failure count of {reason:?}"))?;
+                .ok_or_else(|| answer.error(&format!("failure count of {reason:?}")))?;
             failures.add_count(reason.clone(), times as usize);
         }
         Ok(ClientReport {
@@ -145,6 +148,8 @@ impl ClientReport {
             open: count("open")? as usize,
             lost: count("lost")? as usize,
             heartbeats: count("heartbeats")?,
+            pongs: count("pongs")?,
+            pings: count("pings")?,
         })
     }
 }
@@ -232,6 +237,8 @@ struct Totals {
     open: usize,
     lost: usize,
     heartbeats: u64,
+    pongs: u64,
+    pings: u64,
 }
 
 fn totals(reports: &[ClientReport]) -> Totals {
@@ -242,6 +249,8 @@ fn totals(reports: &[ClientReport]) -> Totals {
             open: sum.open + report.open,
             lost: sum.lost + report.lost,
             heartbeats: sum.heartbeats + report.heartbeats,
+            pongs: sum.pongs + report.pongs,
+            pings: sum.pings + report.pings,
         })
 }
 
@@ -365,6 +374,8 @@ pub async fn run(args: Args) -> Result<(), String> {
             "marginal_kib_per_session": marginal.map(|kib| round(kib, 2)),
             "server_cpu_pct_hold": round(cpu_pct_hold, 1),
             "heartbeats_sent": held.heartbeats,
+            "server_pings_answered": held.pongs,
+            "client_pings_sent": held.pings,
         }));
         failures.merge(step_failures);
         previous = (held.open, rss_after_kib);
@@ -402,6 +413,8 @@ pub async fn run(args: Args) -> Result<(), String> {
             "settle_s": args.settle_s,
             "hold_s": args.hold_s,
             "heartbeats_sent": held.heartbeats,
+            "server_pings_answered": held.pongs,
+            "client_pings_sent": held.pings,
             "rss_before_kib": rss_before_kib,
             "rss_settled_kib": rss_settled_kib,
             "rss_after_kib": rss_after_kib,
@@ -458,6 +471,9 @@ pub async fn run_client(args: ClientArgs) -> Result<(), String> {
         report.lost = stats.lost.load(Ordering::Relaxed);
         report.open = opened_total - report.lost.min(opened_total);
         report.heartbeats = stats.heartbeats.load(Ordering::Relaxed);
+        let pings = stats.pings.get();
+        report.pongs = pings.answered;
+        report.pings = pings.sent;
         let line = report.to_line() + "\n";
         let answered = async {
             answers.write_all(line.as_bytes()).await?;
@@ -473,29 +489,29 @@ pub async fn run_client(args: ClientArgs) -> Result<(), String> {
 }
 
 /// Keeps one session open: a heartbeat every `every` (the first one `every` after the 103),
-/// and a read that notices the server ending the session. Runs until aborted or lost.
-async fn hold(mut session: Session, every: Duration, heartbeat: Arc<[u8]>, stats: Arc<HoldStats>) {
+/// pings answered and keepalive pings sent as the listen service does ([`Conn`]), until aborted
+/// or lost. The server sends an idle session nothing else but a Close (idle timeout, drain), so
+/// a message, a Close or the end of the stream ends it: counted as lost.
+async fn hold(session: Session, every: Duration, heartbeat: Arc<[u8]>, stats: Arc<HoldStats>) {
     let mut next = session.opened_at + every;
-    // The server sends an idle session nothing but a Close (idle timeout, drain), so any bytes
-    // mean the session is ending: answer with our Close and count it as lost.
-    let mut received = [0u8; 256];
+    let mut conn = Conn::new(session.stream);
+    let mut message = false;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(next.into()) => {
-                if session.stream.write_all(&heartbeat).await.is_err() {
-                    break;
-                }
-                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-                next += every;
-            }
-            read = session.stream.read(&mut received) => {
-                if matches!(read, Ok(n) if n > 0) {
-                    // The session is lost either way; a failed write changes nothing.
-                    let _ = session.stream.write_all(&frames::close_frame()).await;
-                }
-                break;
-            }
+        let before = conn.pings();
+        let waited = conn.wait_until(next, &mut |_| message = true).await;
+        stats.pings.add(conn.pings().since(before));
+        if waited.is_err() || message {
+            break;
         }
+        if conn.send(&heartbeat).await.is_err() {
+            break;
+        }
+        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        next += every;
+    }
+    if message {
+        // The session is lost either way; a failed close changes nothing.
+        let _ = conn.close(Duration::from_secs(2), &mut |_| {}).await;
     }
     stats.lost.fetch_add(1, Ordering::Relaxed);
 }
@@ -548,6 +564,8 @@ mod tests {
             open: 5990,
             lost: 3,
             heartbeats: 12_000,
+            pongs: 6_000,
+            pings: 3_000,
         };
         let line = report.to_line();
         assert!(!line.contains('\n'));
@@ -556,13 +574,14 @@ mod tests {
         assert_eq!(parsed.open, 5990);
         assert_eq!(parsed.lost, 3);
         assert_eq!(parsed.heartbeats, 12_000);
+        assert_eq!((parsed.pongs, parsed.pings), (6_000, 3_000));
         assert_eq!(parsed.failures.total(), 8);
         assert_eq!(parsed.failures.to_json(), report.failures.to_json());
         assert!(ClientReport::parse("not json").is_err());
         let missing = ClientReport::parse(r#"{"opened": 1, "failures": {}}"#).unwrap_err();
         assert!(missing.contains("\"open\""), "{missing}");
         let bad_failures = ClientReport::parse(
-            r#"{"opened":1,"failures":{"x":"y"},"open":1,"lost":0,"heartbeats":0}"#,
+            r#"{"opened":1,"failures":{"x":"y"},"open":1,"lost":0,"heartbeats":0,"pongs":0,"pings":0}"#,
         )
         .unwrap_err();
         assert!(bad_failures.contains("failure count"), "{bad_failures}");
@@ -583,7 +602,8 @@ mod tests {
                 opened: 30,
                 open: 29,
                 lost: 1,
-                heartbeats: 10
+                heartbeats: 10,
+                ..Totals::default()
             }
         );
         assert_eq!(totals(&[]), Totals::default());

@@ -11,12 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use super::{
-    Failures, Session, Target, close_session, open_sessions, print_result, round, spawn_progress,
-};
+use super::conn::Conn;
+use super::{Failures, Session, Target, open_sessions, print_result, round, spawn_progress};
 use crate::frames;
 use crate::proc_stats::Process;
 
@@ -242,22 +240,25 @@ pub async fn measure(args: &Args) -> Result<Outcome, String> {
 /// line), then closes: sends a Close and reads until the server has answered and ended the
 /// stream.
 async fn stream(
-    mut session: Session,
+    session: Session,
     batch: Arc<Batch>,
     deadline: Instant,
     bytes_sent: Arc<AtomicU64>,
 ) -> Sent {
     let mut sent = Sent::default();
+    let mut conn = Conn::new(session.stream);
     while Instant::now() < deadline {
-        if let Err(e) = session.stream.write_all(&batch.bytes).await {
-            sent.error = Some(format!("write: {e}"));
+        // Between writes: pings answered and sent as the listen service does.
+        let served = conn.serve_ready(&mut |_| {}).await;
+        if let Err(end) = served.and(conn.send(&batch.bytes).await) {
+            sent.error = Some(end.reason());
             return sent;
         }
         bytes_sent.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
         sent.bytes += batch.bytes.len() as u64;
         sent.frames += batch.frames;
     }
-    sent.error = close_session(&mut session.stream, CLOSE_WAIT).await.err();
+    sent.error = conn.close(CLOSE_WAIT, &mut |_| {}).await.err();
     sent
 }
 

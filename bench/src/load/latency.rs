@@ -23,14 +23,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
 
 use super::answers::{Answers, read_201s};
+use super::conn::{self, Pings, SharedWriter};
 use super::{
     Failures, Schedule, Session, Target, count_json, counts_json, open_sessions, print_result,
     round, spawn_progress, spread,
@@ -97,6 +99,7 @@ struct Sent {
     round_trips_ns: Vec<u64>,
     late_max: Duration,
     error: Option<String>,
+    pings: Pings,
 }
 
 /// The 102 of segment `n` of `uid`, sent at `sent_ns`.
@@ -131,10 +134,19 @@ async fn transcribe(session: Session, transcripts: Schedule, processes: Option<S
     let uid = format!("{UID_PREFIX}-{}", session.index);
     let read_until = transcripts.deadline() + CLOSE_WAIT;
     let (reader, writer) = session.stream.into_split();
-    let ((mut sent, process_sent_at), (answered, answers, read_error)) = tokio::join!(
-        send(writer, &uid, transcripts, processes),
-        read_201s(reader, &uid, read_until)
+    let writer = conn::shared(writer);
+    let closing = Arc::new(AtomicBool::new(false));
+    let ((mut sent, process_sent_at), (answered, answers, read_error, pings)) = tokio::join!(
+        send(
+            Arc::clone(&writer),
+            Arc::clone(&closing),
+            &uid,
+            transcripts,
+            processes
+        ),
+        read_201s(reader, writer, closing, &uid, read_until)
     );
+    sent.pings = pings;
     for (n, read_at) in answered {
         match process_sent_at.get(n as usize) {
             Some(&sent_at) => sent
@@ -152,7 +164,8 @@ async fn transcribe(session: Session, transcripts: Schedule, processes: Option<S
 /// Writes the 102s and 104s on their schedules, then at the deadline a Close: what was sent
 /// (the error is the first write that failed) and the time each 104 was sent, by number.
 async fn send(
-    mut writer: OwnedWriteHalf,
+    writer: SharedWriter,
+    closing: Arc<AtomicBool>,
     uid: &str,
     mut transcripts: Schedule,
     mut processes: Option<Schedule>,
@@ -184,7 +197,12 @@ async fn send(
             }
             else => break,
         };
-        if let Err(e) = writer.write_all(&frames::binary_frame(&message)).await {
+        let written = writer
+            .lock()
+            .await
+            .write_all(&frames::binary_frame(&message))
+            .await;
+        if let Err(e) = written {
             if process {
                 process_sent_at.pop();
             }
@@ -202,7 +220,8 @@ async fn send(
     sent.late_max = transcripts.late_max().max(processes_late);
     if sent.error.is_none() {
         tokio::time::sleep_until(transcripts.deadline().into()).await;
-        if let Err(e) = writer.write_all(&frames::close_frame()).await {
+        closing.store(true, Ordering::Relaxed);
+        if let Err(e) = writer.lock().await.write_all(&frames::close_frame()).await {
             sent.error = Some(format!("close write: {e}"));
         }
     }
@@ -275,6 +294,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut answers = Answers::default();
     let mut round_trips_ns = Vec::new();
     let mut stream_errors = Failures::default();
+    let mut pings = Pings::default();
     while let Some(joined) = clients.join_next().await {
         let session = joined.map_err(|e| format!("session task: {e}"))?;
         sent += session.segments;
@@ -283,6 +303,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         answers.add(session.answers);
         round_trips_ns.extend(session.round_trips_ns);
         late_max = late_max.max(session.late_max);
+        pings.add(session.pings);
         if let Some(error) = session.error {
             stream_errors.add(error);
         }
@@ -382,6 +403,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             "interval_ms": args.interval_ms,
             "hook_delay_ms": args.routes.hook_delay_ms,
             "client_late_max_ms": late_max.as_millis() as u64,
+            "keepalive": pings.to_json(),
             "segments_sent": sent,
             "segments_received": hook.segments,
             "segments_missing": missing,

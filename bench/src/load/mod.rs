@@ -5,8 +5,10 @@
 //! stderr, so `pusher-bench … >> results.jsonl` collects results.
 
 pub mod answers;
+pub mod capacity;
 pub mod chaos;
 pub mod clients;
+pub mod conn;
 pub mod idle;
 pub mod ingest;
 pub mod latency;
@@ -400,13 +402,24 @@ impl Schedule {
     /// Sleeps until the next sending time and returns `true`; `false` (at once) when that time
     /// is not before the deadline.
     pub async fn tick(&mut self) -> bool {
-        if self.next >= self.deadline {
+        let Some(at) = self.due() else {
             return false;
-        }
-        tokio::time::sleep_until(self.next.into()).await;
+        };
+        tokio::time::sleep_until(at.into()).await;
+        self.advance();
+        true
+    }
+
+    /// The next sending time, `None` when it is not before the deadline.
+    pub fn due(&self) -> Option<Instant> {
+        (self.next < self.deadline).then_some(self.next)
+    }
+
+    /// The due time is reached (a caller that waits its own way, e.g. reading the session
+    /// meanwhile): notes how late it is now and moves on to the next.
+    pub fn advance(&mut self) {
         self.late_max = self.late_max.max(self.next.elapsed());
         self.next += self.interval;
-        true
     }
 
     /// Largest delay of a tick behind its time (the client falling behind).
@@ -464,31 +477,6 @@ pub fn series_json<T>(
 /// Writes `value` to `path` as one line of JSON.
 pub fn write_json(path: &std::path::Path, value: &Value) -> Result<(), String> {
     std::fs::write(path, value.to_string()).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Sends a Close 1000 and reads until the server closes the stream, within `wait`; the error
-/// names the step that failed.
-pub async fn close_session(stream: &mut TcpStream, wait: Duration) -> Result<(), String> {
-    stream
-        .write_all(&frames::close_frame())
-        .await
-        .map_err(|e| format!("close write: {e}"))?;
-    let mut sink = [0u8; 256];
-    let drained = tokio::time::timeout(wait, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await;
-    match drained {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("close read: {e}")),
-        Err(_) => Err(format!("no close from server within {}s", wait.as_secs())),
-    }
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (one session = one descriptor),
@@ -592,6 +580,7 @@ pub fn print_result_with_rss(
         let svg = svg::rss_plot(
             &format!("{scenario}: server RSS over time{date}"),
             &[svg::Series { name, points }],
+            report::slope_goal(&file["figures"]),
             rss.budget_bytes.map(|bytes| bytes / 1024.0 / 1024.0),
         );
         let svg_path = path.with_extension("svg");

@@ -31,9 +31,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
 use super::clients::{Clients, check_fits, first_of, share, target_args};
+use super::conn::{Conn, End};
 use super::{
-    RssSeries, Target, close_session, connect, count_json, counts_json, cpu_json,
-    print_result_with_rss, raise_open_files_limit, round, spawn_progress,
+    RssSeries, Target, connect, count_json, counts_json, cpu_json, print_result_with_rss,
+    raise_open_files_limit, round, spawn_progress,
 };
 use crate::downstream::latency_summary;
 use crate::frames;
@@ -61,8 +62,6 @@ const SLOWEST_PROBES: usize = 5;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Longest response head read before the upgrade counts as failed.
 const HEAD_BYTES_MAX: usize = 4096;
-/// Largest frame payload accepted from the server (it sends only control frames here).
-const FRAME_PAYLOAD_MAX: usize = 64 * 1024;
 /// Close codes named in the result: "try again later" (full) and "going away" (draining).
 const CLOSE_FULL: u16 = 1013;
 const CLOSE_DRAINING: u16 = 1001;
@@ -814,13 +813,6 @@ fn status_code(head: &[u8]) -> Option<u16> {
     code.parse().ok()
 }
 
-/// The code of a Close frame's payload (`None`: no code).
-fn close_code(payload: &[u8]) -> Option<u16> {
-    payload
-        .get(..2)
-        .map(|code| u16::from_be_bytes([code[0], code[1]]))
-}
-
 /// Connects, sends the upgrade request (noting when in `sent`) and reads the response head: the
 /// stream and the bytes read after the head on a 101, the outcome otherwise.
 async fn upgrade(
@@ -862,12 +854,13 @@ async fn upgrade(
     }
 }
 
-/// Keeps an upgraded session open: sends its 103, answers pings, and notices the server ending
-/// it (returned), until `closing` turns true (then it sends a Close 1000, waits for the
-/// server's and returns `None`). `buf` holds the bytes read after the 101.
+/// Keeps an upgraded session open: sends its 103, answers pings and sends keepalive pings as
+/// the listen service does ([`Conn`]), and notices the server ending it (returned), until
+/// `closing` turns true (then it sends a Close 1000, waits for the server's and returns `None`).
+/// `buf` holds the bytes read after the 101.
 async fn hold(
-    mut stream: TcpStream,
-    mut buf: Vec<u8>,
+    stream: TcpStream,
+    buf: Vec<u8>,
     index: usize,
     mut closing: watch::Receiver<bool>,
     pongs: Arc<AtomicU64>,
@@ -877,48 +870,23 @@ async fn hold(
         frames::CONVERSATION_ID,
         conversation.as_bytes(),
     ));
-    // A failed write shows in the read below (the server's Close may already be in `buf`).
-    let _ = stream.write_all(&first).await;
-    let mut chunk = [0u8; 1024];
-    loop {
-        loop {
-            match frames::parse_server_frame(&buf, FRAME_PAYLOAD_MAX) {
-                Ok(Some(frame)) => {
-                    let payload = buf[frame.payload.clone()].to_vec();
-                    buf.drain(..frame.wire_bytes);
-                    match frame.opcode {
-                        frames::OPCODE_CLOSE => {
-                            let _ = stream.write_all(&frames::close_frame()).await;
-                            return Some(ServerEnd::Close(close_code(&payload)));
-                        }
-                        frames::OPCODE_PING => {
-                            let pong = stream.write_all(&frames::pong_frame(&payload)).await;
-                            if pong.is_ok() {
-                                pongs.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => return Some(ServerEnd::InvalidFrame),
-            }
-        }
-        let closing_now = tokio::select! {
-            read = stream.read(&mut chunk) => match read {
-                Ok(0) | Err(_) => return Some(ServerEnd::NoCloseFrame),
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    false
-                }
-            },
-            () = until_true(&mut closing) => true,
-        };
-        if closing_now {
+    let mut conn = Conn::with_buffered(stream, buf);
+    // A failed write shows in the read below (the server's Close may already be buffered).
+    let _ = conn.send(&first).await;
+    let stop = until_true(&mut closing);
+    tokio::pin!(stop);
+    let far = Instant::now() + Duration::from_secs(24 * 3600);
+    let served = conn.wait_until_or(far, stop, &mut |_| {}).await;
+    pongs.fetch_add(conn.pings().answered, Ordering::Relaxed);
+    match served {
+        Ok(_) => {
             // The server's answer is not counted: the session ends either way.
-            let _ = close_session(&mut stream, CLOSE_WAIT).await;
-            return None;
+            let _ = conn.close(CLOSE_WAIT, &mut |_| {}).await;
+            None
         }
+        Err(End::Closed(code)) => Some(ServerEnd::Close(code)),
+        Err(End::Invalid(_)) => Some(ServerEnd::InvalidFrame),
+        Err(_) => Some(ServerEnd::NoCloseFrame),
     }
 }
 
@@ -1040,6 +1008,7 @@ pub async fn run_client(args: ClientArgs) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::conn::close_code;
 
     const S: u64 = 1_000_000_000;
 

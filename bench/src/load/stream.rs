@@ -25,16 +25,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
+use super::conn::{Conn, Pings};
 use super::private_cloud::{
     Lag, Reconciliation, reconcile, stored_objects, wait_for_drain, wait_for_sink,
 };
 use super::{
-    BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, close_session, cpu_json,
-    open_sessions, print_result_with_rss, round, rss_slope_mb_per_min, sample_metrics, series_json,
-    spread, write_json,
+    BYTES_PER_MB, Failures, RssSeries, Schedule, Session, Target, cpu_json, open_sessions,
+    print_result_with_rss, round, rss_slope_mb_per_min, sample_metrics, series_json, spread,
+    write_json,
 };
 use crate::frames;
 use crate::http;
@@ -148,6 +148,8 @@ pub(super) struct Sent {
     pub late_max: Duration,
     /// Why the session stopped early or did not close cleanly.
     pub error: Option<String>,
+    /// Pings answered and sent.
+    pub pings: Pings,
 }
 
 /// What one run of the [`Load`] measured: the sessions, what they sent, the server's RSS and
@@ -269,6 +271,7 @@ pub(super) async fn run_load(
         total.frames += sent.frames;
         total.conversations += sent.conversations;
         total.late_max = total.late_max.max(sent.late_max);
+        total.pings.add(sent.pings);
         if let Some(error) = sent.error {
             stream_errors.add(error);
         }
@@ -438,6 +441,7 @@ impl Measured {
             "frames_sent": self.total.frames,
             "conversations": self.total.conversations,
             "client_late_max_ms": self.total.late_max.as_millis() as u64,
+            "keepalive": self.total.pings.to_json(),
             "close_s": round(self.closed.saturating_duration_since(self.deadline).as_secs_f64(), 2),
             "warmup_s": load.warmup_s,
             "cpu": self.cpu_json(),
@@ -641,7 +645,7 @@ fn print_progress(t0: Instant, server: &Process, lag: &Lag) {
 /// conversation), then at the deadline closes: sends a Close and reads until the server has
 /// answered and ended the stream.
 pub(super) async fn stream(
-    mut session: Session,
+    session: Session,
     plan: Plan,
     start: Instant,
     deadline: Instant,
@@ -652,9 +656,17 @@ pub(super) async fn stream(
         conversations: 1,
         ..Sent::default()
     };
+    let mut conn = Conn::new(session.stream);
     let mut schedule = Schedule::new(start + plan.offset(index), plan.interval, deadline);
     let mut wire = Vec::with_capacity(frames::frame_bytes(plan.frame_bytes + 12) + 256);
-    while schedule.tick().await {
+    while let Some(at) = schedule.due() {
+        // Meanwhile pings are answered and sent as the listen service does.
+        if let Err(end) = conn.wait_until(at, &mut |_| {}).await {
+            sent.pings = conn.pings();
+            sent.error = Some(end.reason());
+            return sent;
+        }
+        schedule.advance();
         sent.late_max = schedule.late_max();
         wire.clear();
         if plan.switches_before(index, sent.frames) {
@@ -673,8 +685,9 @@ pub(super) async fn stream(
             &frames::audio_message(timestamp_s, plan.frame_bytes),
             &mut wire,
         );
-        if let Err(e) = session.stream.write_all(&wire).await {
-            sent.error = Some(format!("write: {e}"));
+        if let Err(end) = conn.send(&wire).await {
+            sent.pings = conn.pings();
+            sent.error = Some(end.reason());
             return sent;
         }
         sent.pcm_bytes += plan.frame_bytes as u64;
@@ -682,8 +695,11 @@ pub(super) async fn stream(
     }
     // Every session closes at the deadline (not after its last frame), so that the batches
     // closed by the session ends fall after the measured window.
-    tokio::time::sleep_until(deadline.into()).await;
-    sent.error = close_session(&mut session.stream, CLOSE_WAIT).await.err();
+    sent.error = match conn.wait_until(deadline, &mut |_| {}).await {
+        Ok(()) => conn.close(CLOSE_WAIT, &mut |_| {}).await.err(),
+        Err(end) => Some(end.reason()),
+    };
+    sent.pings = conn.pings();
     sent
 }
 
