@@ -123,6 +123,13 @@ impl SessionIo {
     /// session's own timer.
     fn next_deadline(&self, conn: &Connection) -> Millis {
         let now = self.core.now_ms();
+        if conn.is_stalled() && !self.echo {
+            // Woken by the core when the spill log has room (`Core::wake_spill_waiters`), not
+            // by the clock; the clock only for the look whether the peer has gone.
+            self.core.wait_for_spill_room(self.key);
+            let look = Millis(self.hangup_looked_at.0 + HANGUP_LOOK_INTERVAL_MS);
+            return look.max(now);
+        }
         let own = conn.next_deadline(now);
         if !conn.session_alive() {
             return own;

@@ -4,6 +4,7 @@
 //! is sized from the config at construction and never grows.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,10 @@ use crate::session::Millis;
 use crate::spill::handoff::{self, Handoff};
 use crate::spill::writer::SpillShared;
 use crate::websocket::codec::Decoder;
+
+/// Bytes of one entry of [`Core::spill_waiters`] (one per slot at most; the budget counts it
+/// with the slot).
+pub const SPILL_WAITER_BYTES: usize = std::mem::size_of::<(usize, u32)>();
 
 /// Capacity of a core's reply buffer: one 201 error frame (an id of at most 128 bytes and a
 /// short reason) with room to spare.
@@ -87,6 +92,12 @@ pub struct Core {
     pub connection_limits: ConnectionLimits,
     /// This core's end of the spill log.
     pub spill: SpillCore,
+    /// Sessions stalled on the spill log (hand-off full or disk budget reached), in the order
+    /// they stalled: they are not woken by the clock but by [`Core::wake_spill_waiters`], as
+    /// many as the room allows (thousands of stalled sessions polling every tick took the CPU
+    /// the writer needed to end the stall). One entry per session at most (`waits_for_room`),
+    /// so never more than the slots: allocated at start.
+    pub spill_waiters: RefCell<VecDeque<(usize, u32)>>,
     /// This core's share of egress.
     pub egress: CoreEgress,
     /// Replies (201 frames) produced by one session step; capacity fixed at start.
@@ -144,6 +155,7 @@ impl Core {
                 close_timeout_ms: config.close_timeout_ms,
             },
             spill: SpillCore::new(index, &shared),
+            spill_waiters: RefCell::new(VecDeque::with_capacity(shared.sessions_per_core)),
             egress: CoreEgress::new(index, &shared, shared.sessions_per_core),
             replies: RefCell::new(Vec::with_capacity(REPLY_BYTES_MAX)),
             gauges,
@@ -172,6 +184,50 @@ impl Core {
         self.shared.metrics.active_ws_connections.dec();
         self.gauges.sessions_open.set(self.slots.len() as i64);
         self.shared.metrics.closed(code).inc();
+    }
+
+    /// Queues the slot's stalled session to be woken when the spill log has room (once).
+    pub fn wait_for_spill_room(&self, key: usize) {
+        let generation = self.slots.with(key, |slot| {
+            let queued = std::mem::replace(&mut slot.streams.spill.waits_for_room, true);
+            (!queued).then(|| slot.generation())
+        });
+        if let Some(generation) = generation {
+            let mut waiters = self.spill_waiters.borrow_mut();
+            if waiters.len() >= self.shared.sessions_per_core {
+                // Entries of sessions that ended meanwhile (their slot may hold a new session):
+                // dropped, which leaves at most one per live slot.
+                waiters.retain(|&(key, generation)| self.slots.is_live(key, generation));
+            }
+            assert!(
+                waiters.len() < self.shared.sessions_per_core,
+                "one entry per live slot"
+            );
+            waiters.push_back((key, generation));
+        }
+    }
+
+    /// Wakes the sessions waiting for spill room, oldest first, as many as the hand-off has
+    /// room for one message each (none while the disk budget is reached). Each re-checks for
+    /// itself and queues again if the room is gone.
+    pub fn wake_spill_waiters(&self) {
+        if self.spill.shared.is_full() {
+            return;
+        }
+        let mut room = self.spill.ring.free_bytes();
+        let mut waiters = self.spill_waiters.borrow_mut();
+        while room >= self.spill.bytes_per_message {
+            let Some((key, generation)) = waiters.pop_front() else {
+                return;
+            };
+            let live = self.slots.with_live(key, generation, |slot| {
+                slot.streams.spill.waits_for_room = false;
+            });
+            if live.is_some() {
+                self.slots.signal(key);
+                room -= self.spill.bytes_per_message;
+            }
+        }
     }
 
     /// Refreshes the core's gauges: arena use, handshakes in flight, parked receive buffers.

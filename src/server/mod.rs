@@ -44,7 +44,8 @@ use crate::websocket::codec::Decoder;
 pub fn item_sizes(config: &Config) -> ItemSizes {
     let limits = config.decoder_limits();
     ItemSizes {
-        slot_bytes: slots::SLOT_BYTES as u64,
+        // A slot, and its possible entry in the core's queue of sessions waiting for spill room.
+        slot_bytes: (slots::SLOT_BYTES + core::SPILL_WAITER_BYTES) as u64,
         connection_task_bytes: connection::TASK_BYTES_MAX as u64,
         handshake_task_bytes: handshake::HANDSHAKE_TASK_BYTES_MAX as u64,
         recv_buffer_bytes: Decoder::buffer_bytes_required(limits) as u64,

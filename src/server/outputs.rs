@@ -107,6 +107,7 @@ pub fn open_session(core: &Core, params: ListenParams, settings: Arc<UserSetting
             level: settings.data_protection_level,
             batch: 0,
             last_position: 0,
+            waits_for_room: false,
         },
         egress: SessionEgress::new(Some(settings)),
     };

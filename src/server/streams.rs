@@ -118,6 +118,9 @@ pub struct SpillState {
     pub batch: u64,
     /// Hand-off position just past the session's latest record: once durable, all is.
     pub last_position: u64,
+    /// The session is in its core's queue of sessions waiting for spill room
+    /// (`Core::spill_waiters`): it is never queued twice.
+    pub waits_for_room: bool,
 }
 
 impl Streams {
@@ -132,6 +135,7 @@ impl Streams {
                 level: DataProtectionLevel::Enhanced,
                 batch: 0,
                 last_position: 0,
+                waits_for_room: false,
             },
             egress: SessionEgress::new(None),
         }

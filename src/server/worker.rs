@@ -227,6 +227,7 @@ async fn housekeeping(core: Rc<Core>) {
         let now = core.now_ms();
         core.slots.fire_due(now);
         delivery::send_due_speaker_samples(&core, now);
+        core.wake_spill_waiters();
         core.refresh_gauges();
         core.relay_drain_close();
     }
