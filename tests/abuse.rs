@@ -362,58 +362,46 @@ async fn flood_until_dropped(mut stream: TcpStream, frame: Vec<u8>) -> usize {
 }
 
 async fn ping_flood(driver: &str) {
-    let server = Server::start(driver, &["--workers", "1"]).await;
-    let mut canary = Canary::open(&server, "canary").await;
-    let attacker = raw_upgrade(server.addr, "uid=pinger").await;
-    let flood = tokio::spawn(flood_until_dropped(
-        attacker,
+    flood_by_a_peer_that_does_not_read(
+        driver,
+        "uid=pinger",
         client_frame(Opcode::Ping, &[1u8; 125]),
-    ));
-    let mut figures = Figures::default();
-    during(
-        &mut figures,
-        &server,
-        &mut canary,
-        5,
-        Duration::from_millis(200),
+        "ping_flood",
+        "pings_sent",
     )
     .await;
-    let sent = within(Duration::from_secs(40), "the flood's end", flood)
-        .await
-        .expect("flood");
-    // A peer that does not read its pongs is not read either (its own backpressure) or is
-    // dropped once its unsent bytes pass the bound: pusher holds at most that for it.
-    let metrics = server.metrics().await;
-    let pending = metrics.value("pusher_outbound_pending_bytes{core=\"0\"}");
-    assert!(
-        pending <= 65_536,
-        "{pending} unsent bytes held for the peer"
-    );
-    figures.print(
-        "ping_flood",
-        driver,
-        serde_json::json!({
-            "pings_sent": sent,
-            "pending_bytes": pending,
-            "dropped": metrics.value("pusher_peers_dropped_slow_total"),
-        }),
-    );
-    recovered(&server).await;
 }
 
 async fn a_peer_that_never_reads(driver: &str) {
-    let server = Server::start(driver, &["--workers", "1"]).await;
-    let mut canary = Canary::open(&server, "canary").await;
-    let attacker = raw_upgrade(server.addr, "uid=deaf").await;
     // Every 104 gets a 201 (no processor: at once); the peer reads none of them.
     let mut message = 104u32.to_le_bytes().to_vec();
     message.extend_from_slice(br#"{"conversation_id": "deaf", "padding": ""#);
     message.extend_from_slice(&[b'x'; 900]);
     message.extend_from_slice(br#""}"#);
-    let flood = tokio::spawn(flood_until_dropped(
-        attacker,
+    flood_by_a_peer_that_does_not_read(
+        driver,
+        "uid=deaf",
         client_frame(Opcode::Binary, &message),
-    ));
+        "never_reads",
+        "messages_sent",
+    )
+    .await;
+}
+
+/// A peer (`query`) sends `frame` until pusher stops reading it or drops it, and reads none of
+/// the answers (pongs, 201s): the canary keeps its round trips, and pusher holds at most its
+/// outbound bound for the peer. Figures go out as `name`, the frames sent as `sent_key`.
+async fn flood_by_a_peer_that_does_not_read(
+    driver: &str,
+    query: &str,
+    frame: Vec<u8>,
+    name: &str,
+    sent_key: &str,
+) {
+    let server = Server::start(driver, &["--workers", "1"]).await;
+    let mut canary = Canary::open(&server, "canary").await;
+    let attacker = raw_upgrade(server.addr, query).await;
+    let flood = tokio::spawn(flood_until_dropped(attacker, frame));
     let mut figures = Figures::default();
     during(
         &mut figures,
@@ -427,22 +415,19 @@ async fn a_peer_that_never_reads(driver: &str) {
         .await
         .expect("flood");
     // pusher stops reading a peer that does not read its answers (its own backpressure), or
-    // drops it: either way it holds at most its outbound bound for it.
+    // drops it once its unsent bytes pass the bound: either way it holds at most that for it.
     let metrics = server.metrics().await;
     let pending = metrics.value("pusher_outbound_pending_bytes{core=\"0\"}");
     assert!(
         pending <= 65_536,
         "{pending} unsent bytes held for the peer"
     );
-    figures.print(
-        "never_reads",
-        driver,
-        serde_json::json!({
-            "messages_sent": sent,
-            "pending_bytes": pending,
-            "dropped": metrics.value("pusher_peers_dropped_slow_total"),
-        }),
-    );
+    let mut extra = serde_json::json!({
+        "pending_bytes": pending,
+        "dropped": metrics.value("pusher_peers_dropped_slow_total"),
+    });
+    extra[sent_key] = serde_json::json!(sent);
+    figures.print(name, driver, extra);
     recovered(&server).await;
 }
 

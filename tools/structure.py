@@ -91,10 +91,6 @@ class Module:
         self.defined = set(re.findall(rf"\b{ITEM_KINDS}\s+(\w+)", self.code))
         self.uses = [u for u in parse_use_trees(self.code)]
 
-    @property
-    def name(self) -> str:
-        return "::".join(self.path) or "crate"
-
     def rel(self) -> str:
         return str(self.file.relative_to(SRC))
 
@@ -214,8 +210,7 @@ def imports(modules) -> dict[str, set[str]]:
 
 
 def top(rel: str) -> str:
-    parts = Path(rel).with_suffix("").parts
-    return parts[0] if len(parts) > 1 else parts[0]
+    return Path(rel).with_suffix("").parts[0]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

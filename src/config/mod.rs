@@ -684,16 +684,6 @@ pub struct Overrides {
     pub spill_max_bytes: Option<u64>,
 }
 
-/// Every option's name: the keys of the TOML file, as in [`Config`].
-pub fn option_names() -> Vec<String> {
-    use figment::Provider;
-    let defaults = Serialized::defaults(Config::default());
-    let data = defaults.data().expect("the defaults serialize");
-    data.values()
-        .flat_map(|dict| dict.keys().cloned())
-        .collect()
-}
-
 /// One line per problem in the layered configuration: the key (without figment's profile
 /// prefix), where it came from and, for a misspelt key, the nearest known one.
 fn describe_figment_error(error: figment::Error) -> String {

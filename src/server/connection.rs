@@ -54,6 +54,10 @@ async fn serve(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
     let mut conn = Connection::new(core.connection_limits, core.now_ms());
     let mut io = SessionIo::new(Rc::clone(&core), fd, upgraded);
     while !conn.is_done() {
+        if conn.is_stalled() && !io.echo {
+            // Woken by `Core::wake_spill_waiters` when the spill log has room (queued once).
+            core.wait_for_spill_room(io.key);
+        }
         core.slots.arm(io.key, io.next_deadline(&conn));
         // Two selects rather than one with both readiness futures: the branches share their
         // storage in the task, which keeps an idle session's task small. A session waiting for
@@ -124,9 +128,8 @@ impl SessionIo {
     fn next_deadline(&self, conn: &Connection) -> Millis {
         let now = self.core.now_ms();
         if conn.is_stalled() && !self.echo {
-            // Woken by the core when the spill log has room (`Core::wake_spill_waiters`), not
-            // by the clock; the clock only for the look whether the peer has gone.
-            self.core.wait_for_spill_room(self.key);
+            // Woken by the core when the spill log has room (the serve loop queued it), not by
+            // the clock; the clock only for the look whether the peer has gone.
             let look = Millis(self.hangup_looked_at.0 + HANGUP_LOOK_INTERVAL_MS);
             return look.max(now);
         }
