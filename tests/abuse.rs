@@ -622,6 +622,12 @@ async fn a_full_disk_stalls_audio_senders_and_loses_nothing(driver: &str) {
             .await,
         0
     );
+    // The stalled sender waits in its core's queue, to be woken when the log has room.
+    assert_eq!(
+        server.metrics().await.sum("pusher_spill_waiters{"),
+        1,
+        "the stalled sender is queued once"
+    );
     // The disk has room again: everything arrives.
     std::fs::remove_file(&filler).expect("remove the filler");
     let mut sender = within(Duration::from_secs(60), "the rest of the audio", sending)
@@ -652,6 +658,16 @@ async fn a_full_disk_stalls_audio_senders_and_loses_nothing(driver: &str) {
             expected.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Woken by the room, the queue is empty again (a session that resumed only by the clock's
+    // look at its peer would leave its entry behind: the wake-up would not be working).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metrics().await.sum("pusher_spill_waiters{") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a stalled session was never woken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     figures.print(
         "full_disk",

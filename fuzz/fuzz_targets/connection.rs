@@ -108,7 +108,9 @@ fuzz_target!(|data: &[u8]| {
             5 => sim.durable = !sim.durable,
             6 => match op / 8 % 4 {
                 0 => conn.go_away("drain", Millis(now), &mut sim),
-                1 => conn.on_evicted(Millis(now), &mut sim),
+                1 => {
+                    conn.on_evicted(Millis(now), &mut sim);
+                }
                 2 => conn.on_end_of_stream(),
                 _ => sim.end_blocked = !sim.end_blocked,
             },

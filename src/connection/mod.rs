@@ -36,6 +36,12 @@ use crate::websocket::close;
 use crate::websocket::frame::{self, Opcode};
 use crate::websocket::{Decoder, DecoderLimits, Event, MessageKind};
 
+/// A receive buffer held by an incomplete message is taken back (the connection closes 1008)
+/// only once it has waited this long for the rest of its message, counted from when pusher
+/// read its first bytes (time pusher did not read the connection is never counted): far
+/// longer than an honest frame takes to arrive.
+pub const EVICT_AGE_MS_MIN: u64 = 500;
+
 /// A close frame: header, code and at most 123 bytes of reason.
 const CLOSE_FRAME_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 125;
 use crate::websocket::close::{CLOSED_ABNORMALLY, NO_STATUS_RECEIVED};
@@ -577,7 +583,19 @@ impl Connection {
     /// The shell needs this connection's receive buffer for others (every buffer of the core is
     /// lent and this one has held an incomplete message the longest): the message is dropped
     /// (it was never complete, so never handled) and the connection closes with 1008.
-    pub fn on_evicted(&mut self, now: Millis, host: &mut impl Host) {
+    ///
+    /// The shell chose the connection a moment ago; since then it may have completed that
+    /// message (the buffer may now hold one pusher has read and not handled yet, stalled on
+    /// the spill log) or begun a new one. The eviction takes effect only if the connection
+    /// still holds an incomplete message of its peer's, not stalled, for at least
+    /// [`EVICT_AGE_MS_MIN`]; otherwise nothing changes. Returns whether it closed.
+    pub fn on_evicted(&mut self, now: Millis, host: &mut impl Host) -> bool {
+        let Some(since) = self.holds_partial_message_since() else {
+            return false;
+        };
+        if now.0.saturating_sub(since.0) < EVICT_AGE_MS_MIN {
+            return false;
+        }
         self.violated(
             close::POLICY_VIOLATION,
             "receive buffer needed: message not completed",
@@ -585,6 +603,7 @@ impl Connection {
             now,
             host,
         );
+        true
     }
 
     /// The receive buffer is full without a complete frame (the decoder's buffer size admits

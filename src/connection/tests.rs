@@ -606,18 +606,25 @@ fn a_completed_message_clears_its_deadline() {
     assert_eq!(sim.messages, [b"whole".to_vec()]);
 }
 
-#[test]
-fn a_stall_stops_the_message_deadline_and_is_not_the_peers_partial() {
+/// A message of 1,000 sevens begun at 0 and completed at `rest_at` while the spill log has no
+/// room: the connection is stalled holding it, read and not handled.
+fn stalled_on_a_message_completed_at(rest_at: u64) -> (Connection, Peer, Sim) {
     let (mut conn, mut peer, mut sim) = open();
     peer.push_raw(&partial_frame(1000, 10));
     peer.deliver(&mut conn, 0, &mut sim);
     sim.full = true;
-    // The rest of the frame arrives but pusher does not read it: a stall.
-    let mut rest = Vec::new();
-    encode_client_frame(Opcode::Binary, &[7u8; 1000], [1, 2, 3, 4], &mut rest);
-    peer.push_raw(&rest[14..]);
-    peer.deliver(&mut conn, 100, &mut sim);
+    let mut whole = Vec::new();
+    encode_client_frame(Opcode::Binary, &[7u8; 1000], [1, 2, 3, 4], &mut whole);
+    peer.push_raw(&whole[partial_frame(1000, 10).len()..]);
+    peer.deliver(&mut conn, rest_at, &mut sim);
     assert!(conn.is_stalled());
+    (conn, peer, sim)
+}
+
+#[test]
+fn a_stall_stops_the_message_deadline_and_is_not_the_peers_partial() {
+    // The rest of the frame arrives but pusher does not read it: a stall.
+    let (mut conn, mut peer, mut sim) = stalled_on_a_message_completed_at(100);
     assert_eq!(
         conn.holds_partial_message_since(),
         None,
@@ -640,11 +647,54 @@ fn an_evicted_partial_message_closes_1008_and_its_buffer_is_dropped() {
     let (mut conn, mut peer, mut sim) = open();
     peer.push_raw(&partial_frame(1000, 10));
     peer.deliver(&mut conn, 0, &mut sim);
-    conn.on_evicted(Millis(2_000), &mut sim);
+    assert!(conn.on_evicted(Millis(2_000), &mut sim));
     assert_eq!(sim.closes(), [Some(close::POLICY_VIOLATION)]);
     assert!(conn.discards_input());
     assert_eq!(conn.holds_partial_message_since(), None);
     assert_eq!(conn.close_code(), close::POLICY_VIOLATION);
+}
+
+#[test]
+fn an_eviction_of_a_message_completed_since_and_stalled_loses_nothing() {
+    // The shell chose this connection while its message was incomplete; before it handled
+    // the signal, the rest arrived and the spill log was full: the buffer now holds a message
+    // pusher has read and not handled. The eviction must not drop it (it once did: 1008 and
+    // the read audio discarded, seen in the capacity bench at 8,000 private-cloud sessions).
+    let (mut conn, mut peer, mut sim) = stalled_on_a_message_completed_at(600);
+    assert!(
+        !conn.on_evicted(Millis(700), &mut sim),
+        "nothing to take back"
+    );
+    assert_eq!(conn.phase(), Phase::Open);
+    assert!(sim.closes().is_empty());
+    sim.full = false;
+    assert!(conn.on_tick(Millis(5_000), &mut sim));
+    peer.resume(&mut conn, 5_000, &mut sim);
+    assert_eq!(
+        sim.messages,
+        [vec![7u8; 1000]],
+        "the message read is handled"
+    );
+}
+
+#[test]
+fn an_eviction_of_a_completed_or_young_message_changes_nothing() {
+    let (mut conn, mut peer, mut sim) = open();
+    let mut frame = Vec::new();
+    encode_client_frame(Opcode::Binary, b"whole", [1, 2, 3, 4], &mut frame);
+    peer.push_raw(&frame[..5]);
+    peer.deliver(&mut conn, 0, &mut sim);
+    peer.push_raw(&frame[5..]);
+    peer.deliver(&mut conn, 900, &mut sim);
+    assert!(!conn.on_evicted(Millis(1_000), &mut sim), "completed");
+    // A new message began just now: not held long enough to be taken.
+    peer.push_raw(&frame[..5]);
+    peer.deliver(&mut conn, 1_000, &mut sim);
+    assert!(!conn.on_evicted(Millis(1_000 + EVICT_AGE_MS_MIN - 1), &mut sim));
+    assert_eq!(conn.phase(), Phase::Open);
+    assert!(conn.on_evicted(Millis(1_000 + EVICT_AGE_MS_MIN), &mut sim));
+    assert_eq!(sim.closes(), [Some(close::POLICY_VIOLATION)]);
+    assert_eq!(sim.messages, [b"whole".to_vec()]);
 }
 
 #[test]
@@ -656,7 +706,7 @@ fn an_eviction_or_a_full_buffer_after_a_framing_violation_changes_nothing() {
     peer.deliver(&mut conn, 0, &mut sim);
     conn.on_tick(Millis(1), &mut sim);
     assert!(conn.discards_input());
-    conn.on_evicted(Millis(2), &mut sim);
+    assert!(!conn.on_evicted(Millis(2), &mut sim));
     conn.on_buffer_full(Millis(3), &mut sim);
     assert_eq!(
         conn.phase(),

@@ -216,6 +216,10 @@ pub struct CoreGauges {
     pub handshakes_in_flight: Gauge,
     /// `pusher_handshakes_capacity{core}`: handshake slots (`handshake_buffers_per_core`).
     pub handshakes_capacity: Gauge,
+    /// `pusher_spill_waiters{core}`: sessions stalled on the spill log, queued to be woken when
+    /// it has room (sampled every 10 ms; at most this core's session slots; a session that
+    /// ended while queued counts until the wake-up reaches its entry).
+    pub spill_waiters: Gauge,
 }
 
 /// The core metrics: the registry (which egress, spill and upload register into at start) and
@@ -644,6 +648,10 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
         "handshakes_capacity",
         "handshake slots, per core (handshake_buffers_per_core)",
     );
+    let spill_waiters = family(
+        "spill_waiters",
+        "sessions stalled on the spill log, waiting to be woken when it has room, per core (sampled every 10 ms)",
+    );
     (0..workers)
         .map(|core| {
             let label = CoreLabel {
@@ -660,6 +668,7 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
                 outbound_pending_bytes: outbound.get_or_create(&label).clone(),
                 handshakes_in_flight: handshakes.get_or_create(&label).clone(),
                 handshakes_capacity: handshakes_capacity.get_or_create(&label).clone(),
+                spill_waiters: spill_waiters.get_or_create(&label).clone(),
             }
         })
         .collect()

@@ -209,11 +209,12 @@ impl SessionIo {
         }
     }
 
+    /// Tells the connection parked the longest to give its buffer back (it decides when it
+    /// handles the signal: [`Connection::on_evicted`]).
     fn evict_a_parked_buffer(&self) {
         let now = self.core.now_ms();
         while let Some((key, generation)) = self.core.parked.evict_oldest(now) {
             if self.core.slots.evict(key, generation) {
-                self.core.shared.metrics.recv_buffers_evicted.inc();
                 return;
             }
         }
@@ -226,8 +227,10 @@ impl SessionIo {
         if self.core.closing() {
             conn.go_away("server is shutting down", now, self);
         }
-        if self.core.slots.take_evicted(self.key) {
-            conn.on_evicted(now, self);
+        if self.core.slots.take_evicted(self.key) && conn.on_evicted(now, self) {
+            // Counted here, where it takes effect: a connection that completed its message
+            // (or stalled) since it was chosen keeps its buffer, and the next one is taken.
+            self.core.shared.metrics.recv_buffers_evicted.inc();
         }
         if conn.input_is_dead() {
             self.recv = None;

@@ -1,7 +1,7 @@
 //! The receive buffers held by peers: a connection whose buffer holds an incomplete message
 //! (not stalled by pusher's own backpressure) is *parked*. When every buffer of the core is lent
 //! and another connection needs one, the buffer parked the longest, for at least
-//! [`EVICT_AGE_MIN`], is taken back: that connection closes with 1008 (its message was never
+//! [`EVICT_AGE_MS_MIN`], is taken back: that connection closes with 1008 (its message was never
 //! complete, so nothing it sent was handled and lost). Honest messages complete within
 //! milliseconds; a peer trickling a large frame cannot keep a buffer from the others. The
 //! message deadline (`message_timeout_ms`) bounds a parked buffer even without contention.
@@ -13,9 +13,7 @@ use std::cell::RefCell;
 
 use crate::session::Millis;
 
-/// A parked buffer is taken back only once it has waited this long for the rest of its
-/// message: far longer than an honest frame takes to arrive.
-pub const EVICT_AGE_MS_MIN: u64 = 500;
+pub use crate::connection::EVICT_AGE_MS_MIN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Parked {

@@ -20,7 +20,8 @@ where
     });
     assert!(
         task_bytes + TASK_HEADER_BYTES <= task_bytes_max,
-        "{what} task is {task_bytes} bytes; raise its bound ({task_bytes_max})"
+        "{what} task is {task_bytes} bytes + {TASK_HEADER_BYTES} of header, over its bound \
+         ({task_bytes_max}): raise the bound"
     );
     monoio::spawn(task);
 }
