@@ -194,7 +194,11 @@ pub struct Config {
     /// `gs://bucket/prefix` or `az://container/prefix` (credentials from the environment);
     /// none = `file://<data_dir>/cloud`.
     pub store: Option<String>,
-    /// Uploads in flight at once (each holds one body buffer).
+    /// Uploads in flight at once (each holds one body buffer). The default, 32, uploads 160
+    /// batches a second from a store answering in 200 ms: the batches of 9,600 private-cloud
+    /// users (a batch is at most 60 s of a session's audio), more than 2 workers' sessions
+    /// bring at 25 % private cloud (bench/RESULTS.md, "capacity"); 8 capped 2 workers at ~9,000
+    /// sessions. Costs one `upload_buffer_bytes` each.
     pub upload_concurrency: usize,
     /// Body buffer of one upload slot, allocated at start (a larger batch grows it for its
     /// upload); the default holds a 60 s batch at 16 kHz plus one message.
@@ -284,7 +288,7 @@ impl Default for Config {
             spill_handoff_bytes_per_core: 16 << 20,
             spill_batches_max: 100_000,
             store: None,
-            upload_concurrency: 8,
+            upload_concurrency: 32,
             upload_buffer_bytes: 3 << 20,
             upload_backoff_ms_min: 1_000,
             upload_backoff_ms_max: 60_000,
@@ -596,7 +600,7 @@ pub struct Overrides {
     #[arg(long, env = "PUSHER_STORE", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
-    /// Uploads in flight at once [default: 8]
+    /// Uploads in flight at once [default: 32]
     #[arg(long, env = "PUSHER_UPLOAD_CONCURRENCY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_concurrency: Option<usize>,
@@ -1406,7 +1410,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.store.as_deref(), Some("s3://bucket/prefix"));
-        assert_eq!(config.upload_concurrency, 8);
+        assert_eq!(config.upload_concurrency, 32);
         assert_eq!(
             (config.upload_backoff_ms_min, config.upload_backoff_ms_max),
             (1_000, 60_000)
