@@ -216,6 +216,11 @@ impl Budget {
                 sizes.delay_entry_bytes,
             ),
             line(
+                "speaker-sample arenas (bodies)",
+                w * config.speaker_sample_queue_per_core as u64,
+                crate::egress::delay::BODY_BYTES_PER_ENTRY as u64 + sizes.arena_block_meta_bytes,
+            ),
+            line(
                 "settings cache (http source)",
                 u64::from(config.settings_url.is_some()),
                 2 * config.settings_cache_bytes_max,
@@ -351,7 +356,8 @@ mod tests {
             + 4 * ((64 << 20) + 2 * (30 * 96_000 + (1 << 20) + 1))
             + 2 * 256 * 65_536
             + 2 * 512 * (65_536 + 2 * 32_768)
-            + 2 * 4096 * 40;
+            + 2 * 4096 * 40
+            + 2 * 4096 * (1024 + 32);
         assert_eq!(budget.total_bytes(), expected);
         let text = budget.to_string();
         assert!(text.contains("receive buffers"), "{text}");

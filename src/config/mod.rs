@@ -94,6 +94,7 @@ pub struct Config {
     /// Delay from a 105's arrival to its request.
     pub speaker_sample_delay_s: u64,
     /// Per-worker delay queue of speaker-sample requests; full → oldest dropped (counted).
+    /// Their bodies wait in an arena of 1 KiB per entry (`egress::delay::BODY_BYTES_PER_ENTRY`).
     pub speaker_sample_queue_per_core: usize,
     /// Time allowed for one speaker-sample request.
     pub speaker_sample_timeout_ms: u64,
@@ -149,7 +150,8 @@ pub struct Config {
     pub outbound_pending_bytes_max: usize,
     /// Per-worker bound on unsent outbound bytes over all sessions; a write past it drops that peer.
     pub outbound_pending_bytes_per_core: usize,
-    /// Per-worker arena for droppable payloads (transcripts, audio-bytes items, speaker samples).
+    /// Per-worker arena for droppable payloads (transcripts, audio-bytes items; speaker-sample
+    /// bodies have their own, sized by `speaker_sample_queue_per_core`).
     pub payload_arena_bytes_per_core: usize,
     /// Per-worker bound on payload blocks alive in the arena.
     pub payload_blocks_per_core_max: usize,

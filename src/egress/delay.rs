@@ -13,6 +13,11 @@ use std::collections::VecDeque;
 
 use crate::session::Millis;
 
+/// Bytes of a core's speaker-sample arena per entry of its delay queue: a request body is a
+/// few hundred bytes (ids, the segment ids, the sample rate). The arena holds the queue's
+/// capacity times this; a backlog of larger bodies loses its oldest (counted as dropped).
+pub const BODY_BYTES_PER_ENTRY: usize = 1024;
+
 /// Who queued an entry: a session slot on this core, as (slot key, slot generation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {

@@ -1,6 +1,6 @@
 //! This core's share of egress: the counts of jobs in flight against their bounds, the queue of
-//! session streams waiting for room, and the speaker-sample delay queue. `delivery` moves jobs
-//! and completions through it.
+//! session streams waiting for room, and the speaker-sample delay queue with its own arena.
+//! `delivery` moves jobs and completions through it.
 //!
 //! Invariants: jobs in flight never pass this core's shares (`deliveries ≤ deliveries_max`,
 //! `processes ≤ processes_max`; delivery payload bytes pass `bytes_max` by at most one item);
@@ -14,10 +14,11 @@ use std::sync::Arc;
 use super::shared::Shared;
 use super::slots::Slots;
 use super::streams::ORDERED_STREAMS;
+use crate::egress::delay::BODY_BYTES_PER_ENTRY;
 use crate::egress::delay::DelayQueue;
 use crate::egress::job::{CoreShares, Job};
 use crate::egress::{Link, Ticket};
-use crate::payload::Handle;
+use crate::payload::{Handle, PayloadArena};
 
 /// A session stream that found no room, to be started when room frees up.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +79,12 @@ pub struct CoreEgress {
     waiting_max: usize,
     /// Speaker-sample requests waiting to be due (`speaker_sample_queue_per_core` entries).
     pub speaker_samples: RefCell<DelayQueue<Handle>>,
+    /// The bodies of the queued speaker-sample requests. Not the core's payload arena: a
+    /// request waits `speaker_sample_delay_s` (120 s), while transcripts and audio items pass
+    /// through that FIFO arena in milliseconds and wrap it long before (the capacity bench
+    /// lost every speaker sample from ~1,000 sessions per core when they shared it). Every
+    /// request waits the same delay, so this FIFO arena frees in the order it fills.
+    pub speaker_arena: RefCell<PayloadArena>,
 }
 
 /// The link of one core, sized for its shares.
@@ -101,6 +108,10 @@ impl CoreEgress {
             waiting: RefCell::new(VecDeque::with_capacity(sessions * ORDERED_STREAMS.len())),
             waiting_max: sessions * ORDERED_STREAMS.len(),
             speaker_samples: RefCell::new(DelayQueue::new(config.speaker_sample_queue_per_core)),
+            speaker_arena: RefCell::new(PayloadArena::new(
+                config.speaker_sample_queue_per_core * BODY_BYTES_PER_ENTRY,
+                config.speaker_sample_queue_per_core,
+            )),
         }
     }
 

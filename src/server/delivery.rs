@@ -121,9 +121,9 @@ fn audio_work(data: &[u8]) -> Work {
     }
 }
 
-/// Puts a speaker-sample request body (already encoded in `handle`'s block) in the delay queue,
-/// due `speaker_sample_delay_s` from now. A session over its bound loses its oldest request; a
-/// full queue loses its oldest.
+/// Puts a speaker-sample request body (already encoded in `handle`'s block of the core's
+/// speaker-sample arena, `arena`) in the delay queue, due `speaker_sample_delay_s` from now. A
+/// session over its bound loses its oldest request; a full queue loses its oldest.
 pub fn queue_speaker_sample(core: &Core, owner: Owner, handle: Handle, arena: &mut PayloadArena) {
     let config = &core.shared.config;
     let metrics = &core.shared.egress_metrics;
@@ -160,7 +160,7 @@ pub fn send_due_speaker_samples(core: &Core, now: Millis) {
             return;
         };
         core.shared.egress_metrics.speaker_sample_queue_len.dec();
-        let mut arena = core.arena.borrow_mut();
+        let mut arena = core.egress.speaker_arena.borrow_mut();
         let Some(data) = arena.get(handle) else {
             core.shared.egress_metrics.speaker_samples_dropped.inc();
             core.shared.metrics.ring_dropped(Stream::SpeakerSample, 1);

@@ -414,7 +414,8 @@ impl Outputs for CoreOutputs<'_> {
             segment_ids_json,
             self.sample_rate_hz,
         );
-        let Some(handle) = alloc_parts(self.arena, &[&body]) else {
+        let mut speaker_arena = self.core.egress.speaker_arena.borrow_mut();
+        let Some(handle) = speaker_arena.insert(&body) else {
             self.core
                 .shared
                 .egress_metrics
@@ -430,7 +431,7 @@ impl Outputs for CoreOutputs<'_> {
             key: self.ticket.key,
             generation: self.ticket.generation,
         };
-        delivery::queue_speaker_sample(self.core, owner, handle, self.arena);
+        delivery::queue_speaker_sample(self.core, owner, handle, &mut speaker_arena);
     }
 
     fn result_error(&mut self, conversation: &Id, error: &str) {

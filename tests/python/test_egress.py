@@ -600,6 +600,31 @@ def test_speaker_sample_after_session_end(driver, start_server, tmp_path, downst
     assert metric_sum(server.metrics(), "pusher_speaker_samples_queued_total") == 1
 
 
+def test_speaker_sample_outlives_transcripts_cycling_the_payload_arena(driver, start_server, tmp_path, downstreams):
+    """A speaker sample waits its delay while transcripts pass through the core's payload arena
+    many times over: it is not evicted by them (it once shared that FIFO arena, and the capacity
+    bench lost every speaker sample from about 1,000 sessions per core)."""
+    d = downstreams()
+    settings = write_settings(tmp_path, {})
+    server = start_server(driver, "--settings", settings, "--speaker-sample-url", d.url("/speaker"),
+                          "--speaker-sample-delay-s", "2", "--transcript-hook", d.url("/hook"),
+                          "--payload-blocks-per-core-max", "16")
+
+    async def scenario():
+        ws = await connect(server, "spk-cycle", 16000)
+        await ws.send(json_frame(105, {"person_id": "p-1", "conversation_id": "c-1", "segment_ids": ["s1"]}))
+        for i in range(48):  # three times the arena's 16 blocks
+            await ws.send(transcript_frame(segments_text(f"t {i}", i), None))
+            await until(lambda: len(d.received("/hook")) > i, 10, f"transcript {i} delivered")
+        await until(lambda: d.received("/speaker"), 10, "the speaker-sample request")
+        await ws.close()
+
+    asyncio.run(scenario())
+    (r,) = d.received("/speaker")
+    assert r.json()["segment_ids"] == ["s1"]
+    assert metric_sum(server.metrics(), "pusher_ring_dropped_items_total", stream="speaker_sample") == 0
+
+
 # --- 2. ordering and isolation -------------------------------------------------------------------
 
 
