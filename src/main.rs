@@ -226,7 +226,8 @@ fn require_spill_log(config: &Config, what: &str) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "spill {what}: no spill log at {} (the data directory is {}; set it with --data-dir or          PUSHER_DATA_DIR): nothing to {what}",
+        "spill {what}: no spill log at {} (the data directory is {}; set it with --data-dir or \
+         PUSHER_DATA_DIR): nothing to {what}",
         dir.display(),
         config.data_dir.display()
     ))

@@ -250,6 +250,10 @@ fn spill_commands_refuse_a_data_dir_without_a_log_and_create_nothing() {
             "{command}: {line}"
         );
         assert!(
+            line.contains("set it with --data-dir or PUSHER_DATA_DIR)"),
+            "{command}: {line}"
+        );
+        assert!(
             !data_dir.exists(),
             "{command} created {}",
             data_dir.display()
