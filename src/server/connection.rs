@@ -54,7 +54,7 @@ async fn serve(core: Rc<Core>, stream: TcpStream, upgraded: Upgraded) {
     let mut conn = Connection::new(core.connection_limits, core.now_ms());
     let mut io = SessionIo::new(Rc::clone(&core), fd, upgraded);
     while !conn.is_done() {
-        if conn.is_stalled() && !io.echo {
+        if io.waits_for_spill_room(&conn) {
             // Woken by `Core::wake_spill_waiters` when the spill log has room (queued once).
             core.wait_for_spill_room(io.key);
         }
@@ -123,11 +123,17 @@ impl SessionIo {
         }
     }
 
+    /// Whether the session is stalled on the spill log (the echo route writes nothing there):
+    /// it is queued in `Core::spill_waiters` and woken by room, not by the clock.
+    fn waits_for_spill_room(&self, conn: &Connection) -> bool {
+        conn.is_stalled() && !self.echo
+    }
+
     /// The earliest of the connection's deadline and, while the session takes messages, the
     /// session's own timer.
     fn next_deadline(&self, conn: &Connection) -> Millis {
         let now = self.core.now_ms();
-        if conn.is_stalled() && !self.echo {
+        if self.waits_for_spill_room(conn) {
             // Woken by the core when the spill log has room (the serve loop queued it), not by
             // the clock; the clock only for the look whether the peer has gone.
             let look = Millis(self.hangup_looked_at.0 + HANGUP_LOOK_INTERVAL_MS);

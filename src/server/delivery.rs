@@ -21,7 +21,7 @@ use crate::egress::delay::Owner;
 use crate::egress::job::{AudioTarget, Completion, Done, Job, Work};
 use crate::id::Id;
 use crate::metrics::Stream;
-use crate::payload::{DropOldestRing, Handle, PayloadArena, RingItem};
+use crate::payload::{DropOldestRing, PayloadArena, RingItem};
 use crate::session::{Millis, Session};
 
 fn stream_index(stream: Stream) -> usize {
@@ -121,10 +121,21 @@ fn audio_work(data: &[u8]) -> Work {
     }
 }
 
-/// Puts a speaker-sample request body (already encoded in `handle`'s block of the core's
-/// speaker-sample arena, `arena`) in the delay queue, due `speaker_sample_delay_s` from now. A
-/// session over its bound loses its oldest request; a full queue loses its oldest.
-pub fn queue_speaker_sample(core: &Core, owner: Owner, handle: Handle, arena: &mut PayloadArena) {
+/// Counts a speaker-sample request lost to a bound (the queue's, a session's, the arena's).
+fn speaker_sample_dropped(core: &Core) {
+    core.shared.egress_metrics.speaker_samples_dropped.inc();
+    core.shared.metrics.ring_dropped(Stream::SpeakerSample, 1);
+}
+
+/// Copies a speaker-sample request `body` into the core's speaker-sample arena and puts it in
+/// the delay queue, due `speaker_sample_delay_s` from now. A body larger than the arena is
+/// dropped; a session over its bound loses its oldest request; a full queue loses its oldest.
+pub fn queue_speaker_sample(core: &Core, owner: Owner, body: &[u8]) {
+    let mut arena = core.egress.speaker_arena.borrow_mut();
+    let Some(handle) = arena.insert(body) else {
+        speaker_sample_dropped(core);
+        return;
+    };
     let config = &core.shared.config;
     let metrics = &core.shared.egress_metrics;
     let mut queue = core.egress.speaker_samples.borrow_mut();
@@ -132,9 +143,8 @@ pub fn queue_speaker_sample(core: &Core, owner: Owner, handle: Handle, arena: &m
         && let Some(oldest) = queue.drop_oldest_of(owner)
     {
         arena.free(oldest);
-        metrics.speaker_samples_dropped.inc();
         metrics.speaker_sample_queue_len.dec();
-        core.shared.metrics.ring_dropped(Stream::SpeakerSample, 1);
+        speaker_sample_dropped(core);
     }
     // The clock reads whole milliseconds, rounded down: one more keeps a request from firing
     // before its full delay has passed.
@@ -143,8 +153,7 @@ pub fn queue_speaker_sample(core: &Core, owner: Owner, handle: Handle, arena: &m
         .saturating_add_ms(config.speaker_sample_delay_s * 1000 + 1);
     if let Some((_, evicted)) = queue.push(due, owner, handle) {
         arena.free(evicted);
-        metrics.speaker_samples_dropped.inc();
-        core.shared.metrics.ring_dropped(Stream::SpeakerSample, 1);
+        speaker_sample_dropped(core);
     } else {
         metrics.speaker_sample_queue_len.inc();
     }
@@ -162,8 +171,7 @@ pub fn send_due_speaker_samples(core: &Core, now: Millis) {
         core.shared.egress_metrics.speaker_sample_queue_len.dec();
         let mut arena = core.egress.speaker_arena.borrow_mut();
         let Some(data) = arena.get(handle) else {
-            core.shared.egress_metrics.speaker_samples_dropped.inc();
-            core.shared.metrics.ring_dropped(Stream::SpeakerSample, 1);
+            speaker_sample_dropped(core);
             continue;
         };
         let body = data.to_vec();

@@ -414,24 +414,11 @@ impl Outputs for CoreOutputs<'_> {
             segment_ids_json,
             self.sample_rate_hz,
         );
-        let mut speaker_arena = self.core.egress.speaker_arena.borrow_mut();
-        let Some(handle) = speaker_arena.insert(&body) else {
-            self.core
-                .shared
-                .egress_metrics
-                .speaker_samples_dropped
-                .inc();
-            self.core
-                .shared
-                .metrics
-                .ring_dropped(Stream::SpeakerSample, 1);
-            return;
-        };
         let owner = Owner {
             key: self.ticket.key,
             generation: self.ticket.generation,
         };
-        delivery::queue_speaker_sample(self.core, owner, handle, &mut speaker_arena);
+        delivery::queue_speaker_sample(self.core, owner, &body);
     }
 
     fn result_error(&mut self, conversation: &Id, error: &str) {
