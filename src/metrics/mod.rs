@@ -220,6 +220,10 @@ pub struct CoreGauges {
     /// it has room (sampled every 10 ms; at most this core's session slots; a session that
     /// ended while queued counts until the wake-up reaches its entry).
     pub spill_waiters: Gauge,
+    /// `pusher_speaker_sample_arena_used_bytes{core}`: bytes of the speaker-sample arena held
+    /// by queued request bodies (sampled every 10 ms; at most `speaker_sample_queue_per_core`
+    /// KiB).
+    pub speaker_arena_used_bytes: Gauge,
 }
 
 /// The core metrics: the registry (which egress, spill and upload register into at start) and
@@ -652,6 +656,10 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
         "spill_waiters",
         "sessions stalled on the spill log, waiting to be woken when it has room, per core (sampled every 10 ms)",
     );
+    let speaker_arena_used = family(
+        "speaker_sample_arena_used_bytes",
+        "speaker-sample arena bytes held by queued request bodies, per core (sampled every 10 ms)",
+    );
     (0..workers)
         .map(|core| {
             let label = CoreLabel {
@@ -669,6 +677,7 @@ fn register_cores(registry: &mut Registry, workers: usize) -> Vec<CoreGauges> {
                 handshakes_in_flight: handshakes.get_or_create(&label).clone(),
                 handshakes_capacity: handshakes_capacity.get_or_create(&label).clone(),
                 spill_waiters: spill_waiters.get_or_create(&label).clone(),
+                speaker_arena_used_bytes: speaker_arena_used.get_or_create(&label).clone(),
             }
         })
         .collect()

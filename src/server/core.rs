@@ -230,8 +230,8 @@ impl Core {
         }
     }
 
-    /// Refreshes the core's gauges: arena use, handshakes in flight, parked receive buffers,
-    /// sessions waiting for spill room.
+    /// Refreshes the core's gauges: arena use (payload and speaker-sample), handshakes in
+    /// flight, parked receive buffers, sessions waiting for spill room.
     pub fn refresh_gauges(&self) {
         let arena = self.arena.borrow();
         self.gauges.arena_used_bytes.set(arena.used_bytes() as i64);
@@ -245,6 +245,9 @@ impl Core {
         self.gauges
             .spill_waiters
             .set(self.spill_waiters.borrow().len() as i64);
+        self.gauges
+            .speaker_arena_used_bytes
+            .set(self.egress.speaker_arena.borrow().used_bytes() as i64);
     }
 
     /// Once the drain's grace period is over, wakes every open session (once) so that each

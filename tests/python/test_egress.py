@@ -613,10 +613,20 @@ def test_speaker_sample_outlives_transcripts_cycling_the_payload_arena(driver, s
     async def scenario():
         ws = await connect(server, "spk-cycle", 16000)
         await ws.send(json_frame(105, {"person_id": "p-1", "conversation_id": "c-1", "segment_ids": ["s1"]}))
+        # Its body waits in the speaker-sample arena, which /metrics shows (polled for up to 1 s
+        # of the 2 s delay: the gauge is sampled every 10 ms).
+        held = None
+        for _ in range(100):
+            held = metric_sum(await asyncio.to_thread(server.metrics), "pusher_speaker_sample_arena_used_bytes")
+            if held:
+                break
+            await asyncio.sleep(0.01)
+        assert held and held > 0, held
         for i in range(48):  # three times the arena's 16 blocks
             await ws.send(transcript_frame(segments_text(f"t {i}", i), None))
             await until(lambda: len(d.received("/hook")) > i, 10, f"transcript {i} delivered")
         await until(lambda: d.received("/speaker"), 10, "the speaker-sample request")
+        await until_metric(server, "pusher_speaker_sample_arena_used_bytes", 0)
         await ws.close()
 
     asyncio.run(scenario())
